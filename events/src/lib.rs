@@ -1,0 +1,17 @@
+//! Canonical convoflow events (SPEC §2): the schema, validation that names the broken field,
+//! NDJSON reading that survives bad lines, event identity, and tenants with their time zones (§4).
+//! No I/O beyond reading a tenants file.
+
+mod event;
+mod identity;
+mod ndjson;
+mod parse;
+mod tenants;
+mod time;
+
+pub use event::{Event, EventType, MessageType, Sender, SessionState, Status};
+pub use identity::{event_key, fingerprint, hash_str};
+pub use ndjson::{split_lines, Line};
+pub use parse::{parse_event, EventError, MAX_PROPERTIES_BYTES};
+pub use tenants::{Tenant, Tenants, TenantsError};
+pub use time::{date32_to_string, iso_week_monday, local_time, rfc3339_to_ms, LocalTime};

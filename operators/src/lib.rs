@@ -1,0 +1,21 @@
+//! Timely dataflow operators that turn canonical events into updates `(row, diff)` of the SPEC §5
+//! tables. Every operator is incremental: an event touches only the keys it belongs to, and a late
+//! event corrects earlier rows by retracting them (diff −1) and inserting their replacements.
+
+pub mod contacts;
+pub mod cycles;
+pub mod dataflow;
+pub mod dedup;
+pub mod reduce;
+pub mod responses;
+pub mod retention;
+pub mod rows;
+pub mod runtime;
+mod stash;
+pub mod tables;
+pub mod thread;
+pub mod volume;
+
+pub use rows::*;
+pub use runtime::{run, RunOutput, RuntimeError, SourceBatch};
+pub use tables::{Collection, TableSet};

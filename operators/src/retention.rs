@@ -1,0 +1,47 @@
+//! `retention` — SPEC §5.5, weekly cohorts. Cohort = `cohort_week` of `contacts`. A contact is
+//! retained in week offset k ≥ 0 when it sent at least one `message.received` in local ISO week
+//! `cohort_week + 7k days`. Rows only where `retained > 0`: `tenant_id, cohort_week, week_offset,
+//! cohort_size, retained`. Input: the per-contact cohort memberships from `contacts.rs`, whose
+//! retractions move a contact between cohorts when an earlier message arrives late.
+
+use crate::contacts::ContactOutput;
+use crate::reduce::reduce;
+use crate::rows::RetentionRow;
+use std::collections::BTreeMap;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::StreamVec;
+
+#[derive(Default)]
+pub struct Cohort {
+    size: i64,
+    retained: BTreeMap<i32, i64>,
+}
+
+pub fn retention<'s>(memberships: StreamVec<'s, u64, (ContactOutput, i64)>) -> StreamVec<'s, u64, (RetentionRow, i64)> {
+    let keyed = memberships.flat_map(|(output, diff)| match output {
+        ContactOutput::Cohort { tenant_id, cohort_week, week_offset } => Some(((tenant_id, cohort_week), (week_offset, diff))),
+        ContactOutput::Row(_) => None,
+    });
+    reduce(
+        keyed,
+        "Retention",
+        |cohort: &mut Cohort, (week_offset, diff): (Option<i32>, i64)| match week_offset {
+            None => cohort.size += diff,
+            Some(k) => *cohort.retained.entry(k).or_default() += diff,
+        },
+        |(tenant_id, cohort_week): &(String, i32), cohort| {
+            cohort
+                .retained
+                .iter()
+                .filter(|(_, &retained)| retained > 0)
+                .map(|(&week_offset, &retained)| RetentionRow {
+                    tenant_id: tenant_id.clone(),
+                    cohort_week: *cohort_week,
+                    week_offset,
+                    cohort_size: cohort.size,
+                    retained,
+                })
+                .collect()
+        },
+    )
+}

@@ -1,0 +1,122 @@
+//! Running the dataflow over a finite source on `workers` threads and collecting the tables.
+//! Each worker pulls batches from its own share of the source; a batch is one epoch.
+
+use crate::dataflow::build;
+use crate::dedup::Admission;
+use crate::rows::RejectedRow;
+use crate::tables::TableSet;
+use convoflow_events::{Event, Tenants};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Probe;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::{InputHandle, ProbeHandle};
+
+/// Epochs a worker may run ahead of the slowest operator before it waits; bounds memory.
+const MAX_EPOCHS_IN_FLIGHT: u64 = 2;
+
+/// One epoch of one worker's input: parsed events, and the lines that failed to parse.
+#[derive(Default)]
+pub struct SourceBatch {
+    pub events: Vec<Event>,
+    pub rejected: Vec<RejectedRow>,
+}
+
+/// The result of a run: consolidated tables plus what was refused.
+#[derive(Default)]
+pub struct RunOutput {
+    pub tables: TableSet,
+    /// Parse failures and conflicting duplicates.
+    pub rejected: Vec<RejectedRow>,
+    pub duplicates: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("timely dataflow failed to start: {0}")]
+    Start(String),
+    #[error("a dataflow worker panicked: {0}")]
+    Worker(String),
+}
+
+#[derive(Default)]
+struct WorkerOutput {
+    tables: TableSet,
+    rejected: Vec<RejectedRow>,
+    duplicates: u64,
+}
+
+/// Runs the dataflow to completion. `source(worker_index, workers)` yields that worker's batches;
+/// `received_at` stamps rejections found by the dataflow (conflicting duplicates).
+pub fn run<F, I>(workers: usize, tenants: Arc<Tenants>, received_at: i64, source: F) -> Result<RunOutput, RuntimeError>
+where
+    F: Fn(usize, usize) -> I + Send + Sync + 'static,
+    I: Iterator<Item = SourceBatch>,
+{
+    let config = timely::Config::process(workers.max(1));
+    let guards = timely::execute(config, move |worker| {
+        let collected = Rc::new(RefCell::new(WorkerOutput::default()));
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Event>>>::new();
+        let probe = ProbeHandle::new();
+        let tenants = tenants.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let outputs = build(input.to_stream(scope), tenants);
+            let sink = collected.clone();
+            outputs.updates.probe_with(&probe).sink(Pipeline, "CollectTables", move |(input, _)| {
+                let mut out = sink.borrow_mut();
+                input.for_each(|_, data| data.drain(..).for_each(|update| out.tables.apply(update)));
+            });
+            let sink = collected.clone();
+            outputs.refused.sink(Pipeline, "CollectRefused", move |(input, _)| {
+                let mut out = sink.borrow_mut();
+                input.for_each(|_, data| {
+                    for admission in data.drain(..) {
+                        match admission {
+                            Admission::Conflicting(event) => out.rejected.push(conflict_row(&event, received_at)),
+                            Admission::Duplicate => out.duplicates += 1,
+                            Admission::Accepted(_) => {}
+                        }
+                    }
+                });
+            });
+        });
+
+        for mut batch in source(worker.index(), worker.peers()) {
+            collected.borrow_mut().rejected.append(&mut batch.rejected);
+            input.send_batch(&mut batch.events);
+            let next = *input.time() + 1;
+            input.advance_to(next);
+            let wait_until = next.saturating_sub(MAX_EPOCHS_IN_FLIGHT);
+            while probe.less_than(&wait_until) {
+                worker.step();
+            }
+        }
+        input.close();
+        while worker.step() {}
+        let mut output = collected.take();
+        output.tables.consolidate();
+        output
+    })
+    .map_err(RuntimeError::Start)?;
+
+    let mut total = RunOutput::default();
+    for result in guards.join() {
+        let output = result.map_err(RuntimeError::Worker)?;
+        total.tables.merge(output.tables);
+        total.rejected.extend(output.rejected);
+        total.duplicates += output.duplicates;
+    }
+    total.tables.consolidate();
+    Ok(total)
+}
+
+fn conflict_row(event: &Event, received_at: i64) -> RejectedRow {
+    let reason = format!(
+        "conflicting_duplicate: event_id `{}` was already accepted with different content",
+        event.event_id
+    );
+    RejectedRow::new(Some(&event.tenant_id), received_at, reason, event.to_json().as_bytes(), "dedup".to_owned())
+}

@@ -1,0 +1,96 @@
+//! Threads, the shared input of `responses` (§5.1) and `conversation_cycles` (§5.2): per
+//! `(tenant_id, conversation_id)`, its `message.received`, `message.sent`, `conversation.resolved`
+//! and `conversation.assigned` events kept in `(ts, event_id)` order.
+
+use crate::cycles::derive_cycles;
+use crate::reduce::reduce;
+use crate::responses::derive_responses;
+use crate::rows::{CycleRow, ResponseRow};
+use convoflow_events::{Event, EventType, Sender};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::StreamVec;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    Received,
+    Sent(Sender),
+    Resolved,
+    Assigned,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadEvent {
+    pub ts: i64,
+    pub event_id: String,
+    pub step: Step,
+    pub contact_id: Option<String>,
+    pub agent_id: Option<String>,
+}
+
+impl ThreadEvent {
+    pub fn from_event(event: &Event) -> Option<ThreadEvent> {
+        let step = match event.kind {
+            EventType::MessageReceived => Step::Received,
+            EventType::MessageSent => Step::Sent(event.sender?),
+            EventType::ConversationResolved => Step::Resolved,
+            EventType::ConversationAssigned => Step::Assigned,
+            _ => return None,
+        };
+        Some(ThreadEvent {
+            ts: event.ts,
+            event_id: event.event_id.clone(),
+            step,
+            contact_id: event.contact_id.clone(),
+            agent_id: event.agent_id.clone(),
+        })
+    }
+
+    fn order_key(&self) -> (i64, &str) {
+        (self.ts, &self.event_id)
+    }
+}
+
+/// `(tenant_id, conversation_id)`
+pub type ThreadKey = (String, String);
+
+/// A thread's events in `(ts, event_id)` order. Inserting keeps the order, so arrival order
+/// never matters; in-order arrivals append in O(1).
+#[derive(Default)]
+pub struct Thread {
+    pub events: Vec<ThreadEvent>,
+}
+
+impl Thread {
+    pub fn insert(&mut self, event: ThreadEvent) {
+        let at = match self.events.last() {
+            Some(last) if last.order_key() < event.order_key() => self.events.len(),
+            _ => self.events.partition_point(|e| e.order_key() < event.order_key()),
+        };
+        self.events.insert(at, event);
+    }
+}
+
+/// A row of either table derived from a thread.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ThreadRow {
+    Response(ResponseRow),
+    Cycle(CycleRow),
+}
+
+pub fn threads<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (ThreadRow, i64)> {
+    let keyed = events.flat_map(|event| {
+        let key = (event.tenant_id.clone(), event.thread_id()?.to_owned());
+        ThreadEvent::from_event(&event).map(|thread_event| (key, thread_event))
+    });
+    reduce(
+        keyed,
+        "Threads",
+        |thread: &mut Thread, event| thread.insert(event),
+        |(tenant_id, conversation_id): &ThreadKey, thread| {
+            let responses = derive_responses(tenant_id, conversation_id, &thread.events).into_iter().map(ThreadRow::Response);
+            let cycles = derive_cycles(tenant_id, conversation_id, &thread.events).into_iter().map(ThreadRow::Cycle);
+            responses.chain(cycles).collect()
+        },
+    )
+}
