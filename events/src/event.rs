@@ -150,58 +150,98 @@ impl Event {
         self.conversation_id.as_deref().or(self.contact_id.as_deref())
     }
 
-    /// Canonical compact JSON, parseable back into an equal event.
+    /// Canonical compact JSON (`ts` as epoch ms), parseable back into an equal event.
     pub fn to_json(&self) -> String {
-        let mut object = serde_json::Map::new();
-        let mut put = |key: &str, value: serde_json::Value| {
-            object.insert(key.to_owned(), value);
-        };
-        put("event_id", self.event_id.clone().into());
-        put("tenant_id", self.tenant_id.clone().into());
-        put("ts", self.ts.into());
-        put("type", self.kind.as_str().into());
+        let mut out = String::with_capacity(256);
+        self.write_json(&mut out, TsFormat::EpochMs);
+        out
+    }
+
+    /// Appends the event as one line of canonical JSON, without a newline.
+    pub fn write_json(&self, out: &mut String, ts_format: TsFormat) {
+        out.push('{');
+        write_str_field(out, "event_id", &self.event_id, true);
+        write_str_field(out, "tenant_id", &self.tenant_id, false);
+        match ts_format {
+            TsFormat::EpochMs => {
+                out.push_str(",\"ts\":");
+                out.push_str(&self.ts.to_string());
+            }
+            TsFormat::Rfc3339 => write_str_field(out, "ts", &crate::time::ms_to_rfc3339(self.ts), false),
+        }
+        write_str_field(out, "type", self.kind.as_str(), false);
         let optional = [
-            ("contact_id", &self.contact_id),
-            ("conversation_id", &self.conversation_id),
-            ("session_id", &self.session_id),
-            ("message_id", &self.message_id),
-            ("agent_id", &self.agent_id),
-            ("campaign_id", &self.campaign_id),
-            ("emoji", &self.emoji),
-            ("channel", &self.channel),
-            ("source", &self.source),
-            ("medium", &self.medium),
-            ("name", &self.name),
+            ("contact_id", self.contact_id.as_deref()),
+            ("conversation_id", self.conversation_id.as_deref()),
+            ("session_id", self.session_id.as_deref()),
+            ("message_id", self.message_id.as_deref()),
+            ("sender", self.sender.map(Sender::as_str)),
+            ("agent_id", self.agent_id.as_deref()),
+            ("campaign_id", self.campaign_id.as_deref()),
+            ("message_type", (self.message_type != MessageType::Text).then(|| self.message_type.as_str())),
+            ("status", self.status.map(Status::as_str)),
+            ("emoji", self.emoji.as_deref()),
+            ("channel", self.channel.as_deref()),
+            ("source", self.source.as_deref()),
+            ("medium", self.medium.as_deref()),
+            ("name", self.name.as_deref()),
+            ("state", self.state.map(SessionState::as_str)),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
-                put(key, value.clone().into());
+                write_str_field(out, key, value, false);
             }
-        }
-        if let Some(sender) = self.sender {
-            put("sender", sender.as_str().into());
-        }
-        if self.message_type != MessageType::Text {
-            put("message_type", self.message_type.as_str().into());
-        }
-        if let Some(status) = self.status {
-            put("status", status.as_str().into());
         }
         if let Some(code) = self.error_code {
-            put("error_code", code.into());
+            out.push_str(",\"error_code\":");
+            out.push_str(&code.to_string());
         }
         if let Some(value) = self.value {
-            put("value", value.into());
-        }
-        if let Some(state) = self.state {
-            put("state", state.as_str().into());
+            out.push_str(",\"value\":");
+            out.push_str(&serde_json::Number::from_f64(value).map_or("0".to_owned(), |n| n.to_string()));
         }
         if let Some(properties) = &self.properties {
-            // Canonical text we produced ourselves, so it always parses.
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(properties) {
-                put("properties", value);
-            }
+            // Already canonical JSON text (validated on the way in).
+            out.push_str(",\"properties\":");
+            out.push_str(properties);
         }
-        serde_json::Value::Object(object).to_string()
+        out.push('}');
     }
+}
+
+/// How `write_json` renders `ts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TsFormat {
+    EpochMs,
+    Rfc3339,
+}
+
+fn write_str_field(out: &mut String, key: &str, value: &str, first: bool) {
+    if !first {
+        out.push(',');
+    }
+    out.push('"');
+    out.push_str(key);
+    out.push_str("\":");
+    escape_json_string(out, value);
+}
+
+/// Appends `value` as a JSON string literal.
+pub fn escape_json_string(out: &mut String, value: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for ch in value.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }

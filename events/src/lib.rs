@@ -9,9 +9,9 @@ mod parse;
 mod tenants;
 mod time;
 
-pub use event::{Event, EventType, MessageType, Sender, SessionState, Status};
+pub use event::{escape_json_string, Event, EventType, MessageType, Sender, SessionState, Status, TsFormat};
 pub use identity::{event_key, fingerprint, hash_str};
 pub use ndjson::{split_lines, Line};
 pub use parse::{parse_event, EventError, MAX_PROPERTIES_BYTES};
 pub use tenants::{Tenant, Tenants, TenantsError};
-pub use time::{date32_to_string, iso_week_monday, local_time, rfc3339_to_ms, LocalTime};
+pub use time::{date32_to_string, iso_week_monday, local_time, ms_to_rfc3339, rfc3339_to_ms, LocalTime};

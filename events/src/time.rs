@@ -9,6 +9,13 @@ pub fn rfc3339_to_ms(text: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
 }
 
+/// Formats UTC epoch milliseconds as RFC 3339 with millisecond precision.
+pub fn ms_to_rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// Where an instant falls on a tenant's local calendar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalTime {

@@ -1,1 +1,4 @@
+//! The convoflow process: sources, the dataflow runtime and the commands of the `convoflow` binary.
 
+pub mod replay;
+pub mod source;

@@ -1,0 +1,99 @@
+//! Read-only SQL over the SPEC §5 tables in the embedded store.
+//!
+//! Only queries run: the statement is parsed first and anything but a `SELECT`-style query or an
+//! `EXPLAIN` of one is refused with a message naming the statement, and DataFusion's own
+//! DDL/DML/statement switches are off as a second guard.
+
+use convoflow_sinks::{schema, TABLES};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::prelude::ParquetReadOptions;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("SQL is read-only: {0} statements are refused; run a SELECT query")]
+    ReadOnly(String),
+    #[error("run one SQL statement at a time (got {0})")]
+    MultipleStatements(usize),
+    #[error("SQL syntax error: {0}")]
+    Syntax(String),
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+}
+
+pub struct SqlEngine {
+    context: SessionContext,
+}
+
+impl SqlEngine {
+    /// Registers every table of the store in `data_dir`; a table never written is empty.
+    pub async fn open(data_dir: &Path) -> Result<Self, QueryError> {
+        let context = SessionContext::new();
+        for &table in TABLES {
+            let path = data_dir.join("tables").join(format!("{table}.parquet"));
+            let Some(table_schema) = schema(table) else { continue };
+            if path.exists() {
+                let options = ParquetReadOptions::default().schema(&table_schema);
+                context.register_parquet(table, path.to_string_lossy().as_ref(), options).await?;
+            } else {
+                context.register_table(table, Arc::new(MemTable::try_new(table_schema, vec![vec![]])?))?;
+            }
+        }
+        Ok(SqlEngine { context })
+    }
+
+    /// Runs one read-only query.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        check_read_only(sql)?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let frame = self.context.sql_with_options(sql, options).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let mut batches = frame.collect().await?;
+        if batches.is_empty() {
+            // Keep the columns of an empty result, so CSV still gets its header line.
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        Ok(batches)
+    }
+}
+
+fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| QueryError::Syntax(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(QueryError::MultipleStatements(statements.len()));
+    }
+    match &statements[0] {
+        Statement::Query(_) => Ok(()),
+        Statement::Explain { statement, .. } if matches!(**statement, Statement::Query(_)) => Ok(()),
+        other => {
+            let text = other.to_string();
+            let keyword: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            Err(QueryError::ReadOnly(format!("`{keyword}`")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_queries_pass_the_read_only_check() {
+        assert!(check_read_only("SELECT 1").is_ok());
+        assert!(check_read_only("WITH x AS (SELECT 1) SELECT * FROM x").is_ok());
+        assert!(check_read_only("EXPLAIN SELECT 1").is_ok());
+        for refused in ["DROP TABLE events", "INSERT INTO events VALUES (1)", "CREATE TABLE x AS SELECT 1",
+            "COPY events TO '/tmp/x.csv'", "SET datafusion.execution.batch_size = 1", "DELETE FROM events"] {
+            let error = check_read_only(refused).unwrap_err();
+            assert!(matches!(error, QueryError::ReadOnly(_)), "{refused}: {error}");
+        }
+        assert!(matches!(check_read_only("SELECT 1; DROP TABLE events"), Err(QueryError::MultipleStatements(2))));
+    }
+}

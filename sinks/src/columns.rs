@@ -1,0 +1,70 @@
+//! Building and reading Arrow columns.
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
+
+pub fn text<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(values.collect::<StringArray>())
+}
+
+pub fn instants(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(values.collect::<TimestampMillisecondArray>().with_timezone("UTC"))
+}
+
+pub fn int64s(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(values.collect::<Int64Array>())
+}
+
+pub fn int32s(values: impl Iterator<Item = Option<i32>>) -> ArrayRef {
+    Arc::new(values.collect::<Int32Array>())
+}
+
+pub fn dates(values: impl Iterator<Item = Option<i32>>) -> ArrayRef {
+    Arc::new(values.collect::<Date32Array>())
+}
+
+pub fn float64s(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
+    Arc::new(values.collect::<Float64Array>())
+}
+
+/// Typed access to a batch's columns by name, for loading stored tables back.
+pub struct Columns<'a> {
+    pub batch: &'a RecordBatch,
+}
+
+impl<'a> Columns<'a> {
+    fn column(&self, name: &str) -> Option<&'a ArrayRef> {
+        self.batch.column_by_name(name)
+    }
+
+    pub fn text(&self, name: &str) -> Option<&'a StringArray> {
+        self.column(name)?.as_string_opt::<i32>()
+    }
+
+    pub fn instant(&self, name: &str) -> Option<&'a TimestampMillisecondArray> {
+        self.column(name)?.as_primitive_opt::<TimestampMillisecondType>()
+    }
+
+    pub fn int64(&self, name: &str) -> Option<&'a Int64Array> {
+        self.column(name)?.as_primitive_opt::<Int64Type>()
+    }
+
+    pub fn float64(&self, name: &str) -> Option<&'a Float64Array> {
+        self.column(name)?.as_primitive_opt::<Float64Type>()
+    }
+}
+
+pub fn opt_str(array: &StringArray, row: usize) -> Option<&str> {
+    (!array.is_null(row)).then(|| array.value(row))
+}
+
+pub fn opt_i64<T: datafusion::arrow::datatypes::ArrowPrimitiveType<Native = i64>>(
+    array: &datafusion::arrow::array::PrimitiveArray<T>,
+    row: usize,
+) -> Option<i64> {
+    (!array.is_null(row)).then(|| array.value(row))
+}

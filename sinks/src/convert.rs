@@ -1,0 +1,206 @@
+//! Rows ⇄ Arrow record batches, column order as in `schema.rs`.
+
+use crate::columns::*;
+use crate::schema::schema;
+use convoflow_events::{Event, EventType, MessageType, Sender, SessionState, Status};
+use convoflow_operators::{RejectedRow, TableSet};
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+
+/// Rows per record batch (and so at most per Parquet row group).
+const BATCH_ROWS: usize = 256 * 1024;
+
+fn batch(table: &str, columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
+    let schema = schema(table).ok_or_else(|| ArrowError::SchemaError(format!("no table {table}")))?;
+    RecordBatch::try_new(schema, columns)
+}
+
+fn chunked<R>(table: &str, rows: &[R], build: impl Fn(&[R]) -> Vec<ArrayRef>) -> Result<Vec<RecordBatch>, ArrowError> {
+    if rows.is_empty() {
+        return Ok(vec![batch(table, build(rows))?]);
+    }
+    rows.chunks(BATCH_ROWS).map(|chunk| batch(table, build(chunk))).collect()
+}
+
+fn event_columns(events: &[Event]) -> Vec<ArrayRef> {
+    let s = |f: fn(&Event) -> Option<&str>| text(events.iter().map(f));
+    vec![
+        s(|e| Some(&e.event_id)),
+        s(|e| Some(&e.tenant_id)),
+        instants(events.iter().map(|e| Some(e.ts))),
+        s(|e| Some(e.kind.as_str())),
+        s(|e| e.contact_id.as_deref()),
+        s(|e| e.conversation_id.as_deref()),
+        s(|e| e.session_id.as_deref()),
+        s(|e| e.message_id.as_deref()),
+        s(|e| e.sender.map(Sender::as_str)),
+        s(|e| e.agent_id.as_deref()),
+        s(|e| e.campaign_id.as_deref()),
+        s(|e| Some(e.message_type.as_str())),
+        s(|e| e.status.map(Status::as_str)),
+        int64s(events.iter().map(|e| e.error_code)),
+        s(|e| e.emoji.as_deref()),
+        s(|e| e.channel.as_deref()),
+        s(|e| e.source.as_deref()),
+        s(|e| e.medium.as_deref()),
+        s(|e| e.name.as_deref()),
+        float64s(events.iter().map(|e| e.value)),
+        s(|e| e.state.map(SessionState::as_str)),
+        s(|e| e.properties.as_deref()),
+    ]
+}
+
+fn rejected_columns(rows: &[RejectedRow]) -> Vec<ArrayRef> {
+    vec![
+        text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+        instants(rows.iter().map(|r| Some(r.received_at))),
+        text(rows.iter().map(|r| Some(r.reason.as_str()))),
+        text(rows.iter().map(|r| Some(r.raw.as_str()))),
+        text(rows.iter().map(|r| Some(r.source.as_str()))),
+    ]
+}
+
+/// Every table of `tables` (plus `rejected`) as record batches, named by table.
+pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow]) -> Result<Vec<(&'static str, Vec<RecordBatch>)>, ArrowError> {
+    let responses: Vec<_> = tables.responses.rows().collect();
+    let cycles: Vec<_> = tables.conversation_cycles.rows().collect();
+    let volume: Vec<_> = tables.message_volume.rows().collect();
+    let contacts: Vec<_> = tables.contacts.rows().collect();
+    let retention: Vec<_> = tables.retention.rows().collect();
+    Ok(vec![
+        ("events", chunked("events", &tables.events, event_columns)?),
+        ("rejected", chunked("rejected", rejected, rejected_columns)?),
+        ("responses", chunked("responses", &responses, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.conversation_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.start_event_id.as_str()))),
+            instants(rows.iter().map(|r| Some(r.start_ts))),
+            text(rows.iter().map(|r| Some(r.reply_event_id.as_str()))),
+            instants(rows.iter().map(|r| Some(r.reply_ts))),
+            int64s(rows.iter().map(|r| Some(r.response_ms))),
+            text(rows.iter().map(|r| Some(r.responder.as_str()))),
+            text(rows.iter().map(|r| r.agent_id.as_deref())),
+        ])?),
+        ("conversation_cycles", chunked("conversation_cycles", &cycles, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.conversation_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.cycle_id.as_str()))),
+            instants(rows.iter().map(|r| Some(r.start_ts))),
+            instants(rows.iter().map(|r| r.first_inbound_ts)),
+            instants(rows.iter().map(|r| r.first_response_ts)),
+            int64s(rows.iter().map(|r| r.first_response_ms)),
+            text(rows.iter().map(|r| r.first_response_agent_id.as_deref())),
+            instants(rows.iter().map(|r| r.resolved_ts)),
+            int64s(rows.iter().map(|r| r.resolution_ms)),
+            text(rows.iter().map(|r| r.resolved_by.as_deref())),
+            text(rows.iter().map(|r| r.assignee.as_deref())),
+            int64s(rows.iter().map(|r| Some(r.inbound_count))),
+            int64s(rows.iter().map(|r| Some(r.outbound_count))),
+        ])?),
+        ("message_volume", chunked("message_volume", &volume, |rows| vec![
+            text(rows.iter().map(|r| Some(r.key.tenant_id.as_str()))),
+            instants(rows.iter().map(|r| Some(r.key.hour_start))),
+            dates(rows.iter().map(|r| Some(r.key.local_date))),
+            int32s(rows.iter().map(|r| Some(r.key.local_hour as i32))),
+            text(rows.iter().map(|r| Some(r.key.direction.as_str()))),
+            text(rows.iter().map(|r| Some(r.key.sender.as_str()))),
+            text(rows.iter().map(|r| Some(r.key.message_type.as_str()))),
+            int64s(rows.iter().map(|r| Some(r.messages))),
+        ])?),
+        ("contacts", chunked("contacts", &contacts, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
+            instants(rows.iter().map(|r| Some(r.first_seen_ts))),
+            instants(rows.iter().map(|r| r.first_inbound_ts)),
+            instants(rows.iter().map(|r| r.last_inbound_ts)),
+            int64s(rows.iter().map(|r| Some(r.inbound_messages))),
+            dates(rows.iter().map(|r| r.cohort_week)),
+        ])?),
+        ("retention", chunked("retention", &retention, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            dates(rows.iter().map(|r| Some(r.cohort_week))),
+            int32s(rows.iter().map(|r| Some(r.week_offset))),
+            int64s(rows.iter().map(|r| Some(r.cohort_size))),
+            int64s(rows.iter().map(|r| Some(r.retained))),
+        ])?),
+    ])
+}
+
+fn missing(column: &str) -> ArrowError {
+    ArrowError::SchemaError(format!("stored table lacks column `{column}` of the expected type"))
+}
+
+fn invalid(column: &str, value: &str) -> ArrowError {
+    ArrowError::InvalidArgumentError(format!("stored column `{column}` holds unknown value `{value}`"))
+}
+
+fn parse_opt<T>(column: &str, value: Option<&str>, parse: fn(&str) -> Option<T>) -> Result<Option<T>, ArrowError> {
+    value.map(|v| parse(v).ok_or_else(|| invalid(column, v))).transpose()
+}
+
+/// Reads stored `events` rows back into events.
+pub fn events_from_batch(batch: &RecordBatch) -> Result<Vec<Event>, ArrowError> {
+    let c = Columns { batch };
+    let s = |name: &'static str| c.text(name).ok_or_else(|| missing(name));
+    let (event_id, tenant_id, kind, contact_id, conversation_id) =
+        (s("event_id")?, s("tenant_id")?, s("type")?, s("contact_id")?, s("conversation_id")?);
+    let (session_id, message_id, sender, agent_id, campaign_id) =
+        (s("session_id")?, s("message_id")?, s("sender")?, s("agent_id")?, s("campaign_id")?);
+    let (message_type, status, emoji, channel, source) =
+        (s("message_type")?, s("status")?, s("emoji")?, s("channel")?, s("source")?);
+    let (medium, name, state, properties) = (s("medium")?, s("name")?, s("state")?, s("properties")?);
+    let ts = c.instant("ts").ok_or_else(|| missing("ts"))?;
+    let error_code = c.int64("error_code").ok_or_else(|| missing("error_code"))?;
+    let value = c.float64("value").ok_or_else(|| missing("value"))?;
+    let owned = |array, row| opt_str(array, row).map(str::to_owned);
+    (0..batch.num_rows())
+        .map(|row| {
+            let kind_text = kind.value(row);
+            Ok(Event {
+                tenant_id: tenant_id.value(row).to_owned(),
+                event_id: event_id.value(row).to_owned(),
+                ts: ts.value(row),
+                kind: EventType::parse(kind_text).ok_or_else(|| invalid("type", kind_text))?,
+                contact_id: owned(contact_id, row),
+                conversation_id: owned(conversation_id, row),
+                session_id: owned(session_id, row),
+                message_id: owned(message_id, row),
+                sender: parse_opt("sender", opt_str(sender, row), Sender::parse)?,
+                agent_id: owned(agent_id, row),
+                campaign_id: owned(campaign_id, row),
+                message_type: parse_opt("message_type", opt_str(message_type, row), MessageType::parse)?
+                    .unwrap_or(MessageType::Text),
+                status: parse_opt("status", opt_str(status, row), Status::parse)?,
+                error_code: opt_i64(error_code, row),
+                emoji: owned(emoji, row),
+                channel: owned(channel, row),
+                source: owned(source, row),
+                medium: owned(medium, row),
+                name: owned(name, row),
+                value: (!datafusion::arrow::array::Array::is_null(value, row)).then(|| value.value(row)),
+                state: parse_opt("state", opt_str(state, row), SessionState::parse)?,
+                properties: owned(properties, row),
+            })
+        })
+        .collect()
+}
+
+/// Reads stored `rejected` rows back.
+pub fn rejected_from_batch(batch: &RecordBatch) -> Result<Vec<RejectedRow>, ArrowError> {
+    let c = Columns { batch };
+    let s = |name: &'static str| c.text(name).ok_or_else(|| missing(name));
+    let (tenant_id, reason, raw, source) = (s("tenant_id")?, s("reason")?, s("raw")?, s("source")?);
+    let received_at = c.instant("received_at").ok_or_else(|| missing("received_at"))?;
+    Ok((0..batch.num_rows())
+        .map(|row| RejectedRow {
+            tenant_id: tenant_id.value(row).to_owned(),
+            received_at: received_at.value(row),
+            reason: reason.value(row).to_owned(),
+            raw: raw.value(row).to_owned(),
+            source: source.value(row).to_owned(),
+        })
+        .collect())
+}
