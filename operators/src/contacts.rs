@@ -8,11 +8,9 @@
 
 use crate::reduce::reduce;
 use crate::rows::ContactRow;
-use convoflow_events::{iso_week_monday, local_time, Event, EventType, Tenants};
+use convoflow_events::{iso_week_monday, Event, EventType, LocalTime};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
 
 /// A message as the contact state needs it.
@@ -80,21 +78,25 @@ pub fn derive_contact(tenant_id: &str, contact_id: &str, state: &ContactState) -
     outputs
 }
 
-pub fn contacts<'s>(events: StreamVec<'s, u64, Event>, tenants: Arc<Tenants>) -> StreamVec<'s, u64, (ContactOutput, i64)> {
-    let keyed = events.flat_map(move |event| {
-        let inbound = match event.kind {
-            EventType::MessageReceived => true,
-            EventType::MessageSent => false,
-            _ => return None,
-        };
-        let local = local_time(tenants.timezone(&event.tenant_id), event.ts);
-        let message = ContactMessage { ts: event.ts, inbound, week: iso_week_monday(local.local_date) };
-        Some(((event.tenant_id, event.contact_id?), message))
-    });
+/// `(tenant_id, contact_id)`
+pub type ContactKey = (String, String);
+
+/// The contact record of a message, given where its `ts` falls in the tenant's local time.
+pub fn contact_record(event: &Event, local: &LocalTime) -> Option<(ContactKey, ContactMessage)> {
+    let inbound = match event.kind {
+        EventType::MessageReceived => true,
+        EventType::MessageSent => false,
+        _ => return None,
+    };
+    let message = ContactMessage { ts: event.ts, inbound, week: iso_week_monday(local.local_date) };
+    Some(((event.tenant_id.clone(), event.contact_id.clone()?), message))
+}
+
+pub fn contacts<'s>(keyed: StreamVec<'s, u64, (ContactKey, ContactMessage)>) -> StreamVec<'s, u64, (ContactOutput, i64)> {
     reduce(
         keyed,
         "Contacts",
         |state: &mut ContactState, message| state.add(message),
-        |(tenant_id, contact_id): &(String, String), state| derive_contact(tenant_id, contact_id, state),
+        |(tenant_id, contact_id): &ContactKey, state| derive_contact(tenant_id, contact_id, state),
     )
 }

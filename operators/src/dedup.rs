@@ -1,7 +1,8 @@
 //! `events` (SPEC §2, §5): every accepted, de-duplicated event. Two events with the same
 //! `(tenant_id, event_id)` are one: an identical copy is a duplicate and ignored, a copy with other
-//! content is rejected as `conflicting_duplicate`. Each epoch is admitted whole, in epoch order, so
-//! events already in the store (epoch 0) always win over a later conflicting copy.
+//! content is rejected as `conflicting_duplicate`, and the first copy wins: epochs are admitted in
+//! order (events already in the store are epoch 0) and, within an epoch, events in the order of
+//! their input position, so which copy wins never depends on worker scheduling.
 
 use crate::stash::EpochStash;
 use convoflow_events::{event_key, fingerprint, Event};
@@ -14,14 +15,18 @@ use timely::dataflow::StreamVec;
 /// What became of one incoming event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Admission {
-    Accepted(Event),
+    Accepted(Box<Event>),
     Duplicate,
     /// Same identity as an accepted event, other content; carries the rejected copy.
-    Conflicting(Event),
+    Conflicting(Box<Event>),
 }
 
-pub fn dedup<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, Admission> {
-    let exchange = Exchange::new(|event: &Event| event_key(&event.tenant_id, &event.event_id) as u64);
+/// An event with its position in the input (file and line), which orders conflicting copies.
+/// Boxed, so that moving it from stage to stage copies a pointer, not the whole event.
+pub type Positioned = (u64, Box<Event>);
+
+pub fn dedup<'s>(events: StreamVec<'s, u64, Positioned>) -> StreamVec<'s, u64, Admission> {
+    let exchange = Exchange::new(|(_, event): &Positioned| event_key(&event.tenant_id, &event.event_id) as u64);
     events.unary_frontier(exchange, "Dedup", |_, _| {
         let mut stash = EpochStash::default();
         let mut seen: FxHashMap<u128, u64> = FxHashMap::default();
@@ -31,9 +36,10 @@ pub fn dedup<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, Admiss
                     stash.push(cap, data.flat_map(std::mem::take));
                 }
             });
-            for (cap, events) in stash.take_ready(frontier) {
+            for (cap, mut events) in stash.take_ready(frontier) {
+                events.sort_by_key(|(position, _)| *position);
                 let mut session = output.session(&cap);
-                for event in events {
+                for (_, event) in events {
                     let print = fingerprint(&event);
                     let admission = match seen.entry(event_key(&event.tenant_id, &event.event_id)) {
                         std::collections::hash_map::Entry::Vacant(vacant) => {

@@ -155,7 +155,7 @@ impl RejectedRow {
 /// One change to one table: a row and its multiplicity change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Update {
-    Event(Event),
+    Event(Box<Event>),
     Response(ResponseRow, i64),
     Cycle(CycleRow, i64),
     Volume(VolumeRow, i64),

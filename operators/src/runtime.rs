@@ -2,7 +2,7 @@
 //! Each worker pulls batches from its own share of the source; a batch is one epoch.
 
 use crate::dataflow::build;
-use crate::dedup::Admission;
+use crate::dedup::{Admission, Positioned};
 use crate::rows::RejectedRow;
 use crate::tables::TableSet;
 use convoflow_events::{Event, Tenants};
@@ -18,10 +18,11 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 /// Epochs a worker may run ahead of the slowest operator before it waits; bounds memory.
 const MAX_EPOCHS_IN_FLIGHT: u64 = 2;
 
-/// One epoch of one worker's input: parsed events, and the lines that failed to parse.
+/// One epoch of one worker's input: parsed events with their input positions (the first of
+/// conflicting copies wins), and the lines that failed to parse.
 #[derive(Default)]
 pub struct SourceBatch {
-    pub events: Vec<Event>,
+    pub events: Vec<Positioned>,
     pub rejected: Vec<RejectedRow>,
 }
 
@@ -59,7 +60,7 @@ where
     let config = timely::Config::process(workers.max(1));
     let guards = timely::execute(config, move |worker| {
         let collected = Rc::new(RefCell::new(WorkerOutput::default()));
-        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Event>>>::new();
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Positioned>>>::new();
         let probe = ProbeHandle::new();
         let tenants = tenants.clone();
         worker.dataflow::<u64, _, _>(|scope| {

@@ -61,8 +61,9 @@ impl<R: Ord> Collection<R> {
 /// Every table the dataflow maintains.
 #[derive(Clone, Debug, Default)]
 pub struct TableSet {
-    /// Accepted events; append-only, never retracted.
-    pub events: Vec<Event>,
+    /// Accepted events; append-only, never retracted. Kept boxed as they came through the
+    /// dataflow: growing a vector of whole events would copy hundreds of MB per worker.
+    pub events: Vec<Box<Event>>,
     pub responses: Collection<ResponseRow>,
     pub conversation_cycles: Collection<CycleRow>,
     pub message_volume: Collection<VolumeRow>,
@@ -82,8 +83,9 @@ impl TableSet {
         }
     }
 
+    /// Consolidates the derived tables. `events` is append-only and left in arrival order:
+    /// sorting a million wide rows costs more than the rest of a replay's bookkeeping.
     pub fn consolidate(&mut self) {
-        self.events.sort_by(|a, b| (&a.tenant_id, &a.event_id).cmp(&(&b.tenant_id, &b.event_id)));
         self.responses.consolidate();
         self.conversation_cycles.consolidate();
         self.message_volume.consolidate();

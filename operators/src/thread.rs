@@ -8,7 +8,6 @@ use crate::responses::derive_responses;
 use crate::rows::{CycleRow, ResponseRow};
 use convoflow_events::{Event, EventType, Sender};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,11 +77,13 @@ pub enum ThreadRow {
     Cycle(CycleRow),
 }
 
-pub fn threads<'s>(events: StreamVec<'s, u64, Event>) -> StreamVec<'s, u64, (ThreadRow, i64)> {
-    let keyed = events.flat_map(|event| {
-        let key = (event.tenant_id.clone(), event.thread_id()?.to_owned());
-        ThreadEvent::from_event(&event).map(|thread_event| (key, thread_event))
-    });
+/// The thread record of an event, if it belongs to a thread.
+pub fn thread_record(event: &Event) -> Option<(ThreadKey, ThreadEvent)> {
+    let key = (event.tenant_id.clone(), event.thread_id()?.to_owned());
+    ThreadEvent::from_event(event).map(|thread_event| (key, thread_event))
+}
+
+pub fn threads<'s>(keyed: StreamVec<'s, u64, (ThreadKey, ThreadEvent)>) -> StreamVec<'s, u64, (ThreadRow, i64)> {
     reduce(
         keyed,
         "Threads",

@@ -6,18 +6,16 @@
 
 use crate::reduce::reduce;
 use crate::rows::{Direction, Party, VolumeKey, VolumeRow};
-use convoflow_events::{local_time, Event, EventType, Tenants};
-use std::sync::Arc;
-use timely::dataflow::operators::vec::Map;
+use convoflow_events::{Event, EventType, LocalTime};
 use timely::dataflow::StreamVec;
 
-pub fn volume_key(event: &Event, tenants: &Tenants) -> Option<VolumeKey> {
+/// The volume bucket of a message, given where its `ts` falls in the tenant's local time.
+pub fn volume_key(event: &Event, local: &LocalTime) -> Option<VolumeKey> {
     let (direction, sender) = match event.kind {
         EventType::MessageReceived => (Direction::Inbound, Party::Contact),
         EventType::MessageSent => (Direction::Outbound, Party::from(event.sender?)),
         _ => return None,
     };
-    let local = local_time(tenants.timezone(&event.tenant_id), event.ts);
     Some(VolumeKey {
         tenant_id: event.tenant_id.clone(),
         hour_start: local.hour_start_ms,
@@ -29,8 +27,7 @@ pub fn volume_key(event: &Event, tenants: &Tenants) -> Option<VolumeKey> {
     })
 }
 
-pub fn message_volume<'s>(events: StreamVec<'s, u64, Event>, tenants: Arc<Tenants>) -> StreamVec<'s, u64, (VolumeRow, i64)> {
-    let counted = events.flat_map(move |event| volume_key(&event, &tenants).map(|key| (key, 1i64)));
+pub fn message_volume<'s>(counted: StreamVec<'s, u64, (VolumeKey, i64)>) -> StreamVec<'s, u64, (VolumeRow, i64)> {
     reduce(
         counted,
         "MessageVolume",

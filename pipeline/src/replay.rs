@@ -98,13 +98,14 @@ fn display_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
 }
 
-/// Stored rejections plus new ones; a rejection of the same input for the same reason is kept
-/// once (with its first `received_at`), so replaying a file again leaves `rejected` unchanged.
+/// Stored rejections plus new ones; a rejection of the same input, from the same place, for the
+/// same reason is kept once (with its first `received_at`), so replaying a file again leaves
+/// `rejected` unchanged while identical bad lines elsewhere keep rows of their own.
 fn merge_rejected(stored: Vec<RejectedRow>, new: Vec<RejectedRow>) -> Vec<RejectedRow> {
     let mut seen = HashSet::new();
     let mut merged = Vec::with_capacity(stored.len() + new.len());
     for row in stored.into_iter().chain(new) {
-        if seen.insert((row.tenant_id.clone(), row.reason.clone(), row.raw.clone())) {
+        if seen.insert((row.tenant_id.clone(), row.reason.clone(), row.raw.clone(), row.source.clone())) {
             merged.push(row);
         }
     }

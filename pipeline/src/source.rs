@@ -7,11 +7,16 @@ use convoflow_operators::{RejectedRow, SourceBatch};
 use std::sync::Arc;
 
 /// Lines per batch, and so per epoch of one worker.
-const BATCH_LINES: usize = 64 * 1024;
+const BATCH_LINES: usize = 16 * 1024;
 
 pub struct InputFile {
     pub name: String,
     pub bytes: Vec<u8>,
+}
+
+/// Input position of a line: files in command-line order, then line numbers; stored events are 0.
+fn position(file: usize, line: u64) -> u64 {
+    ((file as u64 + 1) << 40) | line
 }
 
 /// A worker's share of one file: bytes `start..end`, whose first line is `first_line`.
@@ -59,6 +64,7 @@ impl Iterator for WorkerSource {
 
     fn next(&mut self) -> Option<SourceBatch> {
         if let Some(events) = self.stored.take() {
+            let events = events.into_iter().map(|event| (0, Box::new(event))).collect();
             return Some(SourceBatch { events, rejected: Vec::new() });
         }
         let range = self.ranges.first_mut()?;
@@ -74,7 +80,7 @@ impl Iterator for WorkerSource {
                 break;
             }
             match parse_event(line.bytes) {
-                Ok(event) => batch.events.push(event),
+                Ok(event) => batch.events.push((position(range.file, line.number), Box::new(event))),
                 Err(error) => batch.rejected.push(RejectedRow::new(
                     error.tenant_id.as_deref(),
                     self.received_at,
@@ -133,7 +139,7 @@ mod tests {
             let mut rejected = Vec::new();
             for source in worker_sources(files, Vec::new(), workers, 0) {
                 for batch in source {
-                    ids.extend(batch.events.into_iter().map(|e| e.event_id));
+                    ids.extend(batch.events.into_iter().map(|(_, e)| e.event_id));
                     rejected.extend(batch.rejected.into_iter().map(|r| r.source));
                 }
             }

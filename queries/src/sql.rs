@@ -1,7 +1,7 @@
 //! Read-only SQL over the SPEC §5 tables in the embedded store.
 //!
-//! Only queries run: the statement is parsed first and anything but a `SELECT`-style query or an
-//! `EXPLAIN` of one is refused with a message naming the statement, and DataFusion's own
+//! Only queries run: the statement is parsed first and anything but a `SELECT`-style query, an
+//! `EXPLAIN` of one or a `DESCRIBE` of a table is refused with a message naming the statement, and DataFusion's own
 //! DDL/DML/statement switches are off as a second guard.
 
 use convoflow_sinks::{schema, TABLES};
@@ -70,7 +70,7 @@ fn check_read_only(sql: &str) -> Result<(), QueryError> {
         return Err(QueryError::MultipleStatements(statements.len()));
     }
     match &statements[0] {
-        Statement::Query(_) => Ok(()),
+        Statement::Query(_) | Statement::ExplainTable { .. } => Ok(()),
         Statement::Explain { statement, .. } if matches!(**statement, Statement::Query(_)) => Ok(()),
         other => {
             let text = other.to_string();
@@ -89,6 +89,7 @@ mod tests {
         assert!(check_read_only("SELECT 1").is_ok());
         assert!(check_read_only("WITH x AS (SELECT 1) SELECT * FROM x").is_ok());
         assert!(check_read_only("EXPLAIN SELECT 1").is_ok());
+        assert!(check_read_only("DESCRIBE events").is_ok());
         for refused in ["DROP TABLE events", "INSERT INTO events VALUES (1)", "CREATE TABLE x AS SELECT 1",
             "COPY events TO '/tmp/x.csv'", "SET datafusion.execution.batch_size = 1", "DELETE FROM events"] {
             let error = check_read_only(refused).unwrap_err();

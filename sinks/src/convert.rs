@@ -23,8 +23,8 @@ fn chunked<R>(table: &str, rows: &[R], build: impl Fn(&[R]) -> Vec<ArrayRef>) ->
     rows.chunks(BATCH_ROWS).map(|chunk| batch(table, build(chunk))).collect()
 }
 
-fn event_columns(events: &[Event]) -> Vec<ArrayRef> {
-    let s = |f: fn(&Event) -> Option<&str>| text(events.iter().map(f));
+fn event_columns(events: &[Box<Event>]) -> Vec<ArrayRef> {
+    let s = |f: fn(&Event) -> Option<&str>| text(events.iter().map(|e| f(e)));
     vec![
         s(|e| Some(&e.event_id)),
         s(|e| Some(&e.tenant_id)),

@@ -70,6 +70,12 @@ pub fn parse_all(ndjson: &str) -> Vec<Event> {
 
 /// Runs the dataflow; worker w gets batches[i] for every i with i % workers == w.
 pub fn run_batches(batches: Vec<Vec<Event>>, tenants: Tenants, workers: usize) -> RunOutput {
+    // Positions follow arrival order, as a file's line numbers would.
+    let mut position = 0u64;
+    let batches: Vec<Vec<(u64, Box<Event>)>> = batches
+        .into_iter()
+        .map(|batch| batch.into_iter().map(|event| { position += 1; (position, Box::new(event)) }).collect())
+        .collect();
     let batches = Arc::new(batches);
     run(workers, Arc::new(tenants), 0, move |index, peers| {
         let batches = batches.clone();

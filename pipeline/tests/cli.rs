@@ -1,0 +1,194 @@
+//! End-to-end tests of the `convoflow` binary on the embedded store: generate → replay → sql.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const TABLES: &[&str] = &["events", "responses", "conversation_cycles", "message_volume", "contacts", "retention"];
+
+fn convoflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_convoflow")).args(args).output().expect("convoflow runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = convoflow(args);
+    assert!(output.status.success(), "convoflow {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// A table as sorted CSV lines (header first), for order-insensitive comparison.
+fn dump(data: &str, query: &str) -> Vec<String> {
+    let csv = ok(&["sql", "--data", data, "--format", "csv", query]);
+    let mut lines: Vec<String> = csv.lines().map(str::to_owned).collect();
+    lines[1..].sort();
+    lines
+}
+
+fn dump_tables(data: &str) -> Vec<Vec<String>> {
+    let mut dumps: Vec<Vec<String>> = TABLES.iter().map(|t| dump(data, &format!("SELECT * FROM {t}"))).collect();
+    dumps.push(dump(data, "SELECT tenant_id, reason, raw FROM rejected"));
+    dumps
+}
+
+fn summary_count(summary: &str, label: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(label))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default().replace(',', "").parse().expect("count"))
+        .unwrap_or_else(|| panic!("no `{label}` in summary:\n{summary}"))
+}
+
+fn generated(dir: &Path, events: &str, seed: &str) -> (String, String) {
+    let input = path(dir, "events.ndjson");
+    ok(&["generate", "--events", events, "--seed", seed, "--tenants", "3", "--out", &input]);
+    (input, path(dir, "events.tenants.json"))
+}
+
+#[test]
+fn replaying_the_same_input_again_leaves_every_table_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, tenants) = generated(dir.path(), "6000", "11");
+    let data = path(dir.path(), "data");
+    let first = ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &data]);
+    let lines = summary_count(&first, "replayed");
+    let accepted = summary_count(&first, "accepted");
+    let duplicates = summary_count(&first, "duplicates");
+    let rejected = summary_count(&first, "rejected");
+    assert_eq!(lines, 6000);
+    assert_eq!(accepted + duplicates + rejected, lines, "every line is accounted for:\n{first}");
+    assert!(duplicates > 0 && rejected > 0, "the generator's dirt shows:\n{first}");
+    let before = dump_tables(&data);
+    assert!(before.iter().all(|table| table.len() > 1), "every table has rows");
+
+    let second = ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &data]);
+    assert_eq!(summary_count(&second, "accepted"), 0, "{second}");
+    assert_eq!(summary_count(&second, "duplicates"), accepted + duplicates);
+    assert_eq!(dump_tables(&data), before);
+}
+
+#[test]
+fn replay_in_parts_at_another_parallelism_equals_one_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, tenants) = generated(dir.path(), "8000", "3");
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let parts: Vec<String> = lines
+        .chunks(lines.len() / 3 + 1)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let part = path(dir.path(), &format!("part{i}.ndjson"));
+            std::fs::write(&part, chunk.join("\n") + "\n").unwrap();
+            part
+        })
+        .collect();
+
+    let whole = path(dir.path(), "whole");
+    ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &whole, "--workers", "2"]);
+    let in_parts = path(dir.path(), "in_parts");
+    for part in &parts {
+        ok(&["replay", "--input", part, "--tenants", &tenants, "--data", &in_parts, "--workers", "1"]);
+    }
+    let together = path(dir.path(), "together");
+    ok(&["replay", "--input", &parts[2], &parts[0], &parts[1], "--tenants", &tenants, "--data", &together]);
+    let expected = dump_tables(&whole);
+    assert_eq!(dump_tables(&in_parts), expected);
+    assert_eq!(dump_tables(&together), expected);
+}
+
+#[test]
+fn bad_lines_are_rejected_with_reasons_and_the_run_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = path(dir.path(), "data");
+    let input = path(dir.path(), "bad.ndjson");
+    let good = r#"{"event_id":"ok1","tenant_id":"t","ts":1767225600000,"type":"message.received","contact_id":"c","message_id":"m1"}"#;
+    let oversize = format!(
+        r#"{{"event_id":"big","tenant_id":"t","ts":1,"type":"touch","contact_id":"c","channel":"web","properties":{{"x":"{}"}}}}"#,
+        "y".repeat(17_000)
+    );
+    let lines = [
+        good.to_owned(),
+        "{\"event_id\": \"broken\"".to_owned(),
+        r#"{"event_id":"e2","tenant_id":"t","ts":1,"type":"message.received","message_id":"m"}"#.to_owned(),
+        r#"{"event_id":"e3","tenant_id":"t","ts":"soon","type":"touch","contact_id":"c","channel":"ad"}"#.to_owned(),
+        r#"{"event_id":"e4","tenant_id":"t","ts":1,"type":"message.edited","contact_id":"c"}"#.to_owned(),
+        oversize,
+        r#"{"event_id":"ok1","tenant_id":"t","ts":1767225600000,"type":"message.received","contact_id":"other","message_id":"m1"}"#.to_owned(),
+        good.to_owned(),
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let summary = ok(&["replay", "--input", &input, "--data", &data]);
+    assert_eq!(summary_count(&summary, "accepted"), 1, "{summary}");
+    assert_eq!(summary_count(&summary, "duplicates"), 1, "{summary}");
+    assert_eq!(summary_count(&summary, "rejected"), 6, "{summary}");
+
+    let json = ok(&["sql", "--data", &data, "--format", "json", "SELECT source, reason FROM rejected"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json rows");
+    let rejected: Vec<String> = rows.iter().map(|r| format!("{},{}", r["source"].as_str().unwrap(), r["reason"].as_str().unwrap())).collect();
+    let expected_prefixes = [
+        ("bad.ndjson:2", "json: malformed JSON"),
+        ("bad.ndjson:3", "contact_id: required for message.received"),
+        ("bad.ndjson:4", "ts: `soon` is not an RFC 3339 timestamp"),
+        ("bad.ndjson:5", "type: unknown event type `message.edited`"),
+        ("bad.ndjson:6", "properties: "),
+        ("dedup", "conflicting_duplicate: event_id `ok1`"),
+    ];
+    for (source, reason) in expected_prefixes {
+        assert!(
+            rejected.iter().any(|row| row.starts_with(&format!("{source},{reason}"))),
+            "no rejection {source}: {reason} in {rejected:#?}"
+        );
+    }
+    let events = dump(&data, "SELECT event_id, contact_id FROM events");
+    assert_eq!(events, ["event_id,contact_id", "ok1,c"]);
+}
+
+#[test]
+fn stored_events_win_over_a_later_conflicting_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = path(dir.path(), "data");
+    let (first, second) = (path(dir.path(), "a.ndjson"), path(dir.path(), "b.ndjson"));
+    std::fs::write(&first, r#"{"event_id":"x","tenant_id":"t","ts":5,"type":"touch","contact_id":"c","channel":"ad"}"#).unwrap();
+    std::fs::write(&second, r#"{"event_id":"x","tenant_id":"t","ts":5,"type":"touch","contact_id":"c","channel":"web"}"#).unwrap();
+    ok(&["replay", "--input", &first, "--data", &data]);
+    for _ in 0..2 {
+        let summary = ok(&["replay", "--input", &second, "--data", &data]);
+        assert_eq!(summary_count(&summary, "rejected"), 1, "{summary}");
+    }
+    assert_eq!(dump(&data, "SELECT channel FROM events"), ["channel", "ad"]);
+    assert_eq!(dump(&data, "SELECT count(*) AS n FROM rejected WHERE reason LIKE 'conflicting_duplicate%'"), ["n", "1"]);
+}
+
+#[test]
+fn sql_is_read_only_and_explains_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = path(dir.path(), "data");
+    for statement in ["DROP TABLE events", "INSERT INTO events (event_id) VALUES ('x')", "CREATE TABLE x AS SELECT 1"] {
+        let output = convoflow(&["sql", "--data", &data, statement]);
+        assert!(!output.status.success(), "{statement} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("SQL is read-only"), "{statement}: {stderr}");
+    }
+    // An empty store still has every table, with its columns.
+    assert_eq!(dump(&data, "SELECT tenant_id, cohort_week FROM retention"), ["tenant_id,cohort_week"]);
+    // Instants are Timestamp(ms, UTC) and local dates Date32, as SPEC §5 says.
+    let columns = dump(&data, "DESCRIBE contacts");
+    assert!(columns.iter().any(|c| c.starts_with("first_seen_ts,\"Timestamp(ms, \"\"UTC\"\")\"")), "{columns:#?}");
+    assert!(columns.iter().any(|c| c.starts_with("cohort_week,Date32")), "{columns:#?}");
+}
+
+#[test]
+fn generate_is_deterministic_for_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |seed: &str, name: &str| {
+        let out = path(dir.path(), name);
+        ok(&["generate", "--events", "3000", "--seed", seed, "--out", &out]);
+        std::fs::read(&out).unwrap()
+    };
+    let (a, b, c) = (run("5", "a.ndjson"), run("5", "b.ndjson"), run("6", "c.ndjson"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_eq!(a.iter().filter(|&&byte| byte == b'\n').count(), 3000);
+}
