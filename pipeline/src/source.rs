@@ -50,12 +50,13 @@ fn partition(files: &[InputFile], workers: usize) -> Vec<Vec<Range>> {
     shares
 }
 
-/// The batches of one worker: first the stored events it was handed (always one batch, so stored
-/// events are epoch 0 everywhere and win over conflicting input), then its input ranges.
+/// The batches of one worker: first the stored events it was handed, in the same number of
+/// batches on every worker (so all stored events are in epochs before any input and win over
+/// conflicting copies), then its input ranges.
 pub struct WorkerSource {
     files: Arc<Vec<InputFile>>,
     ranges: Vec<Range>,
-    stored: Option<Vec<Event>>,
+    stored: std::collections::VecDeque<Vec<Event>>,
     received_at: i64,
 }
 
@@ -63,7 +64,7 @@ impl Iterator for WorkerSource {
     type Item = SourceBatch;
 
     fn next(&mut self) -> Option<SourceBatch> {
-        if let Some(events) = self.stored.take() {
+        if let Some(events) = self.stored.pop_front() {
             let events = events.into_iter().map(|event| (0, Box::new(event))).collect();
             return Some(SourceBatch { events, rejected: Vec::new() });
         }
@@ -104,14 +105,17 @@ impl Iterator for WorkerSource {
 pub fn worker_sources(files: Vec<InputFile>, stored: Vec<Event>, workers: usize, received_at: i64) -> Vec<WorkerSource> {
     let workers = workers.max(1);
     let files = Arc::new(files);
-    let mut stored_shares: Vec<Vec<Event>> = (0..workers).map(|_| Vec::new()).collect();
+    let stored_epochs = stored.len().div_ceil(workers * BATCH_LINES).max(1);
+    let mut stored_batches: Vec<std::collections::VecDeque<Vec<Event>>> =
+        (0..workers).map(|_| (0..stored_epochs).map(|_| Vec::new()).collect()).collect();
     for (index, event) in stored.into_iter().enumerate() {
-        stored_shares[index % workers].push(event);
+        let (worker, round) = (index % workers, index / workers);
+        stored_batches[worker][round / BATCH_LINES].push(event);
     }
     partition(&files, workers)
         .into_iter()
-        .zip(stored_shares)
-        .map(|(ranges, stored)| WorkerSource { files: files.clone(), ranges, stored: Some(stored), received_at })
+        .zip(stored_batches)
+        .map(|(ranges, stored)| WorkerSource { files: files.clone(), ranges, stored, received_at })
         .collect()
 }
 
@@ -147,5 +151,23 @@ mod tests {
             assert_eq!(ids, ["e1", "e2", "e3", "e4", "e6", "e7", "e8", "e9"], "workers = {workers}");
             assert_eq!(rejected, ["in.ndjson:6"], "workers = {workers}");
         }
+    }
+
+    #[test]
+    fn stored_events_fill_the_same_leading_epochs_on_every_worker() {
+        let stored: Vec<Event> = (0..2 * BATCH_LINES + 5)
+            .map(|i| convoflow_events::parse_event(line(i + 100).as_bytes()).expect("valid"))
+            .collect();
+        let files = vec![InputFile { name: "in.ndjson".into(), bytes: (line(1) + "\n" + &line(2)).into_bytes() }];
+        let sources = worker_sources(files, stored, 2, 0);
+        let mut stored_seen = 0;
+        for source in sources {
+            let batches: Vec<SourceBatch> = source.collect();
+            // 2·B + 5 stored events over 2 workers need 2 epochs of B each.
+            assert!(batches[..2].iter().all(|b| b.events.iter().all(|(position, _)| *position == 0)));
+            assert!(batches[2..].iter().all(|b| b.events.iter().all(|(position, _)| *position > 0)));
+            stored_seen += batches[..2].iter().map(|b| b.events.len()).sum::<usize>();
+        }
+        assert_eq!(stored_seen, 2 * BATCH_LINES + 5);
     }
 }

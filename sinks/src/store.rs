@@ -1,9 +1,9 @@
 //! The embedded store: one Parquet file per table under `<data>/tables/`.
 //!
-//! A write replaces every table. Each file is written beside its final name, fsynced, then renamed
-//! into place, so a reader sees the old or the new file, never a torn one. `events` goes first:
-//! it is the source of truth the next replay rebuilds all derived tables from, so a crash
-//! between files heals on the next replay.
+//! A write replaces every table. Each file is written beside its final name and fsynced; then the
+//! files are renamed into place, so a reader sees the old or the new file, never a torn one.
+//! `events` is renamed first: it is the source of truth the next replay rebuilds all derived
+//! tables from, so a crash between renames heals on the next replay.
 
 use crate::convert::{events_from_batch, rejected_from_batch, table_batches};
 use crate::schema::schema;
@@ -59,46 +59,55 @@ impl EmbeddedStore {
         reader.collect::<Result<Vec<_>, _>>().map_err(|source| StoreError::Arrow { path: shown(), source })
     }
 
-    /// Every accepted event in the store.
-    pub fn load_events(&self) -> Result<Vec<Event>, StoreError> {
-        let path = self.table_path("events").display().to_string();
-        let mut events = Vec::new();
-        for batch in self.read_table("events")? {
-            events.extend(events_from_batch(&batch).map_err(|source| StoreError::Arrow { path: path.clone(), source })?);
-        }
-        Ok(events)
-    }
-
-    /// Every rejection in the store.
-    pub fn load_rejected(&self) -> Result<Vec<RejectedRow>, StoreError> {
-        let path = self.table_path("rejected").display().to_string();
+    fn load<R>(&self, table: &str, convert: fn(&RecordBatch) -> Result<Vec<R>, ArrowError>) -> Result<Vec<R>, StoreError> {
         let mut rows = Vec::new();
-        for batch in self.read_table("rejected")? {
-            rows.extend(rejected_from_batch(&batch).map_err(|source| StoreError::Arrow { path: path.clone(), source })?);
+        for batch in self.read_table(table)? {
+            let converted = convert(&batch)
+                .map_err(|source| StoreError::Arrow { path: self.table_path(table).display().to_string(), source })?;
+            rows.extend(converted);
         }
         Ok(rows)
     }
 
-    /// Replaces every table with `tables` and `rejected`.
+    /// Every accepted event in the store.
+    pub fn load_events(&self) -> Result<Vec<Event>, StoreError> {
+        self.load("events", events_from_batch)
+    }
+
+    /// Every rejection in the store.
+    pub fn load_rejected(&self) -> Result<Vec<RejectedRow>, StoreError> {
+        self.load("rejected", rejected_from_batch)
+    }
+
+    /// Replaces every table with `tables` and `rejected`. The files are encoded concurrently (one
+    /// thread per table), then renamed into place in SPEC order, `events` first.
     pub fn write(&self, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
         let batches = table_batches(tables, rejected)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
-        for (table, table_batches) in batches {
-            self.write_table(table, &table_batches)?;
+        let partials: Vec<Result<PathBuf, StoreError>> = std::thread::scope(|scope| {
+            let writers: Vec<_> = batches
+                .iter()
+                .map(|(table, table_batches)| scope.spawn(move || self.write_partial(table, table_batches)))
+                .collect();
+            writers.into_iter().map(|writer| writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        });
+        let partials = partials.into_iter().collect::<Result<Vec<_>, _>>()?;
+        for ((table, _), partial) in batches.iter().zip(partials) {
+            let path = self.table_path(table);
+            std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         }
         File::open(&self.dir)
             .and_then(|dir| dir.sync_all())
             .map_err(|source| StoreError::Io { path: self.dir.display().to_string(), source })
     }
 
-    fn write_table(&self, table: &str, batches: &[RecordBatch]) -> Result<(), StoreError> {
-        let path = self.table_path(table);
-        let partial = path.with_extension("parquet.partial");
-        let shown = || partial.display().to_string();
+    /// Writes and fsyncs `<table>.parquet.partial`, returning its path.
+    fn write_partial(&self, table: &str, batches: &[RecordBatch]) -> Result<PathBuf, StoreError> {
+        let partial = self.table_path(table).with_extension("parquet.partial");
         let io = |source| StoreError::Io { path: partial.display().to_string(), source };
         let parquet = |source| StoreError::Parquet { path: partial.display().to_string(), source };
         let schema = schema(table).ok_or_else(|| StoreError::Arrow {
-            path: shown(),
+            path: partial.display().to_string(),
             source: ArrowError::SchemaError(format!("no table {table}")),
         })?;
         let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
@@ -109,6 +118,6 @@ impl EmbeddedStore {
         }
         let file = writer.into_inner().map_err(parquet)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })
+        Ok(partial)
     }
 }
