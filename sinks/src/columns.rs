@@ -27,10 +27,6 @@ pub fn dates(values: impl Iterator<Item = Option<i32>>) -> ArrayRef {
     Arc::new(values.collect::<Date32Array>())
 }
 
-pub fn float64s(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
-    Arc::new(values.collect::<Float64Array>())
-}
-
 /// Typed access to a batch's columns by name, for loading stored tables back.
 pub struct Columns<'a> {
     pub batch: &'a RecordBatch,
