@@ -34,6 +34,9 @@ sql "Weekly retention of the first cohorts (kolkata_foods)" \
           max(CASE WHEN week_offset = 4 THEN round(100.0 * retained / cohort_size, 1) END) AS week4_pct
      FROM retention WHERE tenant_id = 'kolkata_foods'
     GROUP BY cohort_week, cohort_size ORDER BY cohort_week LIMIT 6"
-sql "Rejected input" "SELECT reason, count(*) AS n FROM rejected GROUP BY reason ORDER BY n DESC"
+sql "Rejected input, by the field at fault" \
+  "SELECT split_part(reason, ':', 1) AS field, count(*) AS lines, min(source) AS example,
+          left(min(reason), 70) AS example_reason
+     FROM rejected GROUP BY 1 ORDER BY lines DESC"
 echo
 echo "Query it yourself: target/release/convoflow sql --data demo/data \"SELECT * FROM contacts LIMIT 5\""
