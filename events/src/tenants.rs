@@ -8,9 +8,9 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TenantsError {
-    #[error("cannot read tenants file {path}: {source}")]
+    #[error("cannot read tenants file {path}")]
     Read { path: String, source: std::io::Error },
-    #[error("tenants file is not valid: {0}")]
+    #[error("tenants file is not valid")]
     Json(#[from] serde_json::Error),
     #[error("tenant `{tenant}`: unknown IANA timezone `{timezone}`")]
     Timezone { tenant: String, timezone: String },

@@ -35,7 +35,7 @@ pub struct ReplaySummary {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot read input {path}: {source}")]
+    #[error("cannot read input {path}")]
     Input { path: String, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] convoflow_sinks::StoreError),

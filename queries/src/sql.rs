@@ -24,8 +24,15 @@ pub enum QueryError {
     MultipleStatements(usize),
     #[error("SQL syntax error: {0}")]
     Syntax(String),
+    /// DataFusion's message already carries its causes, so it is not chained as a source.
     #[error("{0}")]
-    DataFusion(#[from] DataFusionError),
+    DataFusion(DataFusionError),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(error: DataFusionError) -> Self {
+        QueryError::DataFusion(error)
+    }
 }
 
 pub struct SqlEngine {

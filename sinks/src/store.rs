@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: String, source: std::io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parquet { path: String, source: ParquetError },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Arrow { path: String, source: ArrowError },
 }
 
