@@ -29,15 +29,6 @@ impl Hasher for StableHasher {
     }
 }
 
-/// Hash of a string, for routing keys to workers.
-pub fn hash_str(parts: &[&str]) -> u64 {
-    let mut hasher = StableHasher::new(0);
-    for part in parts {
-        part.hash(&mut hasher);
-    }
-    hasher.finish()
-}
-
 /// 128-bit identity of `(tenant_id, event_id)`. Two independent 64-bit hashes make an accidental
 /// collision between distinct ids negligible (≈ n² / 2¹²⁹).
 pub fn event_key(tenant_id: &str, event_id: &str) -> u128 {

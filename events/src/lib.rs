@@ -10,7 +10,7 @@ mod tenants;
 mod time;
 
 pub use event::{escape_json_string, Event, EventType, MessageType, Sender, SessionState, Status, TsFormat};
-pub use identity::{event_key, fingerprint, hash_str};
+pub use identity::{event_key, fingerprint};
 pub use ndjson::{split_lines, Line};
 pub use parse::{parse_event, EventError, MAX_PROPERTIES_BYTES};
 pub use tenants::{Tenant, Tenants, TenantsError};

@@ -82,18 +82,6 @@ impl Tenants {
     pub fn timezone(&self, tenant_id: &str) -> Tz {
         self.by_id.get(tenant_id).map_or(Tz::UTC, |t| t.timezone)
     }
-
-    pub fn get(&self, tenant_id: &str) -> Option<&Tenant> {
-        self.by_id.get(tenant_id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
 }
 
 #[cfg(test)]

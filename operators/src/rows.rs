@@ -162,17 +162,3 @@ pub enum Update {
     Contact(ContactRow, i64),
     Retention(RetentionRow, i64),
 }
-
-impl Update {
-    /// The SPEC table the update belongs to.
-    pub fn table(&self) -> &'static str {
-        match self {
-            Update::Event(_) => "events",
-            Update::Response(..) => "responses",
-            Update::Cycle(..) => "conversation_cycles",
-            Update::Volume(..) => "message_volume",
-            Update::Contact(..) => "contacts",
-            Update::Retention(..) => "retention",
-        }
-    }
-}

@@ -24,6 +24,8 @@ const MAX_EPOCHS_IN_FLIGHT: u64 = 2;
 pub struct SourceBatch {
     pub events: Vec<Positioned>,
     pub rejected: Vec<RejectedRow>,
+    /// Input lines this batch read (0 for stored events).
+    pub lines: u64,
 }
 
 /// The result of a run: consolidated tables plus what was refused.
@@ -33,6 +35,8 @@ pub struct RunOutput {
     /// Parse failures and conflicting duplicates.
     pub rejected: Vec<RejectedRow>,
     pub duplicates: u64,
+    /// Input lines read by the sources.
+    pub lines: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,7 @@ struct WorkerOutput {
     tables: TableSet,
     rejected: Vec<RejectedRow>,
     duplicates: u64,
+    lines: u64,
 }
 
 /// Runs the dataflow to completion. `source(worker_index, workers)` yields that worker's batches;
@@ -86,7 +91,11 @@ where
         });
 
         for mut batch in source(worker.index(), worker.peers()) {
-            collected.borrow_mut().rejected.append(&mut batch.rejected);
+            {
+                let mut out = collected.borrow_mut();
+                out.rejected.append(&mut batch.rejected);
+                out.lines += batch.lines;
+            }
             input.send_batch(&mut batch.events);
             let next = *input.time() + 1;
             input.advance_to(next);
@@ -109,8 +118,10 @@ where
         total.tables.merge(output.tables);
         total.rejected.extend(output.rejected);
         total.duplicates += output.duplicates;
+        total.lines += output.lines;
     }
-    total.tables.consolidate();
+    // Every key is maintained by exactly one worker, so the merged per-worker consolidations are
+    // already consolidated: no row can cancel against another worker's.
     Ok(total)
 }
 

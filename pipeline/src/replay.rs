@@ -3,7 +3,7 @@
 //! reflect every event ever accepted and replaying the same input again changes nothing.
 
 use crate::source::{worker_sources, InputFile};
-use convoflow_events::{split_lines, Tenants};
+use convoflow_events::Tenants;
 use convoflow_operators::{run, RejectedRow};
 use convoflow_sinks::EmbeddedStore;
 use std::collections::HashSet;
@@ -58,10 +58,9 @@ pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         let bytes = std::fs::read(path).map_err(|source| ReplayError::Input { path: path.display().to_string(), source })?;
         files.push(InputFile { name: display_name(path), bytes });
     }
-    let lines: u64 = files.iter().map(|f| split_lines(&f.bytes, 1).count() as u64).sum();
     let stored_before = stored.len() as u64;
     let load_seconds = started.elapsed().as_secs_f64();
-    tracing::info!(stored_events = stored_before, input_lines = lines, "replay loaded");
+    tracing::info!(stored_events = stored_before, input_files = options.inputs.len(), "replay loaded");
 
     let dataflow_started = Instant::now();
     let sources = worker_sources(files, stored, options.workers, received_at);
@@ -81,7 +80,7 @@ pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let mut table_rows = output.tables.counts();
     table_rows.insert(1, ("rejected", rejected.len()));
     Ok(ReplaySummary {
-        lines,
+        lines: output.lines,
         accepted: output.tables.events.len() as u64 - stored_before,
         duplicates: output.duplicates,
         rejected: new_rejected,

@@ -66,12 +66,12 @@ impl Iterator for WorkerSource {
     fn next(&mut self) -> Option<SourceBatch> {
         if let Some(events) = self.stored.pop_front() {
             let events = events.into_iter().map(|event| (0, Box::new(event))).collect();
-            return Some(SourceBatch { events, rejected: Vec::new() });
+            return Some(SourceBatch { events, rejected: Vec::new(), lines: 0 });
         }
         let range = self.ranges.first_mut()?;
         let input = &self.files[range.file];
         let bytes = &input.bytes[range.start..range.end];
-        let mut batch = SourceBatch { events: Vec::with_capacity(BATCH_LINES), rejected: Vec::new() };
+        let mut batch = SourceBatch { events: Vec::with_capacity(BATCH_LINES), rejected: Vec::new(), lines: 0 };
         let mut consumed = bytes.len();
         let mut lines_seen = 0u64;
         for (count, line) in split_lines(bytes, range.first_line).enumerate() {
@@ -80,6 +80,7 @@ impl Iterator for WorkerSource {
                 lines_seen = line.number - range.first_line;
                 break;
             }
+            batch.lines += 1;
             match parse_event(line.bytes) {
                 Ok(event) => batch.events.push((position(range.file, line.number), Box::new(event))),
                 Err(error) => batch.rejected.push(RejectedRow::new(

@@ -81,7 +81,7 @@ pub fn run_batches(batches: Vec<Vec<Event>>, tenants: Tenants, workers: usize) -
         let batches = batches.clone();
         (0..batches.len())
             .filter(move |i| i % peers == index)
-            .map(move |i| SourceBatch { events: batches[i].clone(), rejected: Vec::new() })
+            .map(move |i| SourceBatch { events: batches[i].clone(), rejected: Vec::new(), lines: 0 })
             .collect::<Vec<_>>()
             .into_iter()
     })
