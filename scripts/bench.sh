@@ -10,7 +10,7 @@ dir="${BENCH_DIR:-/tmp/convoflow-bench}"
 mkdir -p "$dir"
 command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
 
-cargo build --release --locked -p convoflow-pipeline --bin convoflow
+cargo build --release --locked --workspace --bin convoflow
 bin="$PWD/target/release/convoflow"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -m); $(date -u +%F)"
 for n in "${sizes[@]}"; do

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, golden, property and end-to-end CLI tests.
+# The whole test suite: unit, golden, property, end-to-end CLI tests, and the scaled deployment's
+# tests against real NATS JetStream and ClickHouse servers, which this script installs (Debian
+# packages) and starts if they are not running, and stops again afterwards.
 # Works on a fresh Debian machine as root with the Rust toolchain installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +14,20 @@ fi
 # One target dir for everything; the build is most of the time (DataFusion).
 cargo build --workspace --all-targets --locked
 
+started_services=no
+if ! bash scripts/services.sh status | grep -q "NATS running" || ! bash scripts/services.sh status | grep -q "ClickHouse running"; then
+  started_services=yes
+fi
+bash scripts/services.sh start
+export CONVOFLOW_TEST_NATS=${CONVOFLOW_TEST_NATS:-nats://127.0.0.1:${NATS_PORT:-4222}}
+export CONVOFLOW_TEST_CLICKHOUSE=${CONVOFLOW_TEST_CLICKHOUSE:-http://127.0.0.1:${CLICKHOUSE_HTTP_PORT:-8123}}
+
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+cleanup() {
+  rm -f "$log"
+  if [[ $started_services == yes ]]; then bash scripts/services.sh stop >/dev/null; fi
+}
+trap cleanup EXIT
 set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -6,6 +6,7 @@ pub mod contacts;
 pub mod cycles;
 pub mod dataflow;
 pub mod dedup;
+pub mod live;
 pub mod reduce;
 pub mod responses;
 pub mod retention;
@@ -17,5 +18,6 @@ pub mod thread;
 pub mod volume;
 
 pub use rows::*;
+pub use live::{EpochOutput, LiveDataflow};
 pub use runtime::{run, RunOutput, RuntimeError, SourceBatch};
 pub use tables::{Collection, TableSet};

@@ -47,12 +47,61 @@ pub enum RuntimeError {
     Worker(String),
 }
 
+/// What one worker's dataflow produced since it was last drained.
 #[derive(Default)]
-struct WorkerOutput {
-    tables: TableSet,
-    rejected: Vec<RejectedRow>,
-    duplicates: u64,
-    lines: u64,
+pub(crate) struct WorkerOutput {
+    pub tables: TableSet,
+    pub rejected: Vec<RejectedRow>,
+    /// Copies refused as conflicting duplicates; made into `rejected` rows by the caller.
+    pub conflicts: Vec<Box<Event>>,
+    pub duplicates: u64,
+    pub lines: u64,
+}
+
+pub(crate) type EventInput = InputHandle<u64, CapacityContainerBuilder<Vec<Positioned>>>;
+
+/// Builds the dataflow on `worker` with collectors of its outputs.
+pub(crate) fn attach(
+    worker: &mut timely::worker::Worker,
+    tenants: Arc<Tenants>,
+) -> (EventInput, ProbeHandle<u64>, Rc<RefCell<WorkerOutput>>) {
+    let collected = Rc::new(RefCell::new(WorkerOutput::default()));
+    let mut input = EventInput::new();
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let outputs = build(input.to_stream(scope), tenants);
+        // Collectors come before the probe, so a probe past an epoch means they have taken all
+        // of its updates (a probe before them would only say the updates were produced).
+        let sink = collected.clone();
+        outputs
+            .updates
+            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "CollectTables", move |_, _| {
+                move |input, _| {
+                    let mut out = sink.borrow_mut();
+                    input.for_each(|_, data| data.drain(..).for_each(|update| out.tables.apply(update)));
+                }
+            })
+            .probe_with(&probe);
+        let sink = collected.clone();
+        outputs
+            .refused
+            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "CollectRefused", move |_, _| {
+                move |input, _| {
+                    let mut out = sink.borrow_mut();
+                    input.for_each(|_, data| {
+                        for admission in data.drain(..) {
+                            match admission {
+                                Admission::Conflicting(event) => out.conflicts.push(event),
+                                Admission::Duplicate => out.duplicates += 1,
+                                Admission::Accepted(_) => {}
+                            }
+                        }
+                    });
+                }
+            })
+            .probe_with(&probe);
+    });
+    (input, probe, collected)
 }
 
 /// Runs the dataflow to completion. `source(worker_index, workers)` yields that worker's batches;
@@ -64,36 +113,12 @@ where
 {
     let config = timely::Config::process(workers.max(1));
     let guards = timely::execute(config, move |worker| {
-        let collected = Rc::new(RefCell::new(WorkerOutput::default()));
-        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Positioned>>>::new();
-        let probe = ProbeHandle::new();
-        let tenants = tenants.clone();
-        worker.dataflow::<u64, _, _>(|scope| {
-            let outputs = build(input.to_stream(scope), tenants);
-            let sink = collected.clone();
-            outputs.updates.probe_with(&probe).sink(Pipeline, "CollectTables", move |(input, _)| {
-                let mut out = sink.borrow_mut();
-                input.for_each(|_, data| data.drain(..).for_each(|update| out.tables.apply(update)));
-            });
-            let sink = collected.clone();
-            outputs.refused.sink(Pipeline, "CollectRefused", move |(input, _)| {
-                let mut out = sink.borrow_mut();
-                input.for_each(|_, data| {
-                    for admission in data.drain(..) {
-                        match admission {
-                            Admission::Conflicting(event) => out.rejected.push(conflict_row(&event, received_at)),
-                            Admission::Duplicate => out.duplicates += 1,
-                            Admission::Accepted(_) => {}
-                        }
-                    }
-                });
-            });
-        });
+        let (mut input, probe, collected) = attach(worker, tenants.clone());
 
         for mut batch in source(worker.index(), worker.peers()) {
             {
                 let mut out = collected.borrow_mut();
-                out.rejected.append(&mut batch.rejected);
+                out.rejected.extend(batch.rejected.drain(..));
                 out.lines += batch.lines;
             }
             input.send_batch(&mut batch.events);
@@ -106,9 +131,11 @@ where
         }
         input.close();
         while worker.step() {}
-        let mut output = collected.take();
-        output.tables.consolidate();
-        output
+        let mut collected = collected.take();
+        collected.tables.consolidate();
+        let rejected = collected.conflicts.iter().map(|event| conflict_row(event, received_at));
+        collected.rejected.extend(rejected);
+        collected
     })
     .map_err(RuntimeError::Start)?;
 
@@ -125,7 +152,7 @@ where
     Ok(total)
 }
 
-fn conflict_row(event: &Event, received_at: i64) -> RejectedRow {
+pub(crate) fn conflict_row(event: &Event, received_at: i64) -> RejectedRow {
     let reason = format!(
         "conflicting_duplicate: event_id `{}` was already accepted with different content",
         event.event_id

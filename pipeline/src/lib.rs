@@ -1,4 +1,6 @@
 //! The convoflow process: sources, the dataflow runtime and the commands of the `convoflow` binary.
 
+pub mod bus;
 pub mod replay;
+pub mod scaled;
 pub mod source;

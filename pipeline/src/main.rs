@@ -2,10 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use convoflow_events::Tenants;
+use convoflow_events::{rfc3339_to_ms, Tenants};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
-use convoflow_pipeline::replay::{replay, thousands, ReplayOptions};
-use convoflow_queries::{format_batches, OutputFormat, SqlEngine};
+use convoflow_pipeline::replay::{read_inputs, replay, thousands, ReplayOptions};
+use convoflow_pipeline::scaled::{run_scaled, ScaledOptions};
+use convoflow_queries::{clickhouse_query, format_batches, OutputFormat, SqlEngine};
+use convoflow_sinks::{ClickHouseConfig, ClickHouseStore};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,7 +28,7 @@ enum Command {
     /// Add the events of NDJSON files to the store and rebuild every table.
     Replay {
         /// NDJSON files of canonical events.
-        #[arg(long = "input", required = true, num_args = 1..)]
+        #[arg(long = "input", required_unless_present = "from_nats", num_args = 1..)]
         inputs: Vec<PathBuf>,
         /// Input format: canonical (one event per line).
         #[arg(long, default_value = "canonical")]
@@ -40,12 +42,28 @@ enum Command {
         /// Dataflow worker threads (default: the machine's cores).
         #[arg(long)]
         workers: Option<usize>,
+        /// Publish the input to NATS JetStream (stream CONVOFLOW_EVENTS) and consume it from there.
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// Write the tables to ClickHouse (HTTP interface; the URL's path names the database,
+        /// default `convoflow`) instead of the embedded store. Needs --nats.
+        #[arg(long, value_name = "URL")]
+        clickhouse: Option<String>,
+        /// Rebuild the tables from the JetStream stream instead of input files.
+        #[arg(long)]
+        from_nats: bool,
+        /// With --from-nats: only messages published at or after this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339", requires = "from_nats")]
+        since: Option<String>,
     },
     /// Run a read-only SQL query over the tables.
     Sql {
         /// Data directory of the embedded store.
-        #[arg(long, default_value = "./data")]
+        #[arg(long, default_value = "./data", conflicts_with = "clickhouse")]
         data: PathBuf,
+        /// Query ClickHouse instead (HTTP interface URL; its path names the database).
+        #[arg(long, value_name = "URL")]
+        clickhouse: Option<String>,
         /// Output format: table, csv or json.
         #[arg(long, default_value = "table")]
         format: OutputFormat,
@@ -81,6 +99,12 @@ fn main() {
     }
 }
 
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
 fn check_format(format: &str) -> Result<()> {
     match format {
         "canonical" => Ok(()),
@@ -91,19 +115,45 @@ fn check_format(format: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Replay { inputs, format, tenants, data, workers } => {
+        Command::Replay { inputs, format, tenants, data, workers, nats, clickhouse, from_nats, since } => {
             check_format(&format)?;
             let tenants = match tenants {
                 Some(path) => Tenants::load(&path)?,
                 None => Tenants::default(),
             };
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let summary = replay(ReplayOptions { inputs, tenants, data_dir: data.clone(), workers })?;
-            print!("{}", summary.render(&data));
+            if nats.is_none() && !from_nats {
+                if clickhouse.is_some() {
+                    bail!("--clickhouse needs --nats: events reach ClickHouse through JetStream (convoflow replay --input FILE --nats URL --clickhouse URL)");
+                }
+                let inputs = read_inputs(&inputs)?;
+                let summary = replay(ReplayOptions { inputs, rejected: Vec::new(), tenants, data_dir: data.clone(), workers })?;
+                print!("{}", summary.render(&data));
+                return Ok(());
+            }
+            let since_ms = since
+                .map(|text| rfc3339_to_ms(&text).with_context(|| format!("--since `{text}` is not an RFC 3339 instant")))
+                .transpose()?;
+            let clickhouse = clickhouse.map(|url| ClickHouseConfig::parse(&url)).transpose()?;
+            let options = ScaledOptions {
+                inputs: if from_nats { Vec::new() } else { inputs },
+                nats: nats.unwrap_or_else(|| DEFAULT_NATS_URL.to_owned()),
+                clickhouse,
+                data_dir: data,
+                from_nats,
+                since_ms,
+                tenants,
+                workers,
+            };
+            let summary = tokio_runtime()?.block_on(run_scaled(options))?;
+            print!("{}", summary.render());
         }
-        Command::Sql { data, format, query } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let text = runtime.block_on(async {
+        Command::Sql { data, clickhouse, format, query } => {
+            let text = tokio_runtime()?.block_on(async {
+                if let Some(url) = clickhouse {
+                    let store = ClickHouseStore::connect(&ClickHouseConfig::parse(&url)?).await?;
+                    return anyhow::Ok(clickhouse_query(&store, &query, format).await?);
+                }
                 let engine = SqlEngine::open(&data).await?;
                 let batches = engine.query(&query).await?;
                 anyhow::Ok(format_batches(&batches, format)?)

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub struct ReplayOptions {
-    pub inputs: Vec<PathBuf>,
+    pub inputs: Vec<InputFile>,
+    /// Rejections found before the dataflow (by a publisher), stored with the run's own.
+    pub rejected: Vec<RejectedRow>,
     pub tenants: Tenants,
     pub data_dir: PathBuf,
     pub workers: usize,
@@ -43,7 +45,7 @@ pub enum ReplayError {
     Runtime(#[from] convoflow_operators::RuntimeError),
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -53,14 +55,10 @@ pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let store = EmbeddedStore::open(&options.data_dir)?;
     let stored = store.load_events()?;
     let stored_rejected = store.load_rejected()?;
-    let mut files = Vec::new();
-    for path in &options.inputs {
-        let bytes = std::fs::read(path).map_err(|source| ReplayError::Input { path: path.display().to_string(), source })?;
-        files.push(InputFile { name: display_name(path), bytes });
-    }
+    let files = options.inputs;
     let stored_before = stored.len() as u64;
     let load_seconds = started.elapsed().as_secs_f64();
-    tracing::info!(stored_events = stored_before, input_files = options.inputs.len(), "replay loaded");
+    tracing::info!(stored_events = stored_before, input_files = files.len(), "replay loaded");
 
     let dataflow_started = Instant::now();
     let sources = worker_sources(files, stored, options.workers, received_at);
@@ -72,15 +70,18 @@ pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let dataflow_seconds = dataflow_started.elapsed().as_secs_f64();
 
     let write_started = Instant::now();
-    let new_rejected = output.rejected.len() as u64;
-    let rejected = merge_rejected(stored_rejected, output.rejected);
+    let rejected_before_dataflow = options.rejected.len() as u64;
+    let new_rejected = output.rejected.len() as u64 + rejected_before_dataflow;
+    let mut found = options.rejected;
+    found.extend(output.rejected);
+    let rejected = merge_rejected(stored_rejected, found);
     store.write(&output.tables, &rejected)?;
     let write_seconds = write_started.elapsed().as_secs_f64();
 
     let mut table_rows = output.tables.counts();
     table_rows.insert(1, ("rejected", rejected.len()));
     Ok(ReplaySummary {
-        lines: output.lines,
+        lines: output.lines + rejected_before_dataflow,
         accepted: output.tables.events.len() as u64 - stored_before,
         duplicates: output.duplicates,
         rejected: new_rejected,
@@ -95,6 +96,17 @@ pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
 
 fn display_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
+}
+
+/// Reads input files whole, named by their file names (as `rejected.source` shows them).
+pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputFile>, ReplayError> {
+    paths
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).map_err(|source| ReplayError::Input { path: path.display().to_string(), source })?;
+            Ok(InputFile { name: display_name(path), bytes })
+        })
+        .collect()
 }
 
 /// Stored rejections plus new ones; a rejection of the same input, from the same place, for the

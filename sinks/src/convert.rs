@@ -3,7 +3,7 @@
 use crate::columns::*;
 use crate::schema::schema;
 use convoflow_events::{Event, EventType, MessageType, Sender, SessionState, Status};
-use convoflow_operators::{RejectedRow, TableSet};
+use convoflow_operators::{Collection, RejectedRow, TableSet};
 use datafusion::arrow::array::{ArrayRef, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
 use std::sync::Arc;
 use datafusion::arrow::error::ArrowError;
@@ -82,14 +82,50 @@ fn rejected_columns(rows: &[RejectedRow]) -> Vec<ArrayRef> {
     ]
 }
 
+/// Which rows of the derived tables become batch rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// The table's contents: each row repeated by its (positive) multiplicity.
+    Contents,
+    /// Every update once, whatever the sign of its diff; the diffs are returned beside.
+    Updates,
+}
+
+/// One table's batches, with the diff of each row (in order, across batches).
+pub struct TableBatches {
+    pub table: &'static str,
+    pub batches: Vec<RecordBatch>,
+    pub diffs: Vec<i64>,
+}
+
+fn select<R: Ord>(collection: &Collection<R>, rows: Rows) -> (Vec<&R>, Vec<i64>) {
+    match rows {
+        Rows::Contents => {
+            let selected: Vec<&R> = collection.rows().collect();
+            let diffs = vec![1; selected.len()];
+            (selected, diffs)
+        }
+        Rows::Updates => collection.updates.iter().map(|(row, diff)| (row, *diff)).unzip(),
+    }
+}
+
 /// Every table of `tables` (plus `rejected`) as record batches, named by table.
-pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow]) -> Result<Vec<(&'static str, Vec<RecordBatch>)>, ArrowError> {
-    let responses: Vec<_> = tables.responses.rows().collect();
-    let cycles: Vec<_> = tables.conversation_cycles.rows().collect();
-    let volume: Vec<_> = tables.message_volume.rows().collect();
-    let contacts: Vec<_> = tables.contacts.rows().collect();
-    let retention: Vec<_> = tables.retention.rows().collect();
-    Ok(vec![
+pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow], rows: Rows) -> Result<Vec<TableBatches>, ArrowError> {
+    let (responses, responses_diffs) = select(&tables.responses, rows);
+    let (cycles, cycles_diffs) = select(&tables.conversation_cycles, rows);
+    let (volume, volume_diffs) = select(&tables.message_volume, rows);
+    let (contacts, contacts_diffs) = select(&tables.contacts, rows);
+    let (retention, retention_diffs) = select(&tables.retention, rows);
+    let diffs = [
+        vec![1; tables.events.len()],
+        vec![1; rejected.len()],
+        responses_diffs,
+        cycles_diffs,
+        volume_diffs,
+        contacts_diffs,
+        retention_diffs,
+    ];
+    let named = vec![
         ("events", chunked("events", &tables.events, event_columns)?),
         ("rejected", chunked("rejected", rejected, rejected_columns)?),
         ("responses", chunked("responses", &responses, |rows| vec![
@@ -147,7 +183,12 @@ pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow]) -> Result<Vec<
             int64s(rows.iter().map(|r| Some(r.cohort_size))),
             int64s(rows.iter().map(|r| Some(r.retained))),
         ])?),
-    ])
+    ];
+    Ok(named
+        .into_iter()
+        .zip(diffs)
+        .map(|((table, batches), diffs)| TableBatches { table, batches, diffs })
+        .collect())
 }
 
 fn missing(column: &str) -> ArrowError {

@@ -5,7 +5,7 @@
 //! `events` is renamed first: it is the source of truth the next replay rebuilds all derived
 //! tables from, so a crash between renames heals on the next replay.
 
-use crate::convert::{events_from_batch, rejected_from_batch, table_batches};
+use crate::convert::{events_from_batch, rejected_from_batch, table_batches, Rows};
 use crate::schema::schema;
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
@@ -82,18 +82,18 @@ impl EmbeddedStore {
     /// Replaces every table with `tables` and `rejected`. The files are encoded concurrently (one
     /// thread per table), then renamed into place in SPEC order, `events` first.
     pub fn write(&self, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
-        let batches = table_batches(tables, rejected)
+        let batches = table_batches(tables, rejected, Rows::Contents)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
         let partials: Vec<Result<PathBuf, StoreError>> = std::thread::scope(|scope| {
             let writers: Vec<_> = batches
                 .iter()
-                .map(|(table, table_batches)| scope.spawn(move || self.write_partial(table, table_batches)))
+                .map(|table| scope.spawn(move || self.write_partial(table.table, &table.batches)))
                 .collect();
             writers.into_iter().map(|writer| writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
         let partials = partials.into_iter().collect::<Result<Vec<_>, _>>()?;
-        for ((table, _), partial) in batches.iter().zip(partials) {
-            let path = self.table_path(table);
+        for (table, partial) in batches.iter().zip(partials) {
+            let path = self.table_path(table.table);
             std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         }
         File::open(&self.dir)

@@ -1,0 +1,150 @@
+//! The bus between ingest and the dataflow. The scaled deployment's is NATS JetStream
+//! (`jetstream`); what goes on it is NDJSON batches of one tenant's canonical events.
+
+pub mod jetstream;
+
+use bytes::Bytes;
+use convoflow_events::{event_key, parse_event, split_lines};
+use convoflow_operators::dedup::Positioned;
+use convoflow_operators::RejectedRow;
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream: cannot {what}: {reason}")]
+    Request { what: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Events per published message, and a cap on its size (NATS' default max payload is 1 MiB).
+pub const BATCH_EVENTS: usize = 1000;
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// One message to publish: NDJSON lines of one tenant.
+#[derive(Clone, Debug)]
+pub struct OutgoingBatch {
+    pub tenant: String,
+    /// `Nats-Msg-Id`: a 128-bit hash of the tenant and body, the same whenever the same batch is
+    /// published again.
+    pub id: String,
+    pub body: Bytes,
+    pub events: u64,
+}
+
+/// Lines of one file split into per-tenant batches, and the lines that are not valid events
+/// (they never reach the bus; they become `rejected` rows naming `file:line`).
+pub struct BatchedFile {
+    pub batches: Vec<OutgoingBatch>,
+    pub rejected: Vec<RejectedRow>,
+    pub lines: u64,
+}
+
+fn finish(tenant: &str, body: Vec<u8>, events: u64) -> OutgoingBatch {
+    let key = event_key(tenant, &String::from_utf8_lossy(&body));
+    OutgoingBatch { tenant: tenant.to_owned(), id: format!("cf-{key:032x}"), body: Bytes::from(body), events }
+}
+
+/// Splits NDJSON into per-tenant batches in input order. Batch boundaries depend only on the
+/// file, so publishing the same file again yields the same message ids.
+pub fn batch_file(name: &str, bytes: &[u8], received_at: i64) -> BatchedFile {
+    let mut open: HashMap<String, (Vec<u8>, u64)> = HashMap::new();
+    let mut out = BatchedFile { batches: Vec::new(), rejected: Vec::new(), lines: 0 };
+    for line in split_lines(bytes, 1) {
+        out.lines += 1;
+        match parse_event(line.bytes) {
+            Ok(event) => {
+                let (body, events) = open.entry(event.tenant_id.clone()).or_default();
+                body.extend_from_slice(line.bytes);
+                body.push(b'\n');
+                *events += 1;
+                if *events as usize >= BATCH_EVENTS || body.len() >= BATCH_BYTES {
+                    let (body, events) = open.remove(&event.tenant_id).unwrap_or_default();
+                    out.batches.push(finish(&event.tenant_id, body, events));
+                }
+            }
+            Err(error) => out.rejected.push(RejectedRow::new(
+                error.tenant_id.as_deref(),
+                received_at,
+                error.to_string(),
+                line.bytes,
+                format!("{name}:{}", line.number),
+            )),
+        }
+    }
+    let mut rest: Vec<(String, (Vec<u8>, u64))> = open.into_iter().collect();
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    out.batches.extend(rest.into_iter().map(|(tenant, (body, events))| finish(&tenant, body, events)));
+    out
+}
+
+/// Input position of line `line` of the message at stream sequence `sequence`: stream order,
+/// then line order, so the first copy of a conflicting event on the stream wins.
+pub fn position(sequence: u64, line: u64) -> u64 {
+    (sequence << 20) | line.min((1 << 20) - 1)
+}
+
+/// Parses a delivered message's lines; lines that are not valid events become `rejected` rows
+/// naming the stream, sequence and line.
+pub fn parse_message(stream: &str, sequence: u64, payload: &[u8], received_at: i64) -> (Vec<Positioned>, Vec<RejectedRow>) {
+    let mut events = Vec::new();
+    let mut rejected = Vec::new();
+    for line in split_lines(payload, 1) {
+        match parse_event(line.bytes) {
+            Ok(event) => events.push((position(sequence, line.number), Box::new(event))),
+            Err(error) => rejected.push(RejectedRow::new(
+                error.tenant_id.as_deref(),
+                received_at,
+                error.to_string(),
+                line.bytes,
+                format!("nats:{stream}:{sequence}:{}", line.number),
+            )),
+        }
+    }
+    (events, rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(tenant: &str, id: usize) -> String {
+        format!(r#"{{"event_id":"e{id}","tenant_id":"{tenant}","ts":{id},"type":"touch","contact_id":"c","channel":"ad"}}"#)
+    }
+
+    #[test]
+    fn batches_are_per_tenant_in_order_and_deterministic() {
+        let mut text = String::new();
+        for id in 0..(BATCH_EVENTS + 10) {
+            text.push_str(&line(if id % 2 == 0 { "a" } else { "b" }, id));
+            text.push('\n');
+        }
+        text.push_str("{not json\n");
+        let first = batch_file("in.ndjson", text.as_bytes(), 0);
+        let again = batch_file("in.ndjson", text.as_bytes(), 0);
+        assert_eq!(first.lines, BATCH_EVENTS as u64 + 11);
+        assert_eq!(first.rejected.len(), 1);
+        assert_eq!(first.rejected[0].source, format!("in.ndjson:{}", BATCH_EVENTS + 11));
+        let events: u64 = first.batches.iter().map(|b| b.events).sum();
+        assert_eq!(events, BATCH_EVENTS as u64 + 10);
+        assert!(first.batches.iter().all(|b| b.body.split(|c| *c == b'\n').filter(|l| !l.is_empty()).all(|l| {
+            parse_event(l).map(|e| e.tenant_id == b.tenant).unwrap_or(false)
+        })));
+        let ids: Vec<&str> = first.batches.iter().map(|b| b.id.as_str()).collect();
+        let ids_again: Vec<&str> = again.batches.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ids_again);
+        let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+    }
+
+    #[test]
+    fn message_lines_keep_stream_order() {
+        let payload = format!("{}\n{}\nnope\n", line("a", 1), line("a", 2));
+        let (events, rejected) = parse_message("S", 7, payload.as_bytes(), 0);
+        assert_eq!(events.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![position(7, 1), position(7, 2)]);
+        assert!(position(7, 99) < position(8, 1));
+        assert_eq!(rejected[0].source, "nats:S:7:3");
+    }
+}
