@@ -129,6 +129,32 @@ pub fn clickhouse_tables(database_url: &str) -> Tables {
     })
 }
 
+/// Epochs committed so far in the database at `database_url` (0 before its tables exist).
+pub fn committed_epochs(database_url: &str) -> u64 {
+    // Plain HTTP (curl), so polling never races the pipeline's CREATE statements.
+    let config = ClickHouseConfig::parse(database_url).expect("url");
+    let output = Command::new("curl")
+        .args(["-s", "--data-binary", &format!("SELECT count() FROM {}.commits", config.database), &config.url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
+}
+
+/// Waits until more than `after` epochs are committed, or `child` exits; true if it still runs.
+pub fn wait_for_commit(database_url: &str, after: u64, child: &mut std::process::Child) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().expect("poll").is_some() {
+            return false;
+        }
+        if committed_epochs(database_url) > after {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("no epoch committed within 2 minutes");
+}
+
 /// Asserts two table sets are equal, naming the first table and row that differ.
 pub fn assert_same_tables(expected: &Tables, actual: &Tables, context: &str) {
     for (table, rows) in expected {

@@ -84,25 +84,31 @@ fn pauses(seed: u64, count: usize, range_ms: (u64, u64)) -> Vec<Duration> {
 #[test]
 fn killing_the_consumer_at_random_points_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (input, tenants) = generate(dir.path(), 60_000);
+    let (input, tenants) = generate(dir.path(), 100_000);
     let expected = reference(dir.path(), &input, &tenants);
     let names = Names::new("crash");
     let database = names.database_url(&clickhouse_url());
     let mut kills = 0;
-    for pause in pauses(0x5eed, 5, (300, 2500)) {
+    for pause in pauses(0x5eed, 5, (0, 150)) {
         let mut child = scaled_replay(&names, &input, &tenants, &nats_url(), &database)
+            .env("CONVOFLOW_EPOCH_MESSAGES", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        std::thread::sleep(pause);
-        if child.try_wait().expect("poll").is_none() {
-            child.kill().expect("kill -9"); // SIGKILL: no cleanup runs
-            kills += 1;
+        // Kill while it consumes: after it committed one more epoch, plus a random pause, so
+        // kills land before, during and after commits and acknowledgements.
+        if wait_for_commit(&database, committed_epochs(&database), &mut child) {
+            std::thread::sleep(pause);
+            if child.try_wait().expect("poll").is_none() {
+                child.kill().expect("kill -9"); // SIGKILL: no cleanup runs
+                kills += 1;
+            }
         }
         child.wait().expect("reap");
     }
     assert!(kills >= 3, "the pipeline should have been killed mid-run most times (killed {kills} of 5)");
+    assert_ne!(clickhouse_tables(&database)["events"], expected["events"], "the kills should have interrupted the run");
     succeed(&mut scaled_replay(&names, &input, &tenants, &nats_url(), &database));
     assert_same_tables(&expected, &clickhouse_tables(&database), &format!("after {kills} kills and a restart"));
 }
@@ -171,7 +177,7 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 #[test]
 fn clickhouse_away_for_a_while_is_waited_for_and_nothing_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (input, tenants) = generate(dir.path(), 40_000);
+    let (input, tenants) = generate(dir.path(), 100_000);
     let expected = reference(dir.path(), &input, &tenants);
     let names = Names::new("chdown");
     let target = clickhouse_url().trim_start_matches("http://").trim_end_matches('/').to_owned();
@@ -179,12 +185,13 @@ fn clickhouse_away_for_a_while_is_waited_for_and_nothing_is_lost() {
     let database = names.database_url(&format!("http://127.0.0.1:{}", proxy.port));
     let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
     let mut child = scaled_replay(&names, &input, &tenants, &nats_url(), &database)
+        .env("CONVOFLOW_EPOCH_MESSAGES", "1")
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(child.try_wait().expect("poll").is_none(), "the outage must start while the pipeline runs");
+    let direct = names.database_url(&clickhouse_url());
+    assert!(wait_for_commit(&direct, 0, &mut child), "the outage must start while the pipeline runs");
     proxy.set_open(false);
     std::thread::sleep(Duration::from_secs(3));
     proxy.set_open(true);
@@ -248,19 +255,19 @@ impl Drop for PrivateNats {
 #[test]
 fn nats_restarted_mid_run_is_reconnected_to_and_nothing_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (input, tenants) = generate(dir.path(), 40_000);
+    let (input, tenants) = generate(dir.path(), 100_000);
     let expected = reference(dir.path(), &input, &tenants);
     let mut nats = PrivateNats::start(&dir.path().join("nats"));
     let names = Names::new("natsdown");
     let database = names.database_url(&clickhouse_url());
     let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
     let mut child = scaled_replay(&names, &input, &tenants, &nats.url(), &database)
+        .env("CONVOFLOW_EPOCH_MESSAGES", "1")
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(child.try_wait().expect("poll").is_none(), "the restart must happen while the pipeline runs");
+    assert!(wait_for_commit(&database, 0, &mut child), "the restart must happen while the pipeline runs");
     nats.stop();
     std::thread::sleep(Duration::from_secs(2));
     nats.run();
