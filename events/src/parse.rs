@@ -16,8 +16,9 @@ use std::fmt;
 pub const MAX_PROPERTIES_BYTES: usize = 16 * 1024;
 const MAX_ID_CHARS: usize = 200;
 const MAX_TENANT_CHARS: usize = 64;
-/// Latest accepted instant: 9999-12-31T23:59:59.999Z.
-const MAX_TS_MS: i64 = 253_402_300_799_999;
+/// Latest accepted instant: 2149-06-04T23:59:59.999Z, so every local date (even at +14:00)
+/// fits ClickHouse's `Date` (which ends 2149-06-06) as well as Arrow's `Date32`.
+const MAX_TS_MS: i64 = 5_662_137_599_999;
 
 /// Why an event was rejected: the field at fault (or `json`) and the problem.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -169,7 +170,7 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, EventError> {
     }
     let ts = raw.ts.ok_or_else(|| EventError::new("ts", "required"))?.0;
     if !(0..=MAX_TS_MS).contains(&ts) {
-        return Err(EventError::new("ts", "out of range (1970-01-01 to 9999-12-31)"));
+        return Err(EventError::new("ts", "out of range (1970-01-01 to 2149-06-04)"));
     }
     let kind_text = raw.kind.ok_or_else(|| EventError::new("type", "required"))?;
     let kind = EventType::parse(&kind_text).ok_or_else(|| {

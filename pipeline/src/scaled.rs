@@ -9,11 +9,12 @@
 //! invisible and is redone.
 
 use crate::bus::jetstream::{Backoff, Consumer, Delivery, JetStreamBus, JetStreamConfig, PublishStats};
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::bus::{batch_file, parse_message, BusError};
 use crate::replay::{now_ms, read_inputs, replay, thousands, ReplayError, ReplayOptions, ReplaySummary};
 use crate::source::InputFile;
 use convoflow_events::{Event, Tenants};
-use convoflow_operators::{LiveDataflow, RejectedRow, RuntimeError, TableSet};
+use convoflow_operators::{EpochOutput, LiveDataflow, RejectedRow, RuntimeError, TableSet};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseError, ClickHouseStore, Commit, TABLES};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub enum ScaledError {
     Replay(#[from] ReplayError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("the publisher stopped: {0}")]
+    Publisher(String),
 }
 
 #[derive(Debug, Default)]
@@ -80,55 +83,107 @@ pub struct ScaledSummary {
     pub publish_seconds: f64,
     pub target: String,
     pub consume: ConsumeStats,
+    pub total_seconds: f64,
     /// Set when the target is the embedded store.
     pub embedded: Option<ReplaySummary>,
 }
 
+/// What the publisher did.
+struct Published {
+    lines: u64,
+    stats: PublishStats,
+    rejected: Vec<RejectedRow>,
+    seconds: f64,
+}
+
+async fn publish_files(bus: &JetStreamBus, inputs: &[PathBuf], received_at: i64) -> Result<Published, ScaledError> {
+    let started = Instant::now();
+    let mut published = Published { lines: 0, stats: PublishStats::default(), rejected: Vec::new(), seconds: 0.0 };
+    for file in read_inputs(inputs)? {
+        let batched = batch_file(&file.name, &file.bytes, received_at);
+        published.lines += batched.lines;
+        let stats = bus.publish(&batched.batches).await?;
+        published.stats.messages += stats.messages;
+        published.stats.events += stats.events;
+        published.stats.duplicate_messages += stats.duplicate_messages;
+        published.stats.retries += stats.retries;
+        published.rejected.extend(batched.rejected);
+    }
+    published.seconds = started.elapsed().as_secs_f64();
+    Ok(published)
+}
+
 pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledError> {
-    let bus = JetStreamBus::connect(JetStreamConfig::from_url(&options.nats)).await?;
+    let started = Instant::now();
+    // A durable consumer's position belongs to the store it feeds.
+    let default_consumer = match &options.clickhouse {
+        Some(config) => format!("convoflow_clickhouse_{}", config.database),
+        None => "convoflow_embedded".to_owned(),
+    };
+    let bus = Arc::new(JetStreamBus::connect(JetStreamConfig::from_url(&options.nats, &default_consumer)).await?);
     let mut summary = ScaledSummary {
         stream: bus.config().stream.clone(),
         data_dir: options.data_dir.clone(),
         ..ScaledSummary::default()
     };
-    let received_at = now_ms();
-
-    let publish_started = Instant::now();
-    let mut publish_rejected = Vec::new();
-    for file in read_inputs(&options.inputs)? {
-        let batched = batch_file(&file.name, &file.bytes, received_at);
-        summary.published_lines += batched.lines;
-        let stats = bus.publish(&batched.batches).await?;
-        summary.publish.messages += stats.messages;
-        summary.publish.events += stats.events;
-        summary.publish.duplicate_messages += stats.duplicate_messages;
-        summary.publish.retries += stats.retries;
-        publish_rejected.extend(batched.rejected);
-    }
-    summary.publish_rejected = publish_rejected.len() as u64;
-    summary.publish_seconds = publish_started.elapsed().as_secs_f64();
-
     let mut consumer =
         if options.from_nats { bus.replay_consumer(options.since_ms).await? } else { bus.durable_consumer().await? };
+
+    // The publisher runs beside the consumer; the consumer only stops once it is done.
+    let publishing_done = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (bus, done, inputs) = (bus.clone(), publishing_done.clone(), options.inputs.clone());
+        tokio::spawn(async move {
+            let result = publish_files(&bus, &inputs, now_ms()).await;
+            done.store(true, Ordering::SeqCst);
+            result
+        })
+    };
+    let published = |result: Result<Result<Published, ScaledError>, tokio::task::JoinError>| {
+        result.unwrap_or_else(|error| Err(ScaledError::Publisher(error.to_string())))
+    };
+
     match &options.clickhouse {
         Some(config) => {
             let store = connect_clickhouse(config).await?;
             summary.target = format!("ClickHouse {} at {}, database {}", store.version(), config.url, config.database);
             let stream = summary.stream.clone();
             summary.consume =
-                consume_into_clickhouse(&mut consumer, &store, &stream, options.tenants, options.workers, publish_rejected).await?;
+                consume_into_clickhouse(&mut consumer, &store, &stream, options.tenants, options.workers, &publishing_done).await?;
+            let publish = published(publisher.await)?;
+            // Invalid lines never reach the stream; the publisher's rejections are stored directly.
+            if !publish.rejected.is_empty() {
+                let epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
+                let empty = TableSet::default();
+                let commit = Commit { epoch, tables: &empty, rejected: &publish.rejected, first_position: 0, last_position: 0 };
+                summary.consume.rows += until_done("commit rejected lines", || store.commit(&commit)).await.rows;
+                summary.consume.rejected += publish.rejected.len() as u64;
+                summary.consume.commits += 1;
+            }
+            summary.consume.table_rows = table_counts(&store).await;
+            summary.record_publish(&publish);
         }
         None => {
             summary.target = format!("embedded store in {}", options.data_dir.join("tables").display());
-            let consume_started = Instant::now();
-            let deliveries = drain(&mut consumer).await;
+            let mut deliveries = Vec::new();
+            loop {
+                let fetched = consumer.fetch(FETCH_MESSAGES).await;
+                if !fetched.is_empty() {
+                    deliveries.extend(fetched);
+                } else if publishing_done.load(Ordering::SeqCst) && consumer.finished(deliveries.len()).await {
+                    break;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let publish = published(publisher.await)?;
             let mut bytes = Vec::new();
             for delivery in &deliveries {
                 bytes.extend_from_slice(&delivery.payload);
             }
             let replay_options = ReplayOptions {
                 inputs: vec![InputFile { name: format!("nats:{}", summary.stream), bytes }],
-                rejected: publish_rejected,
+                rejected: publish.rejected.clone(),
                 tenants: options.tenants,
                 data_dir: options.data_dir.clone(),
                 workers: options.workers,
@@ -136,11 +191,22 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
             let replayed = tokio::task::block_in_place(|| replay(replay_options))?;
             summary.consume.messages = deliveries.len() as u64;
             futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await;
-            summary.consume.seconds = consume_started.elapsed().as_secs_f64();
             summary.embedded = Some(replayed);
+            summary.record_publish(&publish);
         }
     }
+    summary.total_seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+async fn table_counts(store: &ClickHouseStore) -> Vec<(String, u64)> {
+    let mut counts = Vec::new();
+    for table in TABLES {
+        let sql = format!("SELECT count() FROM {}.{table}", store.config().database);
+        let count = until_done("count rows", || store.fetch(&sql, "TabSeparated", "count rows")).await;
+        counts.push((table.to_string(), String::from_utf8_lossy(&count).trim().parse().unwrap_or(0)));
+    }
+    counts
 }
 
 /// Connects to ClickHouse, retrying for a minute while it is unreachable.
@@ -178,23 +244,6 @@ where
     }
 }
 
-/// Every message the consumer has now, fetched until none are pending.
-async fn drain(consumer: &mut Consumer) -> Vec<Delivery> {
-    let mut deliveries = Vec::new();
-    loop {
-        let fetched = consumer.fetch(FETCH_MESSAGES).await;
-        if fetched.is_empty() {
-            match consumer.pending().await {
-                Ok(0) => return deliveries,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "cannot read the consumer; retrying"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        deliveries.extend(fetched);
-    }
-}
-
 fn restore(live: &mut LiveDataflow, stored: Vec<Event>) -> Result<(), RuntimeError> {
     let mut stored = stored.into_iter().map(|event| (0, Box::new(event))).peekable();
     while stored.peek().is_some() {
@@ -205,14 +254,39 @@ fn restore(live: &mut LiveDataflow, stored: Vec<Event>) -> Result<(), RuntimeErr
     Ok(())
 }
 
-/// Consumes until no message is pending, committing each epoch before acknowledging it.
+/// An epoch the dataflow has finished and ClickHouse has yet to commit.
+struct Finished {
+    epoch: u64,
+    output: EpochOutput,
+    rejected: Vec<RejectedRow>,
+    deliveries: Vec<Delivery>,
+}
+
+async fn commit_then_ack(store: &ClickHouseStore, finished: Finished, stats: &mut ConsumeStats) {
+    let Finished { epoch, output, rejected, deliveries } = finished;
+    let first_position = deliveries.iter().map(|d| d.sequence).min().unwrap_or(0);
+    let last_position = deliveries.iter().map(|d| d.sequence).max().unwrap_or(0);
+    let commit = Commit { epoch, tables: &output.tables, rejected: &rejected, first_position, last_position };
+    let written = until_done("commit an epoch", || store.commit(&commit)).await;
+    stats.messages += deliveries.len() as u64;
+    futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await;
+    tracing::debug!(epoch, events = output.tables.events.len(), rows = written.rows, "epoch committed");
+    stats.accepted += output.tables.events.len() as u64;
+    stats.duplicates += output.duplicates;
+    stats.rejected += rejected.len() as u64;
+    stats.rows += written.rows;
+    stats.commits += 1;
+}
+
+/// Consumes until the publisher is done and every message is acknowledged. An epoch is committed
+/// before its messages are acknowledged; while it commits, the dataflow already works on the next.
 pub async fn consume_into_clickhouse(
     consumer: &mut Consumer,
     store: &ClickHouseStore,
     stream: &str,
     tenants: Tenants,
     workers: usize,
-    rejected_before: Vec<RejectedRow>,
+    publishing_done: &AtomicBool,
 ) -> Result<ConsumeStats, ScaledError> {
     let started = Instant::now();
     let mut stats = ConsumeStats::default();
@@ -223,25 +297,18 @@ pub async fn consume_into_clickhouse(
     stats.restore_seconds = started.elapsed().as_secs_f64();
     let mut epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
 
-    if !rejected_before.is_empty() {
-        let empty = TableSet::default();
-        let commit = Commit { epoch, tables: &empty, rejected: &rejected_before, first_position: 0, last_position: 0 };
-        stats.rows += until_done("commit rejected lines", || store.commit(&commit)).await.rows;
-        stats.rejected += rejected_before.len() as u64;
-        stats.commits += 1;
-        epoch += 1;
-    }
-
     let epoch_messages = epoch_messages();
+    let mut uncommitted: Option<Finished> = None;
     loop {
         let deliveries = consumer.fetch(epoch_messages).await;
         if deliveries.is_empty() {
-            match consumer.pending().await {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "cannot read the consumer; retrying"),
+            if let Some(finished) = uncommitted.take() {
+                commit_then_ack(store, finished, &mut stats).await;
+            } else if publishing_done.load(Ordering::SeqCst) && consumer.finished(0).await {
+                break;
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
         let received_at = now_ms();
@@ -253,35 +320,17 @@ pub async fn consume_into_clickhouse(
             events.extend(parsed);
             rejected.extend(bad);
         }
-        let output = tokio::task::block_in_place(|| {
-            live.submit(events, received_at)?;
-            live.next_output()
-        })?;
-        rejected.extend(output.rejected);
-        let first_position = deliveries.iter().map(|d| d.sequence).min().unwrap_or(0);
-        let last_position = deliveries.iter().map(|d| d.sequence).max().unwrap_or(0);
-        let commit = Commit { epoch, tables: &output.tables, rejected: &rejected, first_position, last_position };
-        let written = until_done("commit an epoch", || store.commit(&commit)).await;
-        futures::future::join_all(deliveries.into_iter().map(|delivery| {
-            stats.messages += 1;
-            delivery.ack()
-        }))
-        .await;
-        tracing::debug!(epoch, events = output.tables.events.len(), rows = written.rows, "epoch committed");
-        stats.accepted += output.tables.events.len() as u64;
-        stats.duplicates += output.duplicates;
-        stats.rejected += rejected.len() as u64;
-        stats.rows += written.rows;
-        stats.commits += 1;
+        live.submit(events, received_at)?;
+        if let Some(finished) = uncommitted.take() {
+            commit_then_ack(store, finished, &mut stats).await;
+        }
+        let output = tokio::task::block_in_place(|| live.next_output())?;
+        rejected.extend(output.rejected.iter().cloned());
+        uncommitted = Some(Finished { epoch, output, rejected, deliveries });
         epoch += 1;
     }
     live.shutdown()?;
     stats.seconds = started.elapsed().as_secs_f64();
-    for table in TABLES {
-        let sql = format!("SELECT count() FROM {}.{table}", store.config().database);
-        let count = until_done("count rows", || store.fetch(&sql, "TabSeparated", "count rows")).await;
-        stats.table_rows.push((table.to_string(), String::from_utf8_lossy(&count).trim().parse().unwrap_or(0)));
-    }
     Ok(stats)
 }
 
@@ -290,6 +339,13 @@ fn rate(count: u64, seconds: f64) -> String {
 }
 
 impl ScaledSummary {
+    fn record_publish(&mut self, publish: &Published) {
+        self.published_lines = publish.lines;
+        self.publish = publish.stats;
+        self.publish_rejected = publish.rejected.len() as u64;
+        self.publish_seconds = publish.seconds;
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         if self.published_lines > 0 {
@@ -317,6 +373,13 @@ impl ScaledSummary {
             self.target,
             c.seconds,
             rate(c.lines, c.seconds),
+        ));
+        let lines = if self.published_lines > 0 { self.published_lines } else { c.lines };
+        out.push_str(&format!(
+            "end to end: {} lines in {:.2} s ({} events/s), publishing and consuming side by side\n",
+            thousands(lines),
+            self.total_seconds,
+            rate(lines, self.total_seconds),
         ));
         out.push_str(&format!(
             "  accepted    {:>12}\n  duplicates  {:>12}\n  rejected    {:>12}\n",

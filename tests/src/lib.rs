@@ -122,8 +122,8 @@ pub fn clickhouse_tables(database_url: &str) -> Tables {
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             let sql = format!("SELECT {} FROM {}.{table}", names.join(", "), config.database);
             let bytes = store.fetch(&sql, "RowBinary", "read a table").await.expect("select");
-            let batch = decode_row_binary(schema, &bytes).expect("decode");
-            tables.insert(table.to_string(), rows_of(&[batch], table));
+            let batches = decode_row_binary(schema, &bytes).expect("decode");
+            tables.insert(table.to_string(), rows_of(&batches, table));
         }
         tables
     })

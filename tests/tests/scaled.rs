@@ -59,6 +59,29 @@ fn jetstream_and_clickhouse_give_the_embedded_rows_and_republishing_changes_noth
     }
     assert_same_tables(&expected_without_parse_errors, &rebuilt_tables, "rebuilt from the stream");
 
+    // Rebuilding from the stream into a fresh ClickHouse database gives them too.
+    let rebuilt_database = format!("{database}_rebuilt");
+    succeed(names.command().args(["replay", "--from-nats", "--nats", &nats_url(), "--clickhouse", &rebuilt_database, "--tenants"]).arg(&tenants));
+    let mut rebuilt_in_clickhouse = clickhouse_tables(&rebuilt_database);
+    rebuilt_in_clickhouse.remove("rejected");
+    assert_same_tables(&expected_without_parse_errors, &rebuilt_in_clickhouse, "rebuilt from the stream into ClickHouse");
+
+    // A second durable consumer feeding the embedded store sees the same stream: the same rows,
+    // with the publisher's rejections carried over.
+    let through_nats = dir.path().join("through-nats");
+    succeed(
+        names
+            .command()
+            .env("CONVOFLOW_NATS_CONSUMER", format!("cf_{}_embedded", names.tag))
+            .args(["replay", "--input"])
+            .arg(&input)
+            .args(["--nats", &nats_url(), "--tenants"])
+            .arg(&tenants)
+            .arg("--data")
+            .arg(&through_nats),
+    );
+    assert_same_tables(&expected, &embedded_tables(&through_nats), "JetStream + embedded store vs embedded");
+
     // Analysts read ClickHouse through the same command, read-only.
     let counted = succeed(Command::new(binary()).args(["sql", "--clickhouse", &database, "--format", "csv", "SELECT count() AS n FROM responses"]));
     let expected_count = expected["responses"].len().to_string();

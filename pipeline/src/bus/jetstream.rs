@@ -11,9 +11,10 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use std::time::Duration;
 
-/// Which server, stream and consumer; the defaults are SPEC §1's names. The stream, subject
-/// prefix and consumer can be changed (`CONVOFLOW_NATS_STREAM`, `CONVOFLOW_NATS_SUBJECT_PREFIX`,
-/// `CONVOFLOW_NATS_CONSUMER`) so that several deployments or tests can share one server.
+/// Which server, stream and consumer; the stream and subjects are SPEC §1's names, the durable
+/// consumer is named after the store it feeds. The stream, subject prefix and consumer can be
+/// changed (`CONVOFLOW_NATS_STREAM`, `CONVOFLOW_NATS_SUBJECT_PREFIX`, `CONVOFLOW_NATS_CONSUMER`)
+/// so that several deployments or tests can share one server.
 #[derive(Clone, Debug)]
 pub struct JetStreamConfig {
     pub url: String,
@@ -24,21 +25,22 @@ pub struct JetStreamConfig {
 
 pub const DEFAULT_STREAM: &str = "CONVOFLOW_EVENTS";
 pub const DEFAULT_SUBJECT_PREFIX: &str = "convoflow.events";
-pub const DEFAULT_CONSUMER: &str = "convoflow";
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a delivered message may stay unacknowledged before the server redelivers it.
-const ACK_WAIT: Duration = Duration::from_secs(60);
+const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Publishes awaiting their acknowledgement at once.
 const PUBLISH_WINDOW: usize = 64;
+/// Tries per acknowledgement (with backoff, about 3 s in all).
+const ACK_ATTEMPTS: u32 = 6;
 
 impl JetStreamConfig {
-    pub fn from_url(url: &str) -> Self {
+    pub fn from_url(url: &str, default_consumer: &str) -> Self {
         let setting = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
         JetStreamConfig {
             url: url.to_owned(),
             stream: setting("CONVOFLOW_NATS_STREAM", DEFAULT_STREAM),
             subject_prefix: setting("CONVOFLOW_NATS_SUBJECT_PREFIX", DEFAULT_SUBJECT_PREFIX),
-            consumer: setting("CONVOFLOW_NATS_CONSUMER", DEFAULT_CONSUMER),
+            consumer: setting("CONVOFLOW_NATS_CONSUMER", default_consumer),
         }
     }
 
@@ -76,12 +78,19 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Acknowledges the message. A failed ack (the server is away) is only logged: the message
-    /// comes again later and is absorbed as duplicates.
+    /// Acknowledges the message and waits for the server to confirm, retrying for a few seconds
+    /// (the server may be restarting). If it still fails the message comes again later and is
+    /// absorbed as duplicates.
     pub async fn ack(self) {
-        if let Some(message) = self.message {
-            if let Err(error) = message.ack().await {
-                tracing::warn!(sequence = self.sequence, %error, "ack failed; the message will be redelivered");
+        let Some(message) = self.message else { return };
+        let mut backoff = Backoff::new();
+        for attempt in 1..=ACK_ATTEMPTS {
+            match message.double_ack().await {
+                Ok(()) => return,
+                Err(error) if attempt == ACK_ATTEMPTS => {
+                    tracing::warn!(sequence = self.sequence, %error, "ack failed; the message will be redelivered");
+                }
+                Err(_) => backoff.wait().await,
             }
         }
     }
@@ -217,9 +226,16 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Messages not yet delivered to this consumer.
-    pub async fn pending(&mut self) -> Result<u64, BusError> {
-        Ok(self.inner.info().await.map_err(|error| BusError::Request { what: "read the consumer".into(), reason: error.to_string() })?.num_pending)
+    /// True once every message is delivered and acknowledged, but for the `held` ones the caller
+    /// has yet to acknowledge. (False while the server cannot be asked.)
+    pub async fn finished(&mut self, held: usize) -> bool {
+        match self.inner.info().await {
+            Ok(info) => info.num_pending == 0 && info.num_ack_pending <= held,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the consumer; retrying");
+                false
+            }
+        }
     }
 
     /// Up to `max_messages` messages that are available now (none if there are none); errors
@@ -308,7 +324,7 @@ mod tests {
             url: String::new(),
             stream: DEFAULT_STREAM.into(),
             subject_prefix: DEFAULT_SUBJECT_PREFIX.into(),
-            consumer: DEFAULT_CONSUMER.into(),
+            consumer: "convoflow".into(),
         };
         assert_eq!(config.subject("acme-1"), "convoflow.events.acme-1");
         assert_eq!(config.subject("a.b *>"), "convoflow.events.a_b___");

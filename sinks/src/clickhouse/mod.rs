@@ -7,7 +7,9 @@
 //! per input, place and reason, with its first `received_at`). One epoch of the dataflow is
 //! committed by inserting its rows into the logs (large `RowBinary` inserts, one per table, run
 //! concurrently) and then a single row into `commits`. Rows of an epoch that never reached
-//! `commits` — the process died in between — are invisible, and epoch numbers are never reused.
+//! `commits` — the process died in between — are invisible, and epoch numbers are never reused
+//! across runs. A failed commit is retried with the same epoch: the views count a row repeated
+//! within one epoch once, so a partly or wholly repeated insert changes nothing.
 //! After a restart the pipeline rebuilds operator state from the committed `events`, so input
 //! redelivered by the bus is recognised as duplicates and changes nothing.
 //!
@@ -149,7 +151,8 @@ impl ClickHouseStore {
         cursor.collect().await.map_err(self.request_error("run the query"))
     }
 
-    fn column_type(&self, data_type: &DataType, nullable: bool) -> String {
+    /// The ClickHouse type of an Arrow column: the types `rowbinary` encodes, and no others.
+    fn column_type(&self, data_type: &DataType, nullable: bool) -> Result<String, ClickHouseError> {
         let base = match data_type {
             DataType::Utf8 => "String",
             DataType::Int64 => "Int64",
@@ -157,9 +160,9 @@ impl ClickHouseStore {
             DataType::Float64 => "Float64",
             DataType::Timestamp(_, _) => self.instant_type,
             DataType::Date32 => "Date",
-            _ => "String",
+            other => return Err(ClickHouseError::Config(format!("no ClickHouse type for Arrow type {other}"))),
         };
-        if nullable { format!("Nullable({base})") } else { base.to_owned() }
+        Ok(if nullable { format!("Nullable({base})") } else { base.to_owned() })
     }
 
     async fn create_schema(&self) -> Result<(), ClickHouseError> {
@@ -175,11 +178,11 @@ impl ClickHouseStore {
         .await?;
         for table in TABLES {
             let Some(schema) = schema(table) else { continue };
-            let columns: Vec<String> = schema
+            let columns = schema
                 .fields()
                 .iter()
-                .map(|field| format!("{} {}", field.name(), self.column_type(field.data_type(), field.is_nullable())))
-                .collect();
+                .map(|field| Ok(format!("{} {}", field.name(), self.column_type(field.data_type(), field.is_nullable())?)))
+                .collect::<Result<Vec<String>, ClickHouseError>>()?;
             // Sorted by tenant, then the first always-present instant: how reports filter.
             let instant = schema
                 .fields()
@@ -195,15 +198,19 @@ impl ClickHouseStore {
                 &format!("create table {table}_log"),
             )
             .await?;
-            let names: Vec<&str> = schema.fields().iter().map(|field| field.name().as_str()).collect();
+            let names = schema.fields().iter().map(|field| field.name().as_str()).collect::<Vec<_>>().join(", ");
             let committed = format!("FROM {db}.{table}_log WHERE epoch IN (SELECT epoch FROM {db}.commits)");
+            // An epoch's rows are distinct (its updates are consolidated), so rows repeated within
+            // one epoch can only come from a retried insert, and are counted once.
             let view = match *table {
-                "events" => format!("SELECT {} {committed}", names.join(", ")),
+                "events" => format!("SELECT {names} {committed} LIMIT 1 BY tenant_id, event_id"),
                 "rejected" => format!(
                     "SELECT tenant_id, min(received_at) AS received_at, reason, raw, source {committed} \
                      GROUP BY tenant_id, reason, raw, source"
                 ),
-                _ => format!("SELECT {0} {committed} GROUP BY {0} HAVING sum(diff) > 0", names.join(", ")),
+                _ => format!(
+                    "SELECT {names} FROM (SELECT DISTINCT {names}, diff, epoch {committed}) GROUP BY {names} HAVING sum(diff) > 0"
+                ),
             };
             self.execute(&format!("CREATE VIEW IF NOT EXISTS {db}.{table} AS {view}"), &format!("create view {table}"))
                 .await?;
@@ -230,12 +237,16 @@ impl ClickHouseStore {
         let names: Vec<&str> = schema.fields().iter().map(|field| field.name().as_str()).collect();
         let sql = format!("SELECT {} FROM {}.events", names.join(", "), self.config.database);
         let bytes = self.fetch(&sql, "RowBinary", "load the committed events").await?;
-        let batch = decode(schema, &bytes).map_err(self.rows_error("decode the committed events"))?;
-        events_from_batch(&batch).map_err(self.rows_error("decode the committed events"))
+        let mut events = Vec::new();
+        for batch in decode(schema, &bytes).map_err(self.rows_error("decode the committed events"))? {
+            events.extend(events_from_batch(&batch).map_err(self.rows_error("decode the committed events"))?);
+        }
+        Ok(events)
     }
 
     /// Writes one epoch's updates into the logs, then marks the epoch committed. Retrying a failed
-    /// commit with the same epoch is safe: nothing of it is visible until its `commits` row is.
+    /// commit with the same epoch is safe: nothing of it is visible until its `commits` row is,
+    /// and the views count rows repeated within an epoch once.
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<CommitStats, ClickHouseError> {
         let db = &self.config.database;
         let tables = table_batches(commit.tables, commit.rejected, Rows::Updates).map_err(self.rows_error("encode rows"))?;

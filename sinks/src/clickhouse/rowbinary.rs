@@ -168,10 +168,17 @@ impl Builder {
     }
 }
 
-/// Decodes a `RowBinary` reply whose columns are exactly `schema`'s, in order.
-pub fn decode(schema: SchemaRef, bytes: &[u8]) -> Result<RecordBatch, ArrowError> {
-    let mut builders =
-        schema.fields().iter().map(|field| Builder::new(field.data_type())).collect::<Result<Vec<_>, _>>()?;
+/// Rows per decoded batch: keeps every string column far below Arrow's 2 GiB offset limit.
+const DECODE_BATCH_ROWS: usize = 64 * 1024;
+
+/// Decodes a `RowBinary` reply whose columns are exactly `schema`'s, in order, into batches.
+pub fn decode(schema: SchemaRef, bytes: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
+    let new_builders =
+        || schema.fields().iter().map(|field| Builder::new(field.data_type())).collect::<Result<Vec<_>, _>>();
+    let finish = |builders: Vec<Builder>| RecordBatch::try_new(schema.clone(), builders.into_iter().map(Builder::finish).collect());
+    let mut batches = Vec::new();
+    let mut builders = new_builders()?;
+    let mut rows = 0;
     let mut reader = Reader { bytes, at: 0 };
     while reader.at < bytes.len() {
         for (field, builder) in schema.fields().iter().zip(builders.iter_mut()) {
@@ -181,8 +188,16 @@ pub fn decode(schema: SchemaRef, bytes: &[u8]) -> Result<RecordBatch, ArrowError
                 builder.append(&mut reader)?;
             }
         }
+        rows += 1;
+        if rows == DECODE_BATCH_ROWS {
+            batches.push(finish(std::mem::replace(&mut builders, new_builders()?))?);
+            rows = 0;
+        }
     }
-    RecordBatch::try_new(schema, builders.into_iter().map(Builder::finish).collect())
+    if rows > 0 || batches.is_empty() {
+        batches.push(finish(builders)?);
+    }
+    Ok(batches)
 }
 
 #[cfg(test)]
@@ -206,7 +221,7 @@ mod tests {
         let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
         let mut bytes = Vec::new();
         encode(&batch, None, &mut bytes).expect("encode");
-        assert_eq!(decode(schema.clone(), &bytes).expect("decode"), batch);
+        assert_eq!(decode(schema.clone(), &bytes).expect("decode"), vec![batch.clone()]);
 
         // The log tables' bookkeeping columns follow each row: diff as Int8, epoch as UInt64.
         let mut logged = Vec::new();
