@@ -10,7 +10,7 @@
 
 use crate::bus::jetstream::{Backoff, Consumer, Delivery, JetStreamBus, JetStreamConfig, PublishStats};
 use std::sync::atomic::{AtomicBool, Ordering};
-use crate::bus::{batch_file, parse_message, BusError};
+use crate::bus::{batch_file, parse_messages, BusError};
 use crate::replay::{now_ms, read_inputs, replay, thousands, ReplayError, ReplayOptions, ReplaySummary};
 use crate::source::InputFile;
 use convoflow_events::{Event, Tenants};
@@ -312,14 +312,10 @@ pub async fn consume_into_clickhouse(
             continue;
         }
         let received_at = now_ms();
-        let mut events = Vec::new();
-        let mut rejected = Vec::new();
-        for delivery in &deliveries {
-            let (parsed, bad) = parse_message(stream, delivery.sequence, &delivery.payload, received_at);
-            stats.lines += (parsed.len() + bad.len()) as u64;
-            events.extend(parsed);
-            rejected.extend(bad);
-        }
+        let messages: Vec<(u64, &[u8])> = deliveries.iter().map(|d| (d.sequence, &d.payload[..])).collect();
+        let (events, mut rejected) =
+            tokio::task::block_in_place(|| parse_messages(stream, &messages, received_at, workers));
+        stats.lines += (events.len() + rejected.len()) as u64;
         live.submit(events, received_at)?;
         if let Some(finished) = uncommitted.take() {
             commit_then_ack(store, finished, &mut stats).await;
@@ -376,10 +372,11 @@ impl ScaledSummary {
         ));
         let lines = if self.published_lines > 0 { self.published_lines } else { c.lines };
         out.push_str(&format!(
-            "end to end: {} lines in {:.2} s ({} events/s), publishing and consuming side by side\n",
+            "end to end: {} lines in {:.2} s ({} events/s){}\n",
             thousands(lines),
             self.total_seconds,
             rate(lines, self.total_seconds),
+            if self.published_lines > 0 { ", publishing and consuming side by side" } else { "" },
         ));
         out.push_str(&format!(
             "  accepted    {:>12}\n  duplicates  {:>12}\n  rejected    {:>12}\n",

@@ -183,7 +183,8 @@ impl Proxy {
     }
 }
 
-fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+/// Waits for the pipeline to exit; on timeout kills it and fails with its log.
+fn wait_for_exit(child: &mut Child, limit: Duration, log: &Path) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("poll") {
@@ -191,7 +192,8 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the pipeline did not finish within {limit:?}");
+            let _ = child.wait();
+            panic!("the pipeline did not finish within {limit:?}; its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -218,7 +220,7 @@ fn clickhouse_away_for_a_while_is_waited_for_and_nothing_is_lost() {
     proxy.set_open(false);
     std::thread::sleep(Duration::from_secs(3));
     proxy.set_open(true);
-    let status = wait_for_exit(&mut child, Duration::from_secs(300));
+    let status = wait_for_exit(&mut child, Duration::from_secs(300), &dir.path().join("stderr"));
     let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
     assert!(status.success(), "pipeline failed: {log}");
     assert!(log.contains("retrying"), "the outage should have made the pipeline retry: {log}");
@@ -294,7 +296,7 @@ fn nats_restarted_mid_run_is_reconnected_to_and_nothing_is_lost() {
     nats.stop();
     std::thread::sleep(Duration::from_secs(2));
     nats.run();
-    let status = wait_for_exit(&mut child, Duration::from_secs(300));
+    let status = wait_for_exit(&mut child, Duration::from_secs(300), &dir.path().join("stderr"));
     let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
     assert!(status.success(), "pipeline failed: {log}");
     assert_same_tables(&expected, &clickhouse_tables(&database), "after a NATS restart");

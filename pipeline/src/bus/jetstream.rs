@@ -30,6 +30,8 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Publishes awaiting their acknowledgement at once.
 const PUBLISH_WINDOW: usize = 64;
+/// Longest wait for one fetch's messages.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries per acknowledgement (with backoff, about 3 s in all).
 const ACK_ATTEMPTS: u32 = 6;
 
@@ -250,7 +252,18 @@ impl Consumer {
             }
         };
         let mut deliveries = Vec::new();
-        while let Some(message) = batch.next().await {
+        // A pull whose answer was lost (the server restarted) must not wait forever: give up after
+        // FETCH_TIMEOUT; whatever it delivered unseen comes again after the ack wait.
+        let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, batch.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("fetch timed out");
+                    break;
+                }
+            };
             match message {
                 Ok(message) => {
                     let Ok(info) = message.info() else { continue };

@@ -4,7 +4,8 @@
 pub mod jetstream;
 
 use bytes::Bytes;
-use convoflow_events::{event_key, parse_event, split_lines};
+use convoflow_events::{parse_event, split_lines};
+use std::hash::Hasher;
 use convoflow_operators::dedup::Positioned;
 use convoflow_operators::RejectedRow;
 use std::collections::HashMap;
@@ -42,9 +43,23 @@ pub struct BatchedFile {
     pub lines: u64,
 }
 
+/// 128 bits from two differently seeded word-at-a-time hashes: fast over half a megabyte, and
+/// collisions among the messages of a 2-minute window are out of reach.
+fn content_id(tenant: &str, body: &[u8]) -> String {
+    let hash = |seed: u64| {
+        let mut hasher = rustc_hash::FxHasher::default();
+        hasher.write_u64(seed);
+        hasher.write(tenant.as_bytes());
+        hasher.write_u8(0xff);
+        hasher.write(body);
+        hasher.write_usize(body.len());
+        hasher.finish()
+    };
+    format!("cf-{:016x}{:016x}", hash(0x9e37_79b9_7f4a_7c15), hash(0xc2b2_ae3d_27d4_eb4f))
+}
+
 fn finish(tenant: &str, body: Vec<u8>, events: u64) -> OutgoingBatch {
-    let key = event_key(tenant, &String::from_utf8_lossy(&body));
-    OutgoingBatch { tenant: tenant.to_owned(), id: format!("cf-{key:032x}"), body: Bytes::from(body), events }
+    OutgoingBatch { tenant: tenant.to_owned(), id: content_id(tenant, &body), body: Bytes::from(body), events }
 }
 
 /// Splits NDJSON into per-tenant batches in input order. Batch boundaries depend only on the
@@ -56,7 +71,8 @@ pub fn batch_file(name: &str, bytes: &[u8], received_at: i64) -> BatchedFile {
         out.lines += 1;
         match parse_event(line.bytes) {
             Ok(event) => {
-                let (body, events) = open.entry(event.tenant_id.clone()).or_default();
+                let (body, events) =
+                    open.entry(event.tenant_id.clone()).or_insert_with(|| (Vec::with_capacity(BATCH_BYTES / 2), 0));
                 body.extend_from_slice(line.bytes);
                 body.push(b'\n');
                 *events += 1;
@@ -102,6 +118,40 @@ pub fn parse_message(stream: &str, sequence: u64, payload: &[u8], received_at: i
                 format!("nats:{stream}:{sequence}:{}", line.number),
             )),
         }
+    }
+    (events, rejected)
+}
+
+/// [`parse_message`] over many messages on `threads` threads; results in message order.
+pub fn parse_messages(
+    stream: &str,
+    messages: &[(u64, &[u8])],
+    received_at: i64,
+    threads: usize,
+) -> (Vec<Positioned>, Vec<RejectedRow>) {
+    let chunk = messages.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<(Vec<Positioned>, Vec<RejectedRow>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = messages
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut out = (Vec::new(), Vec::new());
+                    for (sequence, payload) in part {
+                        let (events, rejected) = parse_message(stream, *sequence, payload, received_at);
+                        out.0.extend(events);
+                        out.1.extend(rejected);
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let mut events = Vec::new();
+    let mut rejected = Vec::new();
+    for (part_events, part_rejected) in parts {
+        events.extend(part_events);
+        rejected.extend(part_rejected);
     }
     (events, rejected)
 }
