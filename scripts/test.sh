@@ -14,9 +14,11 @@ fi
 # One target dir for everything; the build is most of the time (DataFusion).
 cargo build --workspace --all-targets --locked
 
-started_services=no
-if ! bash scripts/services.sh status | grep -q "NATS running" || ! bash scripts/services.sh status | grep -q "ClickHouse running"; then
-  started_services=yes
+# Stop afterwards only what this script started.
+status_before=$(bash scripts/services.sh status)
+started_services=yes
+if [[ $status_before == *"NATS running"* && $status_before == *"ClickHouse running"* ]]; then
+  started_services=no
 fi
 bash scripts/services.sh start
 export CONVOFLOW_TEST_NATS=${CONVOFLOW_TEST_NATS:-nats://127.0.0.1:${NATS_PORT:-4222}}
