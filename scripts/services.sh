@@ -20,6 +20,7 @@ nats_pid=$dir/nats/nats.pid
 ch_pid=$dir/clickhouse/clickhouse.pid
 
 running() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+fail() { echo "$1" >&2; exit 1; }
 
 install_missing() {
   local packages=()
@@ -49,6 +50,8 @@ start_nats() {
   setsid nats-server -a 127.0.0.1 -p "$nats_port" -m "$nats_monitor_port" -js -sd "$dir/nats/data" \
     -P "$nats_pid" -l "$dir/nats/nats.log" &
   wait_for "NATS" "http://127.0.0.1:$nats_monitor_port/healthz?js-enabled-only=true" 30
+  sleep 0.2
+  running "$nats_pid" || fail "NATS did not stay up; is port $nats_port or $nats_monitor_port taken by another server? log: $dir/nats/nats.log"
 }
 
 # The packaged config, with paths in our dir, loopback only, and our ports.
@@ -71,6 +74,7 @@ start_clickhouse() {
   clickhouse_config
   clickhouse-server --config-file="$dir/clickhouse/config.xml" --daemon --pid-file="$ch_pid"
   wait_for "ClickHouse" "http://127.0.0.1:$ch_http_port/ping" 60
+  running "$ch_pid" || fail "ClickHouse did not stay up; is port $ch_http_port or $ch_tcp_port taken by another server? log: $dir/clickhouse/log"
 }
 
 stop_one() { # name pidfile

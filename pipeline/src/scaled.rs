@@ -9,7 +9,6 @@
 //! invisible and is redone.
 
 use crate::bus::jetstream::{Backoff, Consumer, Delivery, JetStreamBus, JetStreamConfig, PublishStats};
-use std::sync::atomic::{AtomicBool, Ordering};
 use crate::bus::{batch_file, parse_messages, BusError};
 use crate::replay::{now_ms, read_inputs, replay, thousands, ReplayError, ReplayOptions, ReplaySummary};
 use crate::source::InputFile;
@@ -17,6 +16,7 @@ use convoflow_events::{Event, Tenants};
 use convoflow_operators::{EpochOutput, LiveDataflow, RejectedRow, RuntimeError, TableSet};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseError, ClickHouseStore, Commit, TABLES};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ pub const FETCH_MESSAGES: usize = 128;
 fn epoch_messages() -> usize {
     std::env::var("CONVOFLOW_EPOCH_MESSAGES").ok().and_then(|text| text.parse().ok()).filter(|n| *n > 0).unwrap_or(FETCH_MESSAGES)
 }
+
 /// Stored events per epoch while rebuilding operator state.
 const RESTORE_EPOCH_EVENTS: usize = 64 * 1024;
 

@@ -74,7 +74,6 @@ pub struct PublishStats {
 /// A delivered message: its stream sequence and NDJSON body; `ack` once committed.
 pub struct Delivery {
     pub sequence: u64,
-    pub subject: String,
     pub payload: Bytes,
     message: Option<jetstream::Message>,
 }
@@ -270,7 +269,6 @@ impl Consumer {
                     let sequence = info.stream_sequence;
                     deliveries.push(Delivery {
                         sequence,
-                        subject: message.subject.to_string(),
                         payload: message.payload.clone(),
                         message: self.acks.then_some(message),
                     });
