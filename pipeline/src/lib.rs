@@ -2,5 +2,6 @@
 
 pub mod bus;
 pub mod replay;
+pub mod retry;
 pub mod scaled;
 pub mod source;

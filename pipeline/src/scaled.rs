@@ -8,8 +8,9 @@
 //! operator state is rebuilt from the committed events) or an uncommitted one that stays
 //! invisible and is redone.
 
-use crate::bus::jetstream::{Backoff, Consumer, Delivery, JetStreamBus, JetStreamConfig, PublishStats};
+use crate::bus::jetstream::{Consumer, Delivery, JetStreamBus, JetStreamConfig, PublishStats};
 use crate::bus::{batch_file, parse_messages, BusError};
+use crate::retry::{retry_for, until_done};
 use crate::replay::{now_ms, read_inputs, replay, thousands, ReplayError, ReplayOptions, ReplaySummary};
 use crate::source::InputFile;
 use convoflow_events::{Event, Tenants};
@@ -103,11 +104,7 @@ async fn publish_files(bus: &JetStreamBus, inputs: &[PathBuf], received_at: i64)
     for file in read_inputs(inputs)? {
         let batched = batch_file(&file.name, &file.bytes, received_at);
         published.lines += batched.lines;
-        let stats = bus.publish(&batched.batches).await?;
-        published.stats.messages += stats.messages;
-        published.stats.events += stats.events;
-        published.stats.duplicate_messages += stats.duplicate_messages;
-        published.stats.retries += stats.retries;
+        published.stats.add(bus.publish(&batched.batches).await?);
         published.rejected.extend(batched.rejected);
     }
     published.seconds = started.elapsed().as_secs_f64();
@@ -146,7 +143,7 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
 
     match &options.clickhouse {
         Some(config) => {
-            let store = connect_clickhouse(config).await?;
+            let store = retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(config)).await?;
             summary.target = format!("ClickHouse {} at {}, database {}", store.version(), config.url, config.database);
             let stream = summary.stream.clone();
             summary.consume =
@@ -178,13 +175,14 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
                 }
             }
             let publish = published(publisher.await)?;
+            summary.record_publish(&publish);
             let mut bytes = Vec::new();
             for delivery in &deliveries {
                 bytes.extend_from_slice(&delivery.payload);
             }
             let replay_options = ReplayOptions {
                 inputs: vec![InputFile { name: format!("nats:{}", summary.stream), bytes }],
-                rejected: publish.rejected.clone(),
+                rejected: publish.rejected,
                 tenants: options.tenants,
                 data_dir: options.data_dir.clone(),
                 workers: options.workers,
@@ -193,7 +191,6 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
             summary.consume.messages = deliveries.len() as u64;
             futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await;
             summary.embedded = Some(replayed);
-            summary.record_publish(&publish);
         }
     }
     summary.total_seconds = started.elapsed().as_secs_f64();
@@ -208,41 +205,6 @@ async fn table_counts(store: &ClickHouseStore) -> Vec<(String, u64)> {
         counts.push((table.to_string(), String::from_utf8_lossy(&count).trim().parse().unwrap_or(0)));
     }
     counts
-}
-
-/// Connects to ClickHouse, retrying for a minute while it is unreachable.
-async fn connect_clickhouse(config: &ClickHouseConfig) -> Result<ClickHouseStore, ClickHouseError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut backoff = Backoff::new();
-    loop {
-        match ClickHouseStore::connect(config).await {
-            Ok(store) => return Ok(store),
-            Err(error) if Instant::now() < deadline => {
-                tracing::warn!(error = %error, "ClickHouse not reachable; retrying");
-                backoff.wait().await;
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
-
-/// Retries a ClickHouse call with backoff until it succeeds: while ClickHouse is away the
-/// pipeline waits, acknowledges nothing, and catches up when it is back.
-async fn until_done<T, F, Fut>(what: &str, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClickHouseError>>,
-{
-    let mut backoff = Backoff::new();
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(error) => {
-                tracing::warn!(error = %error, what, "ClickHouse call failed; retrying");
-                backoff.wait().await;
-            }
-        }
-    }
 }
 
 fn restore(live: &mut LiveDataflow, stored: Vec<Event>) -> Result<(), RuntimeError> {

@@ -113,12 +113,7 @@ fn killing_the_consumer_at_random_points_loses_and_doubles_nothing() {
     let database = names.database_url(&clickhouse_url());
     let mut kills = 0;
     for pause in pauses(0x5eed, 5, (0, 150)) {
-        let mut child = scaled_replay(&names, &input, &tenants, &nats_url(), &database)
-            .env("CONVOFLOW_EPOCH_MESSAGES", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let mut child = spawn_one_message_epochs(scaled_replay(&names, &input, &tenants, &nats_url(), &database), None);
         // Kill while it consumes: after it committed one more epoch, plus a random pause, so
         // kills land before, during and after commits and acknowledgements.
         if wait_for_commit(&database, committed_epochs(&database), &mut child) {
@@ -183,12 +178,26 @@ impl Proxy {
     }
 }
 
-/// Waits for the pipeline to exit; on timeout kills it and fails with its log.
-fn wait_for_exit(child: &mut Child, limit: Duration, log: &Path) -> std::process::ExitStatus {
+/// Starts a scaled replay with one message per epoch (many commits to land between), its
+/// stderr in `log` if given.
+fn spawn_one_message_epochs(mut command: Command, log: Option<&Path>) -> Child {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => Stdio::null(),
+    };
+    command.env("CONVOFLOW_EPOCH_MESSAGES", "1").stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn")
+}
+
+/// Waits up to 5 minutes for the pipeline to exit successfully; returns its log. On timeout
+/// kills it; either failure fails the test with the log.
+fn finish(child: &mut Child, log: &Path) -> String {
+    let limit = Duration::from_secs(300);
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("poll") {
-            return status;
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(status.success(), "pipeline failed: {text}");
+            return text;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -208,21 +217,14 @@ fn clickhouse_away_for_a_while_is_waited_for_and_nothing_is_lost() {
     let target = clickhouse_url().trim_start_matches("http://").trim_end_matches('/').to_owned();
     let proxy = Proxy::start(&target);
     let database = names.database_url(&format!("http://127.0.0.1:{}", proxy.port));
-    let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-    let mut child = scaled_replay(&names, &input, &tenants, &nats_url(), &database)
-        .env("CONVOFLOW_EPOCH_MESSAGES", "1")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn");
+    let log = dir.path().join("stderr");
+    let mut child = spawn_one_message_epochs(scaled_replay(&names, &input, &tenants, &nats_url(), &database), Some(&log));
     let direct = names.database_url(&clickhouse_url());
     assert!(wait_for_commit(&direct, 0, &mut child), "the outage must start while the pipeline runs");
     proxy.set_open(false);
     std::thread::sleep(Duration::from_secs(3));
     proxy.set_open(true);
-    let status = wait_for_exit(&mut child, Duration::from_secs(300), &dir.path().join("stderr"));
-    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-    assert!(status.success(), "pipeline failed: {log}");
+    let log = finish(&mut child, &log);
     assert!(log.contains("retrying"), "the outage should have made the pipeline retry: {log}");
     assert_same_tables(&expected, &clickhouse_tables(&names.database_url(&clickhouse_url())), "after a ClickHouse outage");
 }
@@ -285,19 +287,12 @@ fn nats_restarted_mid_run_is_reconnected_to_and_nothing_is_lost() {
     let mut nats = PrivateNats::start(&dir.path().join("nats"));
     let names = Names::new("natsdown");
     let database = names.database_url(&clickhouse_url());
-    let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-    let mut child = scaled_replay(&names, &input, &tenants, &nats.url(), &database)
-        .env("CONVOFLOW_EPOCH_MESSAGES", "1")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn");
+    let log = dir.path().join("stderr");
+    let mut child = spawn_one_message_epochs(scaled_replay(&names, &input, &tenants, &nats.url(), &database), Some(&log));
     assert!(wait_for_commit(&database, 0, &mut child), "the restart must happen while the pipeline runs");
     nats.stop();
     std::thread::sleep(Duration::from_secs(2));
     nats.run();
-    let status = wait_for_exit(&mut child, Duration::from_secs(300), &dir.path().join("stderr"));
-    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-    assert!(status.success(), "pipeline failed: {log}");
+    finish(&mut child, &log);
     assert_same_tables(&expected, &clickhouse_tables(&database), "after a NATS restart");
 }

@@ -6,6 +6,7 @@
 //! pull; the durable one acknowledges a message only after the sink committed what it caused.
 
 use super::{BusError, OutgoingBatch};
+use crate::retry::{retry_for, Backoff};
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -69,6 +70,15 @@ pub struct PublishStats {
     /// Messages the server already had (same `Nats-Msg-Id` within the duplicate window).
     pub duplicate_messages: u64,
     pub retries: u64,
+}
+
+impl PublishStats {
+    pub fn add(&mut self, other: PublishStats) {
+        self.messages += other.messages;
+        self.events += other.events;
+        self.duplicate_messages += other.duplicate_messages;
+        self.retries += other.retries;
+    }
 }
 
 /// A delivered message: its stream sequence and NDJSON body; `ack` once committed.
@@ -283,46 +293,16 @@ impl Consumer {
     }
 }
 
-/// Exponential backoff from 100 ms to 5 s.
-pub struct Backoff {
-    delay: Duration,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        Backoff { delay: Duration::from_millis(100) }
-    }
-
-    pub async fn wait(&mut self) {
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
-    }
-}
-
 /// Retries a JetStream API call for up to a minute while the server is unreachable.
-async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut call: F) -> Result<T, BusError>
+async fn retry<T, E, F, Fut>(what: &str, call: F) -> Result<T, BusError>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut backoff = Backoff::new();
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(%error, what, "JetStream request failed; retrying");
-                backoff.wait().await;
-            }
-            Err(error) => return Err(BusError::Request { what: what.to_owned(), reason: error.to_string() }),
-        }
-    }
+    retry_for(what, Duration::from_secs(60), call)
+        .await
+        .map_err(|error| BusError::Request { what: what.to_owned(), reason: error.to_string() })
 }
 
 #[cfg(test)]
