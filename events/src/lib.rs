@@ -3,6 +3,7 @@
 //! No I/O beyond reading a tenants file.
 
 mod event;
+mod funnels;
 mod identity;
 mod ndjson;
 mod parse;
@@ -10,8 +11,9 @@ mod tenants;
 mod time;
 
 pub use event::{escape_json_string, Event, EventType, MessageType, Sender, SessionState, Status, TsFormat};
+pub use funnels::{Funnel, FunnelStep, DEFAULT_FUNNEL_ID};
 pub use identity::{event_key, fingerprint};
 pub use ndjson::{split_lines, Line};
 pub use parse::{parse_event, EventError, MAX_PROPERTIES_BYTES};
-pub use tenants::{Tenant, Tenants, TenantsError};
-pub use time::{date32_to_string, iso_week_monday, local_time, ms_to_rfc3339, rfc3339_to_ms, LocalTime};
+pub use tenants::{AttributionSettings, Tenant, Tenants, TenantsError};
+pub use time::{date32_to_string, iso_week_monday, local_day_start_ms, local_time, ms_to_rfc3339, parse_date32, parse_duration_ms, rfc3339_to_ms, LocalTime};

@@ -58,6 +58,41 @@ pub fn local_time(tz: Tz, ts_ms: i64) -> LocalTime {
     }
 }
 
+/// Parses a duration such as `90s`, `30m`, `36h` or `14d` (a positive whole number and a unit)
+/// into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let unit_at = text.len().checked_sub(1)?;
+    let (number, unit) = text.split_at(unit_at);
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    let number: i64 = number.parse().ok().filter(|n| *n > 0)?;
+    number.checked_mul(unit_ms)
+}
+
+/// The UTC instant at which local date `date32` begins in `tz` (the earliest such instant; a day
+/// whose midnight a DST change skips begins at the first local time that exists).
+pub fn local_day_start_ms(tz: Tz, date32: i32) -> i64 {
+    let Some(date) = NaiveDate::from_num_days_from_ce_opt(date32 + UNIX_EPOCH_DAYS_FROM_CE) else { return 0 };
+    (0..24 * 60)
+        .step_by(15)
+        .find_map(|minutes| {
+            let local = date.and_hms_opt(minutes / 60, minutes % 60, 0)?;
+            tz.from_local_datetime(&local).earliest().map(|t| t.timestamp_millis())
+        })
+        .unwrap_or_else(|| (date32 as i64) * 86_400_000)
+}
+
+/// Parses `YYYY-MM-DD` into days since 1970-01-01.
+pub fn parse_date32(text: &str) -> Option<i32> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(to_date32)
+}
+
 /// The Monday that starts the ISO week containing `date32`.
 pub fn iso_week_monday(date32: i32) -> i32 {
     // 1970-01-01 was a Thursday (weekday 3 counting Monday as 0).
@@ -85,6 +120,28 @@ mod tests {
         let tz: Tz = "America/New_York".parse().unwrap();
         let ts = rfc3339_to_ms("2026-01-01T03:00:00Z").unwrap();
         assert_eq!(date32_to_string(local_time(tz, ts).local_date), "2025-12-31");
+    }
+
+    #[test]
+    fn local_days_start_at_local_midnight() {
+        let kolkata: Tz = "Asia/Kolkata".parse().unwrap();
+        let day = parse_date32("2026-03-02").unwrap();
+        assert_eq!(local_day_start_ms(kolkata, day), rfc3339_to_ms("2026-03-01T18:30:00Z").unwrap());
+        // Santiago skips 00:00–01:00 when DST starts (2026-09-06): the day begins at 01:00 local.
+        let santiago: Tz = "America/Santiago".parse().unwrap();
+        let day = parse_date32("2026-09-06").unwrap();
+        assert_eq!(local_day_start_ms(santiago, day), rfc3339_to_ms("2026-09-06T04:00:00Z").unwrap());
+        assert_eq!(parse_date32("2026-02-30"), None);
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration_ms("14d"), Some(14 * 86_400_000));
+        assert_eq!(parse_duration_ms("90s"), Some(90_000));
+        assert_eq!(parse_duration_ms("30"), None);
+        assert_eq!(parse_duration_ms("0d"), None);
+        assert_eq!(parse_duration_ms("-3h"), None);
+        assert_eq!(parse_duration_ms("d"), None);
     }
 
     #[test]

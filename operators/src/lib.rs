@@ -2,15 +2,22 @@
 //! tables. Every operator is incremental: an event touches only the keys it belongs to, and a late
 //! event corrects earlier rows by retracting them (diff −1) and inserting their replacements.
 
+pub mod attribution;
 pub mod contacts;
 pub mod cycles;
 pub mod dataflow;
 pub mod dedup;
+pub mod funnel;
 pub mod live;
+pub mod message_status;
+pub mod messages;
+mod ordered;
+pub mod reactions;
 pub mod reduce;
 pub mod responses;
 pub mod retention;
 pub mod rows;
+pub mod session_health;
 pub mod runtime;
 mod stash;
 pub mod tables;

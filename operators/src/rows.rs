@@ -1,7 +1,7 @@
 //! Rows of the SPEC §5 tables as the operators emit them. Instants are UTC epoch ms, dates are
 //! days since 1970-01-01; the sinks map them to Arrow `Timestamp(ms, UTC)` and `Date32`.
 
-use convoflow_events::{Event, MessageType, Sender};
+use convoflow_events::{Event, MessageType, Sender, Status};
 use serde::{Deserialize, Serialize};
 
 /// Who wrote a message, for `message_volume.sender`: the contact or a business sender.
@@ -126,6 +126,160 @@ pub struct RetentionRow {
     pub retained: i64,
 }
 
+/// SPEC §5.6: a contact's progress through a funnel from the step-1 events of one local date.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FunnelRow {
+    pub tenant_id: String,
+    pub funnel_id: String,
+    pub contact_id: String,
+    pub entry_date: i32,
+    pub furthest_step: i32,
+    pub entry_ts: i64,
+    pub completed_ts: i64,
+}
+
+/// A float with a total order, so rows holding one can be sorted, compared and hashed. Operators
+/// derive these from sorted state alone, so equal inputs give bit-identical values.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Real(pub f64);
+
+impl PartialEq for Real {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0).is_eq()
+    }
+}
+
+impl Eq for Real {}
+
+impl PartialOrd for Real {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Real {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl std::hash::Hash for Real {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state);
+    }
+}
+
+/// `attribution.model`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AttributionModel {
+    FirstTouch,
+    LastTouch,
+    Linear,
+    TimeDecay,
+    PositionBased,
+}
+
+impl AttributionModel {
+    pub const ALL: [AttributionModel; 5] = [
+        AttributionModel::FirstTouch,
+        AttributionModel::LastTouch,
+        AttributionModel::Linear,
+        AttributionModel::TimeDecay,
+        AttributionModel::PositionBased,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributionModel::FirstTouch => "first_touch",
+            AttributionModel::LastTouch => "last_touch",
+            AttributionModel::Linear => "linear",
+            AttributionModel::TimeDecay => "time_decay",
+            AttributionModel::PositionBased => "position_based",
+        }
+    }
+}
+
+/// SPEC §5.7: the credit one touch (or `direct`) gets for one conversion under one model.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AttributionRow {
+    pub tenant_id: String,
+    pub model: AttributionModel,
+    pub conversion_event_id: String,
+    pub conversion_ts: i64,
+    pub conversion_name: String,
+    pub conversion_value: Real,
+    pub contact_id: String,
+    pub touch_event_id: Option<String>,
+    pub touch_ts: Option<i64>,
+    pub channel: String,
+    pub campaign_id: Option<String>,
+    pub source: Option<String>,
+    pub weight: Real,
+    pub credited_value: Real,
+}
+
+/// SPEC §5.8: one outbound message id. `final_status` is `Read`, `Delivered`, `Failed` or `Sent`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageStatusRow {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub contact_id: String,
+    pub session_id: Option<String>,
+    pub sender: Option<Sender>,
+    pub agent_id: Option<String>,
+    pub campaign_id: Option<String>,
+    pub sent_ts: Option<i64>,
+    pub delivered_ts: Option<i64>,
+    pub read_ts: Option<i64>,
+    pub failed_ts: Option<i64>,
+    pub error_code: Option<i64>,
+    pub final_status: Status,
+    pub replied: bool,
+}
+
+/// `reactions.sentiment`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Sentiment {
+    Positive,
+    Negative,
+    Neutral,
+}
+
+impl Sentiment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sentiment::Positive => "positive",
+            Sentiment::Negative => "negative",
+            Sentiment::Neutral => "neutral",
+        }
+    }
+}
+
+/// SPEC §5.9: a contact's standing reaction to a message.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReactionRow {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub contact_id: String,
+    pub emoji: String,
+    pub sentiment: Sentiment,
+    pub ts: i64,
+    pub sender: Option<Sender>,
+    pub agent_id: Option<String>,
+}
+
+/// SPEC §5.10: one business sender in one local hour.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionHealthRow {
+    pub tenant_id: String,
+    pub session_id: String,
+    pub hour_start: i64,
+    pub uptime: Real,
+    pub sent: i64,
+    pub failed: i64,
+    pub health_score: i32,
+}
+
 /// `rejected`: an input that broke a rule, with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RejectedRow {
@@ -161,4 +315,9 @@ pub enum Update {
     Volume(VolumeRow, i64),
     Contact(ContactRow, i64),
     Retention(RetentionRow, i64),
+    Funnel(FunnelRow, i64),
+    Attribution(AttributionRow, i64),
+    MessageStatus(MessageStatusRow, i64),
+    Reaction(ReactionRow, i64),
+    SessionHealth(SessionHealthRow, i64),
 }

@@ -69,6 +69,11 @@ pub struct TableSet {
     pub message_volume: Collection<VolumeRow>,
     pub contacts: Collection<ContactRow>,
     pub retention: Collection<RetentionRow>,
+    pub funnel_progress: Collection<FunnelRow>,
+    pub attribution: Collection<AttributionRow>,
+    pub message_status: Collection<MessageStatusRow>,
+    pub reactions: Collection<ReactionRow>,
+    pub session_health: Collection<SessionHealthRow>,
 }
 
 impl TableSet {
@@ -80,6 +85,11 @@ impl TableSet {
             Update::Volume(row, diff) => self.message_volume.push(row, diff),
             Update::Contact(row, diff) => self.contacts.push(row, diff),
             Update::Retention(row, diff) => self.retention.push(row, diff),
+            Update::Funnel(row, diff) => self.funnel_progress.push(row, diff),
+            Update::Attribution(row, diff) => self.attribution.push(row, diff),
+            Update::MessageStatus(row, diff) => self.message_status.push(row, diff),
+            Update::Reaction(row, diff) => self.reactions.push(row, diff),
+            Update::SessionHealth(row, diff) => self.session_health.push(row, diff),
         }
     }
 
@@ -91,6 +101,11 @@ impl TableSet {
         self.message_volume.consolidate();
         self.contacts.consolidate();
         self.retention.consolidate();
+        self.funnel_progress.consolidate();
+        self.attribution.consolidate();
+        self.message_status.consolidate();
+        self.reactions.consolidate();
+        self.session_health.consolidate();
     }
 
     /// Merges another worker's tables into these; call `consolidate` afterwards.
@@ -101,9 +116,28 @@ impl TableSet {
         self.message_volume.extend(other.message_volume);
         self.contacts.extend(other.contacts);
         self.retention.extend(other.retention);
+        self.funnel_progress.extend(other.funnel_progress);
+        self.attribution.extend(other.attribution);
+        self.message_status.extend(other.message_status);
+        self.reactions.extend(other.reactions);
+        self.session_health.extend(other.session_health);
     }
 
     /// Row counts per table, in SPEC order.
+    /// Rows left with a negative multiplicity in any derived table (a bug if ever non-zero).
+    pub fn negative_rows(&self) -> usize {
+        self.responses.negative_rows()
+            + self.conversation_cycles.negative_rows()
+            + self.message_volume.negative_rows()
+            + self.contacts.negative_rows()
+            + self.retention.negative_rows()
+            + self.funnel_progress.negative_rows()
+            + self.attribution.negative_rows()
+            + self.message_status.negative_rows()
+            + self.reactions.negative_rows()
+            + self.session_health.negative_rows()
+    }
+
     pub fn counts(&self) -> Vec<(&'static str, usize)> {
         vec![
             ("events", self.events.len()),
@@ -112,6 +146,11 @@ impl TableSet {
             ("message_volume", self.message_volume.len()),
             ("contacts", self.contacts.len()),
             ("retention", self.retention.len()),
+            ("funnel_progress", self.funnel_progress.len()),
+            ("attribution", self.attribution.len()),
+            ("message_status", self.message_status.len()),
+            ("reactions", self.reactions.len()),
+            ("session_health", self.session_health.len()),
         ]
     }
 }

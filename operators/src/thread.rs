@@ -3,6 +3,7 @@
 //! and `conversation.assigned` events kept in `(ts, event_id)` order.
 
 use crate::cycles::derive_cycles;
+use crate::ordered::{insert_ordered, Ordered};
 use crate::reduce::reduce;
 use crate::responses::derive_responses;
 use crate::rows::{CycleRow, ResponseRow};
@@ -45,6 +46,9 @@ impl ThreadEvent {
         })
     }
 
+}
+
+impl Ordered for ThreadEvent {
     fn order_key(&self) -> (i64, &str) {
         (self.ts, &self.event_id)
     }
@@ -53,8 +57,7 @@ impl ThreadEvent {
 /// `(tenant_id, conversation_id)`
 pub type ThreadKey = (String, String);
 
-/// A thread's events in `(ts, event_id)` order. Inserting keeps the order, so arrival order
-/// never matters; in-order arrivals append in O(1).
+/// A thread's events in `(ts, event_id)` order.
 #[derive(Default)]
 pub struct Thread {
     pub events: Vec<ThreadEvent>,
@@ -62,11 +65,7 @@ pub struct Thread {
 
 impl Thread {
     pub fn insert(&mut self, event: ThreadEvent) {
-        let at = match self.events.last() {
-            Some(last) if last.order_key() < event.order_key() => self.events.len(),
-            _ => self.events.partition_point(|e| e.order_key() < event.order_key()),
-        };
-        self.events.insert(at, event);
+        insert_ordered(&mut self.events, event);
     }
 }
 

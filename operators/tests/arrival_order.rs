@@ -3,16 +3,20 @@
 
 mod support;
 
-use convoflow_events::{Event, EventType, Sender, Tenants};
+use convoflow_events::{Event, EventType, Sender, SessionState, Status, Tenants};
 use proptest::prelude::*;
 use support::*;
 
-/// Small id spaces and a narrow time range force ties, shared threads and late corrections.
-fn event_strategy() -> impl Strategy<Value = (u8, u8, u8, u8, i64, u8)> {
-    (0u8..6, 0u8..2, 0u8..4, 0u8..3, 0i64..40, 0u8..3)
+/// (kind, tenant, contact, agent, minute, extra, variant). Small id spaces — three contacts, five
+/// message ids, two senders — and a narrow time range force ties, shared threads, statuses and
+/// reactions before their sends, and late corrections.
+type Spec = (u8, u8, u8, u8, i64, u8, u8);
+
+fn event_strategy() -> impl Strategy<Value = Spec> {
+    (0u8..11, 0u8..2, 0u8..3, 0u8..3, 0i64..40, 0u8..3, 0u8..5)
 }
 
-fn make_event(index: usize, (kind, tenant, contact, agent, minute, extra): (u8, u8, u8, u8, i64, u8)) -> Event {
+fn make_event(index: usize, (kind, tenant, contact, agent, minute, extra, variant): Spec) -> Event {
     let tenants = ["utc_t", "kolkata_t"];
     // Minutes around a Sunday→Monday local midnight in Kolkata, spread over two weeks.
     let ts = 1_772_389_800_000 - 20 * 60_000 + minute * 60_000 + (extra as i64) * 7 * 86_400_000 / 2;
@@ -23,28 +27,66 @@ fn make_event(index: usize, (kind, tenant, contact, agent, minute, extra): (u8, 
         EventType::MessageSent,
         EventType::ConversationResolved,
         EventType::ConversationAssigned,
+        EventType::MessageStatus,
+        EventType::MessageReaction,
+        EventType::Touch,
+        EventType::Conversion,
+        EventType::SessionStatus,
     ][kind as usize];
     let mut event = Event::new(tenants[tenant as usize], &format!("ev{index:03}"), ts, kind_of);
     let contact_id = format!("c{contact}");
     event.conversation_id = Some(contact_id.clone());
     event.contact_id = Some(contact_id);
-    event.message_id = Some(format!("m{index}"));
-    if kind_of == EventType::MessageSent {
-        let sender = [Sender::Agent, Sender::Bot, Sender::Campaign][agent as usize % 3];
-        event.sender = Some(sender);
-        match sender {
-            Sender::Agent => event.agent_id = Some(format!("a{agent}")),
-            Sender::Campaign => event.campaign_id = Some("spring".into()),
-            Sender::Bot => {}
+    event.message_id = Some(format!("m{}", minute % 5));
+    if variant < 3 || kind_of == EventType::SessionStatus {
+        event.session_id = Some(format!("s{}", variant % 2));
+    }
+    match kind_of {
+        EventType::MessageSent => {
+            let sender = [Sender::Agent, Sender::Bot, Sender::Campaign][agent as usize % 3];
+            event.sender = Some(sender);
+            match sender {
+                Sender::Agent => event.agent_id = Some(format!("a{agent}")),
+                Sender::Campaign => event.campaign_id = Some(format!("spring{}", variant % 2)),
+                Sender::Bot => {}
+            }
         }
-    } else if kind_of != EventType::MessageReceived && agent > 0 {
-        event.agent_id = Some(format!("a{agent}"));
+        EventType::MessageStatus => {
+            event.status = Some([Status::Sent, Status::Delivered, Status::Read, Status::Played, Status::Failed][variant as usize]);
+            event.error_code = (variant == 4).then_some(131_026 + agent as i64);
+        }
+        EventType::MessageReaction => event.emoji = Some(["👍", "❤️", "", "👎🏽", "😂"][variant as usize].to_owned()),
+        EventType::Touch => {
+            event.channel = Some(["ad", "web", "email"][variant as usize % 3].to_owned());
+            event.campaign_id = (variant % 3 == 0).then(|| "ad1".to_owned());
+        }
+        EventType::Conversion => {
+            event.name = Some(["lead", "purchase"][variant as usize % 2].to_owned());
+            event.value = Some(variant as f64 * 12.5);
+        }
+        EventType::SessionStatus => {
+            event.state = Some(
+                [SessionState::Connected, SessionState::Disconnected, SessionState::QrRequired, SessionState::Blocked, SessionState::Error]
+                    [variant as usize],
+            );
+        }
+        _ if agent > 0 => event.agent_id = Some(format!("a{agent}")),
+        _ => {}
     }
     event
 }
 
+/// Kolkata gets its own funnels (one starting at a campaign send) and a short lookback, so
+/// configured funnels and the lookback boundary are exercised as well as the defaults.
 fn tenants() -> Tenants {
-    Tenants::from_json(r#"[{"tenant_id":"kolkata_t","timezone":"Asia/Kolkata"}]"#).unwrap()
+    Tenants::from_json(
+        r#"[{"tenant_id":"kolkata_t","timezone":"Asia/Kolkata",
+             "funnels":[{"funnel_id":"campaign","window":"3d","steps":[{"type":"message.sent","sender":"campaign"},
+                          {"type":"message.received"},{"type":"conversion","name":"purchase"}]},
+                        {"funnel_id":"touch_to_lead","steps":[{"type":"touch"},{"type":"conversion","name":"lead"}]}],
+             "attribution":{"lookback":"5d","half_life":"1d"}}]"#,
+    )
+    .unwrap()
 }
 
 fn rendered(output: &convoflow_operators::RunOutput) -> Vec<(String, Vec<serde_json::Value>)> {
@@ -52,9 +94,16 @@ fn rendered(output: &convoflow_operators::RunOutput) -> Vec<(String, Vec<serde_j
 }
 
 fn no_negative_rows(output: &convoflow_operators::RunOutput) -> bool {
-    let t = &output.tables;
-    t.responses.negative_rows() + t.conversation_cycles.negative_rows() + t.message_volume.negative_rows()
-        + t.contacts.negative_rows() + t.retention.negative_rows() == 0
+    output.tables.negative_rows() == 0
+}
+
+/// SPEC §5.7: for every conversion and model the weights sum to 1.
+fn weights_sum_to_one(output: &convoflow_operators::RunOutput) -> bool {
+    let mut sums: std::collections::BTreeMap<(&str, &str), f64> = Default::default();
+    for row in output.tables.attribution.rows() {
+        *sums.entry((&row.conversion_event_id, row.model.as_str())).or_default() += row.weight.0;
+    }
+    sums.values().all(|sum| (sum - 1.0).abs() < 1e-9)
 }
 
 proptest! {
@@ -70,6 +119,7 @@ proptest! {
         let events: Vec<Event> = specs.into_iter().enumerate().map(|(i, s)| make_event(i, s)).collect();
         let baseline = run_batches(vec![events.clone()], tenants(), 1);
         prop_assert!(no_negative_rows(&baseline));
+        prop_assert!(weights_sum_to_one(&baseline));
 
         // A permutation (deterministic from the seed), with every k-th event delivered twice.
         let mut arrivals: Vec<Event> = events.iter().enumerate()

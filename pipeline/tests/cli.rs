@@ -3,7 +3,19 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const TABLES: &[&str] = &["events", "responses", "conversation_cycles", "message_volume", "contacts", "retention"];
+const TABLES: &[&str] = &[
+    "events",
+    "responses",
+    "conversation_cycles",
+    "message_volume",
+    "contacts",
+    "retention",
+    "funnel_progress",
+    "attribution",
+    "message_status",
+    "reactions",
+    "session_health",
+];
 
 fn convoflow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_convoflow")).args(args).output().expect("convoflow runs")

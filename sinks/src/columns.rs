@@ -1,7 +1,7 @@
 //! Building and reading Arrow columns.
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -21,6 +21,14 @@ pub fn int64s(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
 
 pub fn int32s(values: impl Iterator<Item = Option<i32>>) -> ArrayRef {
     Arc::new(values.collect::<Int32Array>())
+}
+
+pub fn float64s(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
+    Arc::new(values.collect::<Float64Array>())
+}
+
+pub fn booleans(values: impl Iterator<Item = Option<bool>>) -> ArrayRef {
+    Arc::new(values.collect::<BooleanArray>())
 }
 
 pub fn dates(values: impl Iterator<Item = Option<i32>>) -> ArrayRef {

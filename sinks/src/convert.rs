@@ -116,6 +116,11 @@ pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow], rows: Rows) ->
     let (volume, volume_diffs) = select(&tables.message_volume, rows);
     let (contacts, contacts_diffs) = select(&tables.contacts, rows);
     let (retention, retention_diffs) = select(&tables.retention, rows);
+    let (funnels, funnels_diffs) = select(&tables.funnel_progress, rows);
+    let (attribution, attribution_diffs) = select(&tables.attribution, rows);
+    let (statuses, statuses_diffs) = select(&tables.message_status, rows);
+    let (reactions, reactions_diffs) = select(&tables.reactions, rows);
+    let (health, health_diffs) = select(&tables.session_health, rows);
     let diffs = [
         vec![1; tables.events.len()],
         vec![1; rejected.len()],
@@ -124,6 +129,11 @@ pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow], rows: Rows) ->
         volume_diffs,
         contacts_diffs,
         retention_diffs,
+        funnels_diffs,
+        attribution_diffs,
+        statuses_diffs,
+        reactions_diffs,
+        health_diffs,
     ];
     let named = vec![
         ("events", chunked("events", &tables.events, event_columns)?),
@@ -182,6 +192,66 @@ pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow], rows: Rows) ->
             int32s(rows.iter().map(|r| Some(r.week_offset))),
             int64s(rows.iter().map(|r| Some(r.cohort_size))),
             int64s(rows.iter().map(|r| Some(r.retained))),
+        ])?),
+        ("funnel_progress", chunked("funnel_progress", &funnels, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.funnel_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
+            dates(rows.iter().map(|r| Some(r.entry_date))),
+            int32s(rows.iter().map(|r| Some(r.furthest_step))),
+            instants(rows.iter().map(|r| Some(r.entry_ts))),
+            instants(rows.iter().map(|r| Some(r.completed_ts))),
+        ])?),
+        ("attribution", chunked("attribution", &attribution, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.model.as_str()))),
+            text(rows.iter().map(|r| Some(r.conversion_event_id.as_str()))),
+            instants(rows.iter().map(|r| Some(r.conversion_ts))),
+            text(rows.iter().map(|r| Some(r.conversion_name.as_str()))),
+            float64s(rows.iter().map(|r| Some(r.conversion_value.0))),
+            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
+            text(rows.iter().map(|r| r.touch_event_id.as_deref())),
+            instants(rows.iter().map(|r| r.touch_ts)),
+            text(rows.iter().map(|r| Some(r.channel.as_str()))),
+            text(rows.iter().map(|r| r.campaign_id.as_deref())),
+            text(rows.iter().map(|r| r.source.as_deref())),
+            float64s(rows.iter().map(|r| Some(r.weight.0))),
+            float64s(rows.iter().map(|r| Some(r.credited_value.0))),
+        ])?),
+        ("message_status", chunked("message_status", &statuses, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.message_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
+            text(rows.iter().map(|r| r.session_id.as_deref())),
+            text(rows.iter().map(|r| r.sender.map(Sender::as_str))),
+            text(rows.iter().map(|r| r.agent_id.as_deref())),
+            text(rows.iter().map(|r| r.campaign_id.as_deref())),
+            instants(rows.iter().map(|r| r.sent_ts)),
+            instants(rows.iter().map(|r| r.delivered_ts)),
+            instants(rows.iter().map(|r| r.read_ts)),
+            instants(rows.iter().map(|r| r.failed_ts)),
+            int64s(rows.iter().map(|r| r.error_code)),
+            text(rows.iter().map(|r| Some(r.final_status.as_str()))),
+            booleans(rows.iter().map(|r| Some(r.replied))),
+        ])?),
+        ("reactions", chunked("reactions", &reactions, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.message_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.emoji.as_str()))),
+            text(rows.iter().map(|r| Some(r.sentiment.as_str()))),
+            instants(rows.iter().map(|r| Some(r.ts))),
+            text(rows.iter().map(|r| r.sender.map(Sender::as_str))),
+            text(rows.iter().map(|r| r.agent_id.as_deref())),
+        ])?),
+        ("session_health", chunked("session_health", &health, |rows| vec![
+            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
+            text(rows.iter().map(|r| Some(r.session_id.as_str()))),
+            instants(rows.iter().map(|r| Some(r.hour_start))),
+            float64s(rows.iter().map(|r| Some(r.uptime.0))),
+            int64s(rows.iter().map(|r| Some(r.sent))),
+            int64s(rows.iter().map(|r| Some(r.failed))),
+            int32s(rows.iter().map(|r| Some(r.health_score))),
         ])?),
     ];
     Ok(named

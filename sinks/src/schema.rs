@@ -4,15 +4,27 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use std::sync::Arc;
 
 /// Every table of the embedded store, in SPEC order.
-pub const TABLES: &[&str] =
-    &["events", "rejected", "responses", "conversation_cycles", "message_volume", "contacts", "retention"];
+pub const TABLES: &[&str] = &[
+    "events",
+    "rejected",
+    "responses",
+    "conversation_cycles",
+    "message_volume",
+    "contacts",
+    "retention",
+    "funnel_progress",
+    "attribution",
+    "message_status",
+    "reactions",
+    "session_health",
+];
 
 fn instant() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
 fn columns(table: &str) -> Vec<(&'static str, DataType, bool)> {
-    use DataType::{Date32, Float64, Int32, Int64, Utf8};
+    use DataType::{Boolean, Date32, Float64, Int32, Int64, Utf8};
     let text = |name, nullable| (name, Utf8, nullable);
     match table {
         "events" => vec![
@@ -100,6 +112,66 @@ fn columns(table: &str) -> Vec<(&'static str, DataType, bool)> {
             ("week_offset", Int32, false),
             ("cohort_size", Int64, false),
             ("retained", Int64, false),
+        ],
+        "funnel_progress" => vec![
+            text("tenant_id", false),
+            text("funnel_id", false),
+            text("contact_id", false),
+            ("entry_date", Date32, false),
+            ("furthest_step", Int32, false),
+            ("entry_ts", instant(), false),
+            ("completed_ts", instant(), false),
+        ],
+        "attribution" => vec![
+            text("tenant_id", false),
+            text("model", false),
+            text("conversion_event_id", false),
+            ("conversion_ts", instant(), false),
+            text("conversion_name", false),
+            ("conversion_value", Float64, false),
+            text("contact_id", false),
+            text("touch_event_id", true),
+            ("touch_ts", instant(), true),
+            text("channel", false),
+            text("campaign_id", true),
+            text("source", true),
+            ("weight", Float64, false),
+            ("credited_value", Float64, false),
+        ],
+        "message_status" => vec![
+            text("tenant_id", false),
+            text("message_id", false),
+            text("contact_id", false),
+            text("session_id", true),
+            text("sender", true),
+            text("agent_id", true),
+            text("campaign_id", true),
+            ("sent_ts", instant(), true),
+            ("delivered_ts", instant(), true),
+            ("read_ts", instant(), true),
+            ("failed_ts", instant(), true),
+            ("error_code", Int64, true),
+            text("final_status", false),
+            ("replied", Boolean, false),
+        ],
+        "reactions" => vec![
+            text("tenant_id", false),
+            text("message_id", false),
+            text("contact_id", false),
+            text("emoji", false),
+            text("sentiment", false),
+            ("ts", instant(), false),
+            text("sender", true),
+            text("agent_id", true),
+        ],
+        "session_health" => vec![
+            text("tenant_id", false),
+            text("session_id", false),
+            ("hour_start", instant(), false),
+            ("uptime", Float64, false),
+            ("sent", Int64, false),
+            ("failed", Int64, false),
+            ("health_score", Int32, false),
         ],
         _ => Vec::new(),
     }

@@ -16,6 +16,12 @@ fn opt_ts(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, ts)
 }
 
+/// Floats rounded to 9 decimals, so hand-worked weights like 1/3 can be written down.
+fn real(value: f64) -> Value {
+    let rounded = (value * 1e9).round() / 1e9;
+    serde_json::Number::from_f64(rounded).map_or(Value::Null, Value::Number)
+}
+
 fn date(days: Option<i32>) -> Value {
     days.map_or(Value::Null, |d| date32_to_string(d).into())
 }
@@ -52,13 +58,54 @@ pub fn table_rows(tables: &TableSet, table: &str) -> Vec<Value> {
             "tenant_id": r.tenant_id, "cohort_week": date(Some(r.cohort_week)), "week_offset": r.week_offset,
             "cohort_size": r.cohort_size, "retained": r.retained,
         })).collect(),
+        "funnel_progress" => tables.funnel_progress.rows().map(|r| json!({
+            "tenant_id": r.tenant_id, "funnel_id": r.funnel_id, "contact_id": r.contact_id,
+            "entry_date": date(Some(r.entry_date)), "furthest_step": r.furthest_step,
+            "entry_ts": ts(r.entry_ts), "completed_ts": ts(r.completed_ts),
+        })).collect(),
+        "attribution" => tables.attribution.rows().map(|r| json!({
+            "tenant_id": r.tenant_id, "model": r.model.as_str(), "conversion_event_id": r.conversion_event_id,
+            "conversion_ts": ts(r.conversion_ts), "conversion_name": r.conversion_name,
+            "conversion_value": real(r.conversion_value.0), "contact_id": r.contact_id,
+            "touch_event_id": r.touch_event_id, "touch_ts": opt_ts(r.touch_ts), "channel": r.channel,
+            "campaign_id": r.campaign_id, "source": r.source, "weight": real(r.weight.0),
+            "credited_value": real(r.credited_value.0),
+        })).collect(),
+        "message_status" => tables.message_status.rows().map(|r| json!({
+            "tenant_id": r.tenant_id, "message_id": r.message_id, "contact_id": r.contact_id,
+            "session_id": r.session_id, "sender": r.sender.map(|s| s.as_str()), "agent_id": r.agent_id,
+            "campaign_id": r.campaign_id, "sent_ts": opt_ts(r.sent_ts), "delivered_ts": opt_ts(r.delivered_ts),
+            "read_ts": opt_ts(r.read_ts), "failed_ts": opt_ts(r.failed_ts), "error_code": r.error_code,
+            "final_status": r.final_status.as_str(), "replied": r.replied,
+        })).collect(),
+        "reactions" => tables.reactions.rows().map(|r| json!({
+            "tenant_id": r.tenant_id, "message_id": r.message_id, "contact_id": r.contact_id, "emoji": r.emoji,
+            "sentiment": r.sentiment.as_str(), "ts": ts(r.ts), "sender": r.sender.map(|s| s.as_str()),
+            "agent_id": r.agent_id,
+        })).collect(),
+        "session_health" => tables.session_health.rows().map(|r| json!({
+            "tenant_id": r.tenant_id, "session_id": r.session_id, "hour_start": ts(r.hour_start),
+            "uptime": real(r.uptime.0), "sent": r.sent, "failed": r.failed, "health_score": r.health_score,
+        })).collect(),
         other => panic!("unknown table {other}"),
     };
     rows.sort_by_key(|row| row.to_string());
     rows
 }
 
-pub const TABLES: &[&str] = &["events", "responses", "conversation_cycles", "message_volume", "contacts", "retention"];
+pub const TABLES: &[&str] = &[
+    "events",
+    "responses",
+    "conversation_cycles",
+    "message_volume",
+    "contacts",
+    "retention",
+    "funnel_progress",
+    "attribution",
+    "message_status",
+    "reactions",
+    "session_health",
+];
 
 pub fn parse_all(ndjson: &str) -> Vec<Event> {
     ndjson

@@ -160,6 +160,7 @@ impl ClickHouseStore {
             DataType::Float64 => "Float64",
             DataType::Timestamp(_, _) => self.instant_type,
             DataType::Date32 => "Date",
+            DataType::Boolean => "UInt8",
             other => return Err(ClickHouseError::Config(format!("no ClickHouse type for Arrow type {other}"))),
         };
         Ok(if nullable { format!("Nullable({base})") } else { base.to_owned() })

@@ -3,10 +3,11 @@
 //!
 //! Mapping: `Utf8` ⇄ `String`, `Int64`/`Int32`/`Float64` ⇄ the same widths, `Timestamp(ms)` ⇄
 //! `UInt64` ms (`DateTime64(3)` is the same 8 little-endian bytes for instants after 1970),
-//! `Date32` ⇄ `Date` (UInt16 days since 1970). Nullable columns carry a leading null byte.
+//! `Date32` ⇄ `Date` (UInt16 days since 1970), `Boolean` ⇄ `UInt8` (0/1; 18.16 has no `Bool`).
+//! Nullable columns carry a leading null byte.
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type, SchemaRef, TimestampMillisecondType};
@@ -60,6 +61,7 @@ pub fn encode(batch: &RecordBatch, bookkeeping: Option<(&[i64], u64)>, out: &mut
                     let days = column.as_primitive::<Date32Type>().value(row);
                     out.extend_from_slice(&(days.clamp(0, u16::MAX as i32) as u16).to_le_bytes());
                 }
+                DataType::Boolean => out.push(column.as_boolean().value(row) as u8),
                 other => return Err(unsupported(other)),
             }
         }
@@ -113,6 +115,7 @@ enum Builder {
     Float64(Float64Builder),
     Instant(TimestampMillisecondBuilder),
     Date(Date32Builder),
+    Boolean(BooleanBuilder),
 }
 
 impl Builder {
@@ -124,6 +127,7 @@ impl Builder {
             DataType::Float64 => Builder::Float64(Float64Builder::new()),
             DataType::Timestamp(_, _) => Builder::Instant(TimestampMillisecondBuilder::new()),
             DataType::Date32 => Builder::Date(Date32Builder::new()),
+            DataType::Boolean => Builder::Boolean(BooleanBuilder::new()),
             other => return Err(unsupported(other)),
         })
     }
@@ -136,6 +140,7 @@ impl Builder {
             Builder::Float64(b) => b.append_null(),
             Builder::Instant(b) => b.append_null(),
             Builder::Date(b) => b.append_null(),
+            Builder::Boolean(b) => b.append_null(),
         }
     }
 
@@ -152,6 +157,7 @@ impl Builder {
             Builder::Float64(b) => b.append_value(f64::from_le_bytes(reader.fixed()?)),
             Builder::Instant(b) => b.append_value(u64::from_le_bytes(reader.fixed()?) as i64),
             Builder::Date(b) => b.append_value(u16::from_le_bytes(reader.fixed()?) as i32),
+            Builder::Boolean(b) => b.append_value(reader.fixed::<1>()?[0] != 0),
         }
         Ok(())
     }
@@ -164,6 +170,7 @@ impl Builder {
             Builder::Float64(mut b) => Arc::new(b.finish()),
             Builder::Instant(mut b) => Arc::new(b.finish().with_timezone("UTC")),
             Builder::Date(mut b) => Arc::new(b.finish()),
+            Builder::Boolean(mut b) => Arc::new(b.finish()),
         }
     }
 }
@@ -228,5 +235,23 @@ mod tests {
         encode(&batch, Some((&[1, -1], 42)), &mut logged).expect("encode");
         assert_eq!(logged.len(), bytes.len() + 2 * 9);
         assert_eq!(&logged[logged.len() - 9..], &[0xff, 42, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn booleans_and_floats_survive_encode_then_decode() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("replied", DataType::Boolean, false),
+            Field::new("weight", DataType::Float64, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            crate::columns::booleans([Some(true), Some(false)].into_iter()),
+            crate::columns::float64s([Some(1.0 / 3.0), Some(0.0)].into_iter()),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+        let mut bytes = Vec::new();
+        encode(&batch, None, &mut bytes).expect("encode");
+        assert_eq!(bytes.len(), 2 * (1 + 8));
+        assert_eq!(decode(schema, &bytes).expect("decode"), vec![batch]);
     }
 }

@@ -1,0 +1,166 @@
+//! Every report on the embedded store, over golden inputs whose tables are worked out by hand
+//! (operators/golden), with the report's figures worked out by hand from those tables.
+
+use convoflow_events::{parse_date32, parse_event, Event, Tenants};
+use convoflow_operators::{run, SourceBatch};
+use convoflow_queries::{format_batches, report_sql, Dialect, OutputFormat, Report, ReportParams, SqlEngine};
+use convoflow_sinks::EmbeddedStore;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+
+fn golden(case: &str) -> (Vec<Event>, Tenants) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operators/golden").join(case);
+    let input = std::fs::read_to_string(dir.join("input.ndjson")).expect("golden input");
+    let tenants = dir.join("tenants.json");
+    let tenants = if tenants.exists() { Tenants::load(&tenants).expect("tenants") } else { Tenants::default() };
+    (parse_all(&input), tenants)
+}
+
+fn parse_all(ndjson: &str) -> Vec<Event> {
+    ndjson.lines().filter(|l| !l.trim().is_empty()).map(|l| parse_event(l.as_bytes()).expect("valid event")).collect()
+}
+
+/// Runs the dataflow over `events`, writes the embedded store, and opens SQL on it.
+async fn store(events: Vec<Event>, tenants: Tenants, dir: &Path) -> SqlEngine {
+    let batch: Vec<(u64, Box<Event>)> = events.into_iter().enumerate().map(|(i, e)| (i as u64, Box::new(e))).collect();
+    let mut output = run(1, Arc::new(tenants), 0, move |_, _| {
+        std::iter::once(SourceBatch { events: batch.clone(), rejected: Vec::new(), lines: 0 })
+    })
+    .expect("dataflow runs");
+    output.tables.consolidate();
+    EmbeddedStore::open(dir).expect("store").write(&output.tables, &output.rejected).expect("write");
+    SqlEngine::open(dir).await.expect("sql engine")
+}
+
+async fn report(engine: &SqlEngine, report: Report, params: &ReportParams) -> Vec<Value> {
+    let sql = report_sql(report, params, Dialect::DataFusion);
+    let batches = engine.query(&sql).await.unwrap_or_else(|e| panic!("{} failed: {e}\n{sql}", report.name()));
+    let json = format_batches(&batches, OutputFormat::Json).expect("json");
+    serde_json::from_str(&json).expect("json rows")
+}
+
+fn march(from: &str, to: &str, tenant: &str) -> ReportParams {
+    ReportParams { from: parse_date32(from), to: parse_date32(to), ..ReportParams::new(tenant) }
+}
+
+#[tokio::test]
+async fn funnel_counts_contacts_by_their_furthest_step_in_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, tenants) = golden("funnel_drop_offs");
+    let engine = store(events, tenants, dir.path()).await;
+
+    // a reached 5, b 2 (on 03-17), c 4; only a completed, in 2 d 23 h.
+    let rows = report(&engine, Report::Funnel, &march("2026-03-01", "2026-03-31", "acme")).await;
+    let expected = [(1, 3, 1.0, 1.0), (2, 3, 1.0, 1.0), (3, 2, 0.6667, 0.6667), (4, 2, 0.6667, 1.0), (5, 1, 0.3333, 0.5)];
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for (row, (step, contacts, from_start, from_previous)) in rows.iter().zip(expected) {
+        assert_eq!(
+            row,
+            &json!({"funnel_id": "default", "step": step, "contacts": contacts, "conversion_from_start": from_start,
+                    "conversion_from_previous": from_previous, "median_ms_to_convert": 255_600_000.0})
+        );
+    }
+
+    // Only 03-02: b's re-entry on 03-17 is out of range, so b stops at step 1.
+    let rows = report(&engine, Report::Funnel, &march("2026-03-02", "2026-03-02", "acme")).await;
+    let contacts: Vec<&Value> = rows.iter().map(|row| &row["contacts"]).collect();
+    assert_eq!(contacts, [&json!(3), &json!(2), &json!(2), &json!(2), &json!(1)]);
+}
+
+#[tokio::test]
+async fn attribution_credits_sum_to_the_conversions_per_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, tenants) = golden("attribution_models");
+    let engine = store(events, tenants, dir.path()).await;
+    let rows = report(&engine, Report::Attribution, &march("2026-03-01", "2026-03-31", "acme")).await;
+    for model in ["first_touch", "last_touch", "linear", "time_decay", "position_based"] {
+        let credited: f64 = rows.iter().filter(|r| r["model"] == model).map(|r| r["credited_conversions"].as_f64().unwrap()).sum();
+        assert!((credited - 3.0).abs() < 1e-5, "{model}: {credited}");
+    }
+    let whatsapp = rows.iter().find(|r| r["model"] == "time_decay" && r["channel"] == "whatsapp").expect("campaign touch row");
+    assert_eq!(whatsapp["campaign_id"], "spring");
+    assert_eq!(whatsapp["conversions"], 1);
+    assert_eq!(whatsapp["credited_value_sum"], 26.666667);
+    let direct = rows.iter().find(|r| r["model"] == "linear" && r["channel"] == "direct").expect("direct row");
+    assert_eq!((direct["credited_conversions"].as_f64(), direct["credited_value_sum"].as_f64()), (Some(1.0), Some(0.0)));
+
+    let only_linear = ReportParams { model: Some("linear".into()), ..march("2026-03-01", "2026-03-31", "acme") };
+    let rows = report(&engine, Report::Attribution, &only_linear).await;
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["model"] == "linear"));
+}
+
+#[tokio::test]
+async fn campaigns_and_csat_report_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, tenants) = golden("attribution_models");
+    let engine = store(events, tenants, dir.path()).await;
+    // m1 failed and was then read (delivered, read); m2 ended failed.
+    let rows = report(&engine, Report::Campaigns, &march("2026-03-01", "2026-03-31", "acme")).await;
+    assert_eq!(
+        rows,
+        [json!({"campaign_id": "spring", "sent": 2, "delivered": 1, "read": 1, "failed": 1, "replies": 0,
+                "delivery_rate": 0.5, "read_rate": 0.5, "failure_rate": 0.5, "reply_rate": 0.0})]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (events, tenants) = golden("statuses_and_reactions");
+    let engine = store(events, tenants, dir.path()).await;
+    let rows = report(&engine, Report::Csat, &march("2026-03-02", "2026-03-02", "acme")).await;
+    let by_agent = |sender: Value, agent: Value| {
+        rows.iter().find(|r| r["sender"] == sender && r["agent_id"] == agent).cloned().unwrap_or(Value::Null)
+    };
+    assert_eq!(by_agent(json!("agent"), json!("ana")), json!({"sender": "agent", "agent_id": "ana", "positive": 1, "negative": 0, "neutral": 0, "csat": 1.0}));
+    assert_eq!(by_agent(json!("agent"), json!("bo")), json!({"sender": "agent", "agent_id": "bo", "positive": 1, "negative": 0, "neutral": 1, "csat": 1.0}));
+    // Null columns are left out of JSON rows, so the bot's row has no agent_id.
+    assert!(rows.iter().any(|r| r["sender"] == "bot" && r["negative"] == 1 && r["csat"] == 0.0), "{rows:?}");
+    assert_eq!(rows.len(), 4, "agent ana, agent bo, bot, and the message never seen sent: {rows:?}");
+}
+
+#[tokio::test]
+async fn session_health_lists_the_senders_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, tenants) = golden("session_hours");
+    let engine = store(events, tenants, dir.path()).await;
+    let params = ReportParams { session_id: Some("p1".into()), ..march("2026-03-02", "2026-03-02", "acme") };
+    let rows = report(&engine, Report::SessionHealth, &params).await;
+    let scores: Vec<i64> = rows.iter().map(|r| r["health_score"].as_i64().unwrap()).collect();
+    assert_eq!(scores, [100, 38, 100, 0, 0, 0]);
+    assert_eq!(rows[1]["hour_start"], "2026-03-02T10:00:00Z");
+    // A local day in Kolkata starts at 18:30 UTC the day before.
+    let kolkata = ReportParams { timezone: chrono_tz::Asia::Kolkata, ..march("2026-03-02", "2026-03-02", "kol") };
+    let rows = report(&engine, Report::SessionHealth, &kolkata).await;
+    assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test]
+async fn agents_get_responses_percentiles_resolutions_and_csat() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = parse_all(
+        r#"{"event_id":"x1","tenant_id":"t","ts":"2026-03-02T10:00:00Z","type":"message.received","contact_id":"x","message_id":"mx1"}
+{"event_id":"x2","tenant_id":"t","ts":"2026-03-02T10:02:00Z","type":"message.sent","contact_id":"x","message_id":"mx2","sender":"agent","agent_id":"ana"}
+{"event_id":"x3","tenant_id":"t","ts":"2026-03-02T10:05:00Z","type":"message.received","contact_id":"x","message_id":"mx3"}
+{"event_id":"x4","tenant_id":"t","ts":"2026-03-02T10:06:00Z","type":"message.sent","contact_id":"x","message_id":"mx4","sender":"bot"}
+{"event_id":"x5","tenant_id":"t","ts":"2026-03-02T10:10:00Z","type":"message.sent","contact_id":"x","message_id":"mx5","sender":"agent","agent_id":"ana"}
+{"event_id":"x6","tenant_id":"t","ts":"2026-03-02T10:20:00Z","type":"conversation.resolved","contact_id":"x","agent_id":"ana"}
+{"event_id":"x7","tenant_id":"t","ts":"2026-03-02T10:30:00Z","type":"message.reaction","contact_id":"x","message_id":"mx2","emoji":"👍"}
+{"event_id":"y1","tenant_id":"t","ts":"2026-03-02T11:00:00Z","type":"message.received","contact_id":"y","message_id":"my1"}
+{"event_id":"y2","tenant_id":"t","ts":"2026-03-02T11:10:00Z","type":"message.sent","contact_id":"y","message_id":"my2","sender":"agent","agent_id":"bo"}
+{"event_id":"y3","tenant_id":"t","ts":"2026-03-02T11:20:00Z","type":"message.received","contact_id":"y","message_id":"my3"}
+{"event_id":"y4","tenant_id":"t","ts":"2026-03-02T11:21:00Z","type":"message.sent","contact_id":"y","message_id":"my4","sender":"agent","agent_id":"ana"}
+{"event_id":"y5","tenant_id":"t","ts":"2026-03-02T11:30:00Z","type":"conversation.resolved","contact_id":"y","agent_id":"bo"}"#,
+    );
+    let engine = store(events, Tenants::default(), dir.path()).await;
+    let rows = report(&engine, Report::Agents, &march("2026-03-02", "2026-03-02", "t")).await;
+    // ana answered in 2 min and 1 min (the bot answered the 10:05 message, so 10:10 answers
+    // nothing); bo in 10 min. p90 of {60 s, 120 s} = 60 + 0.9 × 60 = 114 s.
+    assert_eq!(
+        rows,
+        [
+            json!({"agent_id": "ana", "responses": 2, "median_response_ms": 90_000.0, "p90_response_ms": 114_000.0,
+                   "first_responses": 1, "median_first_response_ms": 120_000.0, "resolutions": 1, "csat": 1.0}),
+            json!({"agent_id": "bo", "responses": 1, "median_response_ms": 600_000.0, "p90_response_ms": 600_000.0,
+                   "first_responses": 1, "median_first_response_ms": 600_000.0, "resolutions": 1}),
+        ]
+    );
+}
