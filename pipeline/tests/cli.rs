@@ -204,3 +204,34 @@ fn generate_is_deterministic_for_a_seed() {
     assert_ne!(a, c);
     assert_eq!(a.iter().filter(|&&byte| byte == b'\n').count(), 3000);
 }
+
+/// The report SQL documented in docs/REPORTS.md for the embedded store, block by block.
+fn documented_report_sql() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/REPORTS.md")).expect("docs/REPORTS.md");
+    let mut reports = Vec::new();
+    let mut name = String::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            name = heading.to_owned();
+        } else if line.starts_with("Embedded store (DataFusion)") {
+            let sql: Vec<&str> = lines.by_ref().skip_while(|l| *l != "```sql").skip(1).take_while(|l| *l != "```").collect();
+            reports.push((name.clone(), sql.join("\n")));
+        }
+    }
+    reports
+}
+
+#[test]
+fn every_documented_report_runs_through_convoflow_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, tenants) = generated(dir.path(), "20000", "5");
+    let data = path(dir.path(), "data");
+    ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &data]);
+    let reports = documented_report_sql();
+    assert_eq!(reports.len(), 6, "{:?}", reports.iter().map(|(name, _)| name).collect::<Vec<_>>());
+    for (name, sql) in reports {
+        let rows = dump(&data, &sql);
+        assert!(rows.len() > 1, "report {name} has rows for acme_retail in January: {rows:?}");
+    }
+}

@@ -2,6 +2,7 @@
 //! and renders the result in the format asked for; JSON comes as an array of row objects, like the
 //! embedded store's.
 
+use crate::dialect::Dialect;
 use crate::format::OutputFormat;
 use convoflow_sinks::{ClickHouseError, ClickHouseStore};
 
@@ -18,4 +19,9 @@ pub async fn clickhouse_query(store: &ClickHouseStore, sql: &str, format: Output
         OutputFormat::Json => format!("[{}]", text.lines().filter(|line| !line.trim().is_empty()).collect::<Vec<_>>().join(",\n")),
         _ => text.into_owned(),
     })
+}
+
+/// The dialect reports are written in for this server.
+pub fn clickhouse_dialect(store: &ClickHouseStore) -> Dialect {
+    Dialect::ClickHouse { datetime64: store.has_datetime64() }
 }

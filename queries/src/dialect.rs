@@ -54,18 +54,21 @@ impl Dialect {
     }
 
     /// The continuous percentile `q` of the non-null `column` over the group, interpolated
-    /// between the two nearest values (PostgreSQL's `percentile_cont`), null for an empty group.
-    /// ClickHouse 18.16 has no interpolating quantile, so it is spelled out on the sorted values.
+    /// between the two nearest values (`percentile_cont`), null for an empty group. ClickHouse
+    /// 18.16 has no interpolating quantile, so it is spelled out on the sorted values
+    /// (`groupArray` skips nulls) the way DataFusion computes it, interpolation weight truncated
+    /// to 6 decimals included, so both stores give the same figure.
     pub fn percentile(self, q: f64, column: &str) -> String {
         match self {
             Dialect::DataFusion => format!("percentile_cont({q}) WITHIN GROUP (ORDER BY {column})"),
             Dialect::ClickHouse { .. } => {
-                let values = format!("arraySort(groupArray(assumeNotNull({column})))");
+                let values = format!("arraySort(groupArray({column}))");
                 let n = format!("length({values})");
-                let position = format!("(1 + {q} * ({n} - 1))");
-                let lower = format!("arrayElement({values}, toUInt64(floor({position})))");
-                let upper = format!("arrayElement({values}, toUInt64(least({n}, floor({position}) + 1)))");
-                format!("if({n} = 0, NULL, {lower} + ({upper} - {lower}) * ({position} - floor({position})))")
+                let index = format!("({q} * ({n} - 1))");
+                let lower = format!("arrayElement({values}, toUInt64(floor({index})) + 1)");
+                let upper = format!("arrayElement({values}, toUInt64(ceil({index})) + 1)");
+                let weight = format!("(floor(({index} - floor({index})) * 1000000) / 1000000)");
+                format!("if({n} = 0, NULL, {lower} + ({upper} - {lower}) * {weight})")
             }
         }
     }
@@ -73,7 +76,7 @@ impl Dialect {
     /// `value` of the row with the least `by` in the group.
     pub fn first_by(self, value: &str, by: &str) -> String {
         match self {
-            Dialect::DataFusion => format!("first_value({value} ORDER BY {by})"),
+            Dialect::DataFusion => format!("first_value({value} ORDER BY {by} ASC NULLS LAST)"),
             Dialect::ClickHouse { .. } => format!("argMin({value}, {by})"),
         }
     }

@@ -7,7 +7,7 @@ mod format;
 mod reports;
 mod sql;
 
-pub use clickhouse::clickhouse_query;
+pub use clickhouse::{clickhouse_dialect, clickhouse_query};
 pub use dialect::Dialect;
 pub use format::{format_batches, OutputFormat};
 pub use reports::{report_sql, Report, ReportParams};

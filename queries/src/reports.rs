@@ -45,6 +45,34 @@ impl Report {
         }
     }
 
+    /// What the report gives, for documentation and the API.
+    pub fn description(self) -> &'static str {
+        match self {
+            Report::Funnel => {
+                "Per funnel and step: the contacts whose furthest step over the entry dates in the range reaches it, \
+                 the conversion from step 1 and from the step before, and the median time from entry to completing \
+                 the funnel (over contacts that completed it, from their earliest completing entry)."
+            }
+            Report::Attribution => {
+                "Per model, channel and campaign: conversions with credit, conversions credited (sum of weights) \
+                 and value credited, for conversions in the range."
+            }
+            Report::Campaigns => {
+                "Per campaign: messages sent in the range, delivered, read, ended failed, replied to within 24 h, \
+                 and those as rates of sent."
+            }
+            Report::Csat => {
+                "Per reacted message's sender and agent: positive, negative and neutral reactions in the range, \
+                 and CSAT = positive / (positive + negative)."
+            }
+            Report::SessionHealth => "Per business sender and local hour in the range: uptime, sent, failed, health score.",
+            Report::Agents => {
+                "Per agent: responses in the range with median and p90 response time, first responses with their \
+                 median, resolutions, and CSAT of the reactions to the agent's messages."
+            }
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Report> {
         Report::ALL.into_iter().find(|report| report.name() == name)
     }

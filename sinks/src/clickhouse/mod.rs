@@ -110,6 +110,11 @@ impl ClickHouseStore {
         Ok(store)
     }
 
+    /// Whether instants are stored as `DateTime64(3)` (else as `UInt64` milliseconds).
+    pub fn has_datetime64(&self) -> bool {
+        self.instant_type != "UInt64"
+    }
+
     pub fn version(&self) -> &str {
         &self.version
     }
