@@ -235,3 +235,51 @@ fn every_documented_report_runs_through_convoflow_sql() {
         assert!(rows.len() > 1, "report {name} has rows for acme_retail in January: {rows:?}");
     }
 }
+
+/// The values of a one-column query, in order.
+fn column(data: &str, query: &str) -> Vec<String> {
+    dump(data, query).into_iter().skip(1).collect()
+}
+
+#[test]
+fn generated_traffic_gives_every_table_meaningful_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, tenants) = generated(dir.path(), "20000", "3");
+    let data = path(dir.path(), "data");
+    ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &data]);
+    let number = |query: &str| column(&data, query).first().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+
+    // Contacts drop out of the default funnel at every step, and a configured funnel has rows.
+    let stops = column(&data, "SELECT furthest_step FROM funnel_progress WHERE funnel_id = 'default' GROUP BY furthest_step");
+    assert_eq!(stops, ["1", "2", "3", "4", "5"]);
+    assert!(number("SELECT count(*) FROM funnel_progress WHERE funnel_id = 'campaign_to_purchase'") > 0);
+
+    // Conversions with no touch, one, two, and many.
+    let touch_counts: Vec<i64> = column(
+        &data,
+        "SELECT DISTINCT touches FROM (SELECT conversion_event_id, sum(CASE WHEN touch_event_id IS NULL THEN 0 ELSE 1 END) AS touches
+           FROM attribution WHERE model = 'linear' GROUP BY conversion_event_id) AS per_conversion",
+    )
+    .iter()
+    .map(|n| n.parse().expect("count"))
+    .collect();
+    for wanted in [0, 1, 2] {
+        assert!(touch_counts.contains(&wanted), "a conversion with {wanted} touches: {touch_counts:?}");
+    }
+    assert!(touch_counts.iter().any(|&n| n >= 5), "a conversion with many touches: {touch_counts:?}");
+    assert!(number("SELECT count(*) FROM attribution WHERE channel = 'whatsapp'") > 0, "campaign sends are touches");
+
+    // Failed campaign sends, messages known only from statuses, voice notes played, replies.
+    assert!(number("SELECT count(*) FROM message_status WHERE sender = 'campaign' AND final_status = 'failed'") > 0);
+    assert!(number("SELECT count(*) FROM message_status WHERE sent_ts IS NULL") > 0);
+    assert!(number("SELECT count(*) FROM events WHERE status = 'played'") > 0);
+    assert!(number("SELECT count(*) FROM message_status WHERE replied") > 0);
+
+    // Reactions to agent, bot and campaign messages, of every sentiment.
+    assert_eq!(column(&data, "SELECT DISTINCT sender FROM reactions WHERE sender IS NOT NULL"), ["agent", "bot", "campaign"]);
+    assert_eq!(column(&data, "SELECT DISTINCT sentiment FROM reactions"), ["negative", "neutral", "positive"]);
+
+    // Senders that disconnect (uptime < 1) and get blocked (score 0 while partly up).
+    assert!(number("SELECT count(*) FROM session_health WHERE uptime < 1") > 0);
+    assert!(number("SELECT count(*) FROM session_health WHERE health_score = 0 AND uptime > 0 AND failed < sent") > 0);
+}
