@@ -62,13 +62,13 @@ pub fn local_time(tz: Tz, ts_ms: i64) -> LocalTime {
 /// into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Option<i64> {
     let text = text.trim();
-    let unit_at = text.len().checked_sub(1)?;
-    let (number, unit) = text.split_at(unit_at);
+    let unit = text.chars().last()?;
+    let number = &text[..text.len() - unit.len_utf8()];
     let unit_ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
         _ => return None,
     };
     let number: i64 = number.parse().ok().filter(|n| *n > 0)?;
@@ -142,6 +142,8 @@ mod tests {
         assert_eq!(parse_duration_ms("0d"), None);
         assert_eq!(parse_duration_ms("-3h"), None);
         assert_eq!(parse_duration_ms("d"), None);
+        assert_eq!(parse_duration_ms("30д"), None);
+        assert_eq!(parse_duration_ms(""), None);
     }
 
     #[test]

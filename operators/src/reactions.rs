@@ -5,7 +5,8 @@
 //! else neutral. `sender` and `agent_id` are those of the reacted message's `message.sent`, null
 //! until it is seen; a reaction that arrives first is corrected when the send arrives, because
 //! both live in the same per-message state (`messages.rs`).
-//! Columns: `tenant_id, message_id, contact_id, emoji, sentiment, ts, sender, agent_id`.
+//! Columns: `tenant_id, message_id, contact_id, emoji, sentiment, ts, sender, agent_id`, and
+//! `campaign_id` of the reacted message (an addition, so CSAT by campaign needs no join).
 
 use crate::message_status::first_send;
 use crate::messages::{MessageEvent, MessagePart};
@@ -37,9 +38,9 @@ pub fn derive_reactions(tenant_id: &str, message_id: &str, events: &[MessageEven
             latest.insert(contact, (event, emoji));
         }
     }
-    let (sender, agent_id) = match first_send(events).map(|e| &e.part) {
-        Some(MessagePart::Sent { sender, agent_id, .. }) => (Some(*sender), agent_id.clone()),
-        _ => (None, None),
+    let (sender, agent_id, campaign_id) = match first_send(events).map(|e| &e.part) {
+        Some(MessagePart::Sent { sender, agent_id, campaign_id }) => (Some(*sender), agent_id.clone(), campaign_id.clone()),
+        _ => (None, None, None),
     };
     latest
         .into_iter()
@@ -54,6 +55,7 @@ pub fn derive_reactions(tenant_id: &str, message_id: &str, events: &[MessageEven
                 ts: event.ts,
                 sender,
                 agent_id: agent_id.clone(),
+                campaign_id: campaign_id.clone(),
             })
         })
         .collect()

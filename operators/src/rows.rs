@@ -266,6 +266,8 @@ pub struct ReactionRow {
     pub ts: i64,
     pub sender: Option<Sender>,
     pub agent_id: Option<String>,
+    /// Not in the SPEC's columns: the reacted message's campaign, for CSAT by campaign.
+    pub campaign_id: Option<String>,
 }
 
 /// SPEC §5.10: one business sender in one local hour.

@@ -2,10 +2,10 @@
 //!
 //! State timeline from `session.status` (a state holds until the next in `(ts, event_id)` order;
 //! before the first, unknown). One row per local hour from the hour of the sender's first event
-//! (any event carrying its `session_id`, or a `message_status` row naming it) to the hour of its
-//! last. `uptime` = share of the whole hour in `connected` or unknown; `sent` = the sender's
+//! (any event carrying its `session_id`) to the hour of its last. `uptime` = share of the whole hour in `connected` or unknown; `sent` = the sender's
 //! `message_status` rows with `sent_ts` in the hour, `failed` = those whose `final_status` is
-//! failed; `delivery_ok` = 1 − failed/sent (1 when sent = 0); `health_score` = 100 × uptime ×
+//! failed (a send outside those hours — its send carried no `session_id` — counts nowhere);
+//! `delivery_ok` = 1 − failed/sent (1 when sent = 0); `health_score` = 100 × uptime ×
 //! delivery_ok rounded half up, computed exactly in integers, and 0 if the sender is `blocked`
 //! at any moment of the hour (a `blocked` status inside it, however brief, counts).
 //! Columns: `tenant_id, session_id, hour_start, uptime, sent, failed, health_score`.
@@ -106,11 +106,8 @@ fn health_score(up_ms: i64, hour_ms: i64, sent: i64, failed: i64) -> i32 {
 }
 
 pub fn derive_session_health(tenant_id: &str, session_id: &str, timeline: &SenderTimeline, zone: Tz) -> Vec<SessionHealthRow> {
-    let hour_of = |ts: i64| local_time(zone, ts).hour_start_ms;
-    let send_hours = timeline.sends.iter().filter(|(_, (sent, _))| *sent > 0).map(|(hour, _)| *hour);
-    let seen_hours = timeline.first_seen.into_iter().chain(timeline.last_seen).map(hour_of);
-    let hours: Vec<i64> = send_hours.chain(seen_hours).collect();
-    let (Some(&first), Some(&last)) = (hours.iter().min(), hours.iter().max()) else { return Vec::new() };
+    let (Some(first_seen), Some(last_seen)) = (timeline.first_seen, timeline.last_seen) else { return Vec::new() };
+    let (first, last) = (local_time(zone, first_seen).hour_start_ms, local_time(zone, last_seen).hour_start_ms);
 
     let changes = &timeline.changes;
     let mut rows = Vec::new();

@@ -21,7 +21,7 @@ pub enum Report {
     Attribution,
     /// Per campaign: sent, delivered, read, failed, replied, and their rates.
     Campaigns,
-    /// Per reacted message's sender and agent: positive, negative, neutral, CSAT.
+    /// Per reacted message's sender, agent and campaign: positive, negative, neutral, CSAT.
     Csat,
     /// Per business sender and local hour: uptime, sent, failed, health score.
     SessionHealth,
@@ -62,8 +62,8 @@ impl Report {
                  and those as rates of sent."
             }
             Report::Csat => {
-                "Per reacted message's sender and agent: positive, negative and neutral reactions in the range, \
-                 and CSAT = positive / (positive + negative)."
+                "Per reacted message's sender, agent and campaign: positive, negative and neutral reactions in the \
+                 range, and CSAT = positive / (positive + negative)."
             }
             Report::SessionHealth => "Per business sender and local hour in the range: uptime, sent, failed, health score.",
             Report::Agents => {
@@ -192,14 +192,22 @@ pub fn report_sql(report: Report, params: &ReportParams, dialect: Dialect) -> St
 /// entry dates in the range is ≥ k. Time to convert: per contact that completed the funnel, from
 /// the entry of its earliest completing entry date to that entry's completion.
 fn funnel(params: &ReportParams, d: Dialect) -> String {
-    let funnels: Vec<&Funnel> =
-        params.funnels.iter().filter(|f| params.funnel_id.as_ref().is_none_or(|id| &f.funnel_id == id)).collect();
-    let most_steps = funnels.iter().map(|f| f.steps.len()).max().unwrap_or(1);
+    let mut funnels: Vec<(&str, usize)> = params
+        .funnels
+        .iter()
+        .filter(|f| params.funnel_id.as_ref().is_none_or(|id| &f.funnel_id == id))
+        .map(|f| (f.funnel_id.as_str(), f.steps.len()))
+        .collect();
+    if funnels.is_empty() {
+        // An unknown funnel: a funnel of no steps keeps the SQL valid and gives no rows.
+        funnels.push((params.funnel_id.as_deref().unwrap_or_default(), 0));
+    }
+    let most_steps = funnels.iter().map(|(_, steps)| *steps).max().unwrap_or(1);
     let step_count = format!(
         "CASE funnel_id {} ELSE 0 END",
-        funnels.iter().map(|f| format!("WHEN {} THEN {}", d.string(&f.funnel_id), f.steps.len())).collect::<Vec<_>>().join(" ")
+        funnels.iter().map(|(id, steps)| format!("WHEN {} THEN {steps}", d.string(id))).collect::<Vec<_>>().join(" ")
     );
-    let known = funnels.iter().map(|f| d.string(&f.funnel_id)).collect::<Vec<_>>().join(", ");
+    let known = funnels.iter().map(|(id, _)| d.string(id)).collect::<Vec<_>>().join(", ");
     let filter = Conditions::new(d, params).date_in_range("entry_date").term(format!("funnel_id IN ({known})")).render();
     let completed = format!("furthest_step = {step_count}");
     let reach = format!(
@@ -270,12 +278,13 @@ fn campaigns(params: &ReportParams, d: Dialect) -> String {
 }
 
 fn csat(params: &ReportParams, d: Dialect) -> String {
-    let filter = Conditions::new(d, params).instant_in_range("ts").render();
+    let filter = Conditions::new(d, params).instant_in_range("ts").equals("campaign_id", &params.campaign_id).render();
     let positive = count_if("sentiment = 'positive'");
     let negative = count_if("sentiment = 'negative'");
     format!(
-        "SELECT sender, agent_id, {positive_int} AS positive, {negative_int} AS negative, {neutral} AS neutral, \
-         {csat} AS csat FROM reactions WHERE {filter} GROUP BY sender, agent_id ORDER BY sender, agent_id",
+        "SELECT sender, agent_id, campaign_id, {positive_int} AS positive, {negative_int} AS negative, {neutral} AS neutral, \
+         {csat} AS csat FROM reactions WHERE {filter} GROUP BY sender, agent_id, campaign_id \
+         ORDER BY sender, agent_id, campaign_id",
         positive_int = d.int(&positive),
         negative_int = d.int(&negative),
         neutral = d.int(&count_if("sentiment = 'neutral'")),

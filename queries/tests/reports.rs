@@ -66,6 +66,10 @@ async fn funnel_counts_contacts_by_their_furthest_step_in_the_range() {
     let rows = report(&engine, Report::Funnel, &march("2026-03-02", "2026-03-02", "acme")).await;
     let contacts: Vec<&Value> = rows.iter().map(|row| &row["contacts"]).collect();
     assert_eq!(contacts, [&json!(3), &json!(2), &json!(2), &json!(2), &json!(1)]);
+
+    // A funnel the tenant does not have gives no rows, not an error.
+    let unknown = ReportParams { funnel_id: Some("no_such".into()), ..march("2026-03-01", "2026-03-31", "acme") };
+    assert_eq!(report(&engine, Report::Funnel, &unknown).await, Vec::<Value>::new());
 }
 
 #[tokio::test]
@@ -115,6 +119,16 @@ async fn campaigns_and_csat_report_rates() {
     // Null columns are left out of JSON rows, so the bot's row has no agent_id.
     assert!(rows.iter().any(|r| r["sender"] == "bot" && r["negative"] == 1 && r["csat"] == 0.0), "{rows:?}");
     assert_eq!(rows.len(), 4, "agent ana, agent bo, bot, and the message never seen sent: {rows:?}");
+
+    // By campaign: the reactions to the campaign's messages only.
+    let (events, tenants) = golden("attribution_models");
+    let mut events = events;
+    events.push(parse_event(r#"{"event_id":"r","tenant_id":"acme","ts":"2026-03-04T01:00:00Z","type":"message.reaction","contact_id":"a","message_id":"m1","emoji":"👎"}"#.as_bytes()).expect("event"));
+    let dir = tempfile::tempdir().unwrap();
+    let engine = store(events, tenants, dir.path()).await;
+    let spring = ReportParams { campaign_id: Some("spring".into()), ..march("2026-03-01", "2026-03-31", "acme") };
+    let rows = report(&engine, Report::Csat, &spring).await;
+    assert_eq!(rows, [json!({"sender": "campaign", "campaign_id": "spring", "positive": 0, "negative": 1, "neutral": 0, "csat": 0.0})]);
 }
 
 #[tokio::test]

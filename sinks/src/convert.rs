@@ -243,6 +243,7 @@ pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow], rows: Rows) ->
             instants(rows.iter().map(|r| Some(r.ts))),
             text(rows.iter().map(|r| r.sender.map(Sender::as_str))),
             text(rows.iter().map(|r| r.agent_id.as_deref())),
+            text(rows.iter().map(|r| r.campaign_id.as_deref())),
         ])?),
         ("session_health", chunked("session_health", &health, |rows| vec![
             text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),

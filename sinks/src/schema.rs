@@ -163,6 +163,7 @@ fn columns(table: &str) -> Vec<(&'static str, DataType, bool)> {
             ("ts", instant(), false),
             text("sender", true),
             text("agent_id", true),
+            text("campaign_id", true),
         ],
         "session_health" => vec![
             text("tenant_id", false),

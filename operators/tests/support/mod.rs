@@ -81,7 +81,7 @@ pub fn table_rows(tables: &TableSet, table: &str) -> Vec<Value> {
         "reactions" => tables.reactions.rows().map(|r| json!({
             "tenant_id": r.tenant_id, "message_id": r.message_id, "contact_id": r.contact_id, "emoji": r.emoji,
             "sentiment": r.sentiment.as_str(), "ts": ts(r.ts), "sender": r.sender.map(|s| s.as_str()),
-            "agent_id": r.agent_id,
+            "agent_id": r.agent_id, "campaign_id": r.campaign_id,
         })).collect(),
         "session_health" => tables.session_health.rows().map(|r| json!({
             "tenant_id": r.tenant_id, "session_id": r.session_id, "hour_start": ts(r.hour_start),
