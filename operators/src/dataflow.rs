@@ -82,7 +82,8 @@ impl Branch {
 }
 
 fn branches(event: Box<Event>, tenants: &Tenants) -> Vec<Branch> {
-    let mut out = Vec::with_capacity(6);
+    // At most one record per branch, so this never reallocates.
+    let mut out = Vec::with_capacity(BRANCHES as usize);
     if let Some((key, thread_event)) = thread_record(&event) {
         out.push(Branch::Thread(key, thread_event));
     }
@@ -240,3 +241,4 @@ pub fn build<'s>(events: StreamVec<'s, u64, Positioned>, tenants: Arc<Tenants>) 
     ]);
     Outputs { updates, refused }
 }
+
