@@ -34,10 +34,10 @@ sql "Weekly retention of the first cohorts (kolkata_foods)" \
           max(CASE WHEN week_offset = 4 THEN round(100.0 * retained / cohort_size, 1) END) AS week4_pct
      FROM retention WHERE tenant_id = 'kolkata_foods'
     GROUP BY cohort_week, cohort_size ORDER BY cohort_week LIMIT 6"
-sql "Default funnel (acme_retail): contact-days by the furthest step reached" \
+sql "Default funnel (ny_dental, no bot): contact-days by the furthest step reached" \
   "SELECT furthest_step, count(*) AS contact_days,
           round(approx_percentile_cont(CAST(completed_ts AS BIGINT) - CAST(entry_ts AS BIGINT), 0.5) / 3600000.0, 1) AS p50_hours
-     FROM funnel_progress WHERE tenant_id = 'acme_retail' AND funnel_id = 'default'
+     FROM funnel_progress WHERE tenant_id = 'ny_dental' AND funnel_id = 'default'
     GROUP BY furthest_step ORDER BY furthest_step"
 sql "Attribution, linear model: conversions credited per channel (all tenants)" \
   "SELECT channel, round(sum(weight), 1) AS conversions, round(sum(credited_value), 2) AS value
