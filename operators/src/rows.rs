@@ -308,6 +308,32 @@ impl RejectedRow {
     }
 }
 
+/// How a bus line starts that carries a rejection found before the bus (by the API, which must
+/// still store it) instead of an event. No canonical event starts this way (its first key is
+/// `event_id`), and a line that is not an event is rejected whatever it holds.
+const BUS_LINE_PREFIX: &[u8] = b"{\"$rejected\":";
+
+#[derive(Serialize, Deserialize)]
+struct BusLine {
+    #[serde(rename = "$rejected")]
+    rejected: RejectedRow,
+}
+
+impl RejectedRow {
+    /// This rejection as one bus line (without the newline).
+    pub fn to_bus_line(&self) -> String {
+        serde_json::to_string(&BusLine { rejected: self.clone() }).unwrap_or_default()
+    }
+
+    /// The rejection a bus line carries, if it is one.
+    pub fn from_bus_line(line: &[u8]) -> Option<RejectedRow> {
+        if !line.starts_with(BUS_LINE_PREFIX) {
+            return None;
+        }
+        serde_json::from_slice::<BusLine>(line).ok().map(|line| line.rejected)
+    }
+}
+
 /// One change to one table: a row and its multiplicity change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Update {

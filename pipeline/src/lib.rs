@@ -4,4 +4,5 @@ pub mod bus;
 pub mod replay;
 pub mod retry;
 pub mod scaled;
+pub mod serve;
 pub mod source;

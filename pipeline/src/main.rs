@@ -6,6 +6,8 @@ use convoflow_events::{rfc3339_to_ms, Tenants};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
 use convoflow_pipeline::replay::{read_inputs, replay, thousands, ReplayOptions};
 use convoflow_pipeline::scaled::{run_scaled, ScaledOptions};
+use convoflow_pipeline::serve::config::{Overrides, ServeConfig};
+use convoflow_pipeline::serve::run_serve;
 use convoflow_queries::{clickhouse_query, format_batches, OutputFormat, SqlEngine};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseStore};
 use std::io::Write;
@@ -25,6 +27,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the HTTP API, the bus, the dataflow and the store in one process (SPEC §7).
+    /// With no flags: the embedded deployment on 127.0.0.1:8080, data in ./data.
+    Serve {
+        /// TOML config file (see docs/SERVE.md); flags and environment variables win over it.
+        #[arg(long, env = "CONVOFLOW_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory: the local log, the Parquet tables, the generated admin key.
+        #[arg(long, env = "CONVOFLOW_DATA")]
+        data: Option<PathBuf>,
+        /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+        #[arg(long, env = "CONVOFLOW_LISTEN")]
+        listen: Option<String>,
+        /// NATS JetStream as the bus instead of the local log.
+        #[arg(long, env = "CONVOFLOW_NATS", value_name = "URL")]
+        nats: Option<String>,
+        /// ClickHouse as the store instead of the embedded one.
+        #[arg(long, env = "CONVOFLOW_CLICKHOUSE", value_name = "URL")]
+        clickhouse: Option<String>,
+        /// Tenants file (JSON): time zones, phone_number_ids, funnels.
+        #[arg(long, env = "CONVOFLOW_TENANTS")]
+        tenants: Option<PathBuf>,
+        /// Dataflow worker threads (default: the machine's cores).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
     /// Add the events of NDJSON files to the store and rebuild every table.
     Replay {
         /// NDJSON files of canonical events.
@@ -115,6 +142,21 @@ fn check_format(format: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve { config, data, listen, nats, clickhouse, tenants, workers } => {
+            let overrides = Overrides {
+                config,
+                data,
+                listen,
+                nats,
+                clickhouse,
+                tenants,
+                workers,
+                admin_key: std::env::var("CONVOFLOW_ADMIN_KEY").ok(),
+                demo: false,
+            };
+            let config = ServeConfig::load(overrides)?;
+            tokio_runtime()?.block_on(run_serve(config))?;
+        }
         Command::Replay { inputs, format, tenants, data, workers, nats, clickhouse, from_nats, since } => {
             check_format(&format)?;
             let tenants = match tenants {

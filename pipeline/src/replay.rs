@@ -5,7 +5,7 @@
 use crate::source::{worker_sources, InputFile};
 use convoflow_events::Tenants;
 use convoflow_operators::{run, RejectedRow};
-use convoflow_sinks::EmbeddedStore;
+use convoflow_sinks::{DataDirLock, EmbeddedStore};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,7 @@ pub fn now_ms() -> i64 {
 pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let received_at = now_ms();
+    let _lock = DataDirLock::acquire(&options.data_dir)?;
     let store = EmbeddedStore::open(&options.data_dir)?;
     let stored = store.load_events()?;
     let stored_rejected = store.load_rejected()?;

@@ -277,7 +277,7 @@ pub async fn consume_into_clickhouse(
         let received_at = now_ms();
         let messages: Vec<(u64, &[u8])> = deliveries.iter().map(|d| (d.sequence, &d.payload[..])).collect();
         let (events, mut rejected) =
-            tokio::task::block_in_place(|| parse_messages(stream, &messages, received_at, workers));
+            tokio::task::block_in_place(|| parse_messages(&format!("nats:{stream}"), &messages, received_at, workers));
         stats.lines += (events.len() + rejected.len()) as u64;
         live.submit(events, received_at)?;
         if let Some(finished) = uncommitted.take() {

@@ -56,6 +56,19 @@ impl SqlEngine {
         Ok(SqlEngine { context })
     }
 
+    /// Registers in-memory tables: each named table gets its batches, every other table of
+    /// SPEC §5 is empty. The batches must have the table's schema (as the store builds them).
+    pub fn over_batches(tables: Vec<(&str, Vec<RecordBatch>)>) -> Result<Self, QueryError> {
+        let context = SessionContext::new();
+        let mut given: std::collections::HashMap<&str, Vec<RecordBatch>> = tables.into_iter().collect();
+        for &table in TABLES {
+            let Some(table_schema) = schema(table) else { continue };
+            let batches = given.remove(table).unwrap_or_default();
+            context.register_table(table, Arc::new(MemTable::try_new(table_schema, vec![batches])?))?;
+        }
+        Ok(SqlEngine { context })
+    }
+
     /// Runs one read-only query.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         check_read_only(sql)?;

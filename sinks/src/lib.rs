@@ -5,10 +5,12 @@
 mod clickhouse;
 mod columns;
 mod convert;
+mod live;
 mod schema;
 mod store;
 
 pub use clickhouse::{decode as decode_row_binary, ClickHouseConfig, ClickHouseError, ClickHouseStore, Commit, CommitStats};
 pub use convert::{events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};
+pub use live::{split_by_tenant, LiveTables, TenantBatches};
 pub use schema::{schema, TABLES};
-pub use store::{EmbeddedStore, StoreError};
+pub use store::{DataDirLock, EmbeddedStore, StoreError};

@@ -5,7 +5,7 @@
 //! `events` is renamed first: it is the source of truth the next replay rebuilds all derived
 //! tables from, so a crash between renames heals on the next replay.
 
-use crate::convert::{events_from_batch, rejected_from_batch, table_batches, Rows};
+use crate::convert::{events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};
 use crate::schema::schema;
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("data dir {path} is in use by another convoflow process (replay or serve); stop it first")]
+    Locked { path: String },
     #[error("{path}")]
     Io { path: String, source: std::io::Error },
     #[error("{path}")]
@@ -31,6 +33,26 @@ pub enum StoreError {
 
 pub struct EmbeddedStore {
     dir: PathBuf,
+}
+
+/// Exclusive use of a data dir by one writing process (`replay` or `serve`), held until dropped.
+/// Readers (`convoflow sql`) need none: files are replaced by rename.
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    pub fn acquire(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join("LOCK");
+        let io = |source| StoreError::Io { path: path.display().to_string(), source };
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path: data_dir.display().to_string() }),
+            Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -79,11 +101,16 @@ impl EmbeddedStore {
         self.load("rejected", rejected_from_batch)
     }
 
-    /// Replaces every table with `tables` and `rejected`. The files are encoded concurrently (one
-    /// thread per table), then renamed into place in SPEC order, `events` first.
+    /// Replaces every table with `tables` and `rejected`.
     pub fn write(&self, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
         let batches = table_batches(tables, rejected, Rows::Contents)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
+        self.write_batches(&batches)
+    }
+
+    /// Replaces the tables named in `batches`. The files are encoded concurrently (one thread per
+    /// table), then renamed into place in the given order (SPEC order puts `events` first).
+    pub fn write_batches(&self, batches: &[TableBatches]) -> Result<(), StoreError> {
         let partials: Vec<Result<PathBuf, StoreError>> = std::thread::scope(|scope| {
             let writers: Vec<_> = batches
                 .iter()

@@ -2,6 +2,7 @@
 //! (`jetstream`); what goes on it is NDJSON batches of one tenant's canonical events.
 
 pub mod jetstream;
+pub mod local;
 
 use bytes::Bytes;
 use convoflow_events::{parse_event, split_lines};
@@ -103,11 +104,15 @@ pub fn position(sequence: u64, line: u64) -> u64 {
 }
 
 /// Parses a delivered message's lines; lines that are not valid events become `rejected` rows
-/// naming the stream, sequence and line.
-pub fn parse_message(stream: &str, sequence: u64, payload: &[u8], received_at: i64) -> (Vec<Positioned>, Vec<RejectedRow>) {
+/// naming `origin` (the stream or log), the message's sequence and the line.
+pub fn parse_message(origin: &str, sequence: u64, payload: &[u8], received_at: i64) -> (Vec<Positioned>, Vec<RejectedRow>) {
     let mut events = Vec::new();
     let mut rejected = Vec::new();
     for line in split_lines(payload, 1) {
+        if let Some(row) = RejectedRow::from_bus_line(line.bytes) {
+            rejected.push(row);
+            continue;
+        }
         match parse_event(line.bytes) {
             Ok(event) => events.push((position(sequence, line.number), Box::new(event))),
             Err(error) => rejected.push(RejectedRow::new(
@@ -115,7 +120,7 @@ pub fn parse_message(stream: &str, sequence: u64, payload: &[u8], received_at: i
                 received_at,
                 error.to_string(),
                 line.bytes,
-                format!("nats:{stream}:{sequence}:{}", line.number),
+                format!("{origin}:{sequence}:{}", line.number),
             )),
         }
     }
@@ -124,7 +129,7 @@ pub fn parse_message(stream: &str, sequence: u64, payload: &[u8], received_at: i
 
 /// [`parse_message`] over many messages on `threads` threads; results in message order.
 pub fn parse_messages(
-    stream: &str,
+    origin: &str,
     messages: &[(u64, &[u8])],
     received_at: i64,
     threads: usize,
@@ -137,7 +142,7 @@ pub fn parse_messages(
                 scope.spawn(move || {
                     let mut out = (Vec::new(), Vec::new());
                     for (sequence, payload) in part {
-                        let (events, rejected) = parse_message(stream, *sequence, payload, received_at);
+                        let (events, rejected) = parse_message(origin, *sequence, payload, received_at);
                         out.0.extend(events);
                         out.1.extend(rejected);
                     }
@@ -192,9 +197,18 @@ mod tests {
     #[test]
     fn message_lines_keep_stream_order() {
         let payload = format!("{}\n{}\nnope\n", line("a", 1), line("a", 2));
-        let (events, rejected) = parse_message("S", 7, payload.as_bytes(), 0);
+        let (events, rejected) = parse_message("nats:S", 7, payload.as_bytes(), 0);
         assert_eq!(events.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![position(7, 1), position(7, 2)]);
         assert!(position(7, 99) < position(8, 1));
         assert_eq!(rejected[0].source, "nats:S:7:3");
+    }
+
+    #[test]
+    fn rejection_lines_come_back_as_the_rows_they_carry() {
+        let row = RejectedRow::new(Some("acme"), 5, "ts: missing".to_owned(), b"{\"event_id\":\"x\"}", "api:req-1:2".to_owned());
+        let payload = format!("{}\n{}\n", row.to_bus_line(), line("acme", 1));
+        let (events, rejected) = parse_message("log", 0, payload.as_bytes(), 99);
+        assert_eq!(events.len(), 1);
+        assert_eq!(rejected, vec![row]);
     }
 }

@@ -1,0 +1,148 @@
+//! `GET /v1/feed`: the live change feed (server-sent events). Every change the dataflow makes to
+//! a chosen table is one SSE `change` event whose data is `{"table", "row", "diff", "epoch"}`,
+//! filtered to the caller's tenant. `?tables=responses,message_volume` chooses tables (default:
+//! all); an admin key sees every tenant or the one named by `?tenant=`.
+//!
+//! A subscriber too slow to keep up with the last `FEED_CAPACITY` epochs gets a `lagged` event
+//! naming how many it missed, and should re-read the tables (the feed has no replay).
+
+use crate::auth::{authenticate, url_query_value};
+use crate::error::ApiError;
+use crate::state::{ApiState, Scope};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use convoflow_operators::{RejectedRow, TableSet};
+use convoflow_sinks::{table_batches, Rows, TABLES};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::writer::{JsonArray, LineDelimited, WriterBuilder};
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::{Stream, StreamExt};
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// Epochs the feed holds for slow subscribers.
+pub const FEED_CAPACITY: usize = 1024;
+
+/// One change, ready to send.
+pub struct FeedChange {
+    pub tenant_id: String,
+    pub table: &'static str,
+    /// `{"table":…,"row":…,"diff":…,"epoch":…}`
+    pub data: String,
+}
+
+/// The changes of one epoch.
+pub struct FeedEpoch {
+    pub epoch: u64,
+    pub changes: Vec<FeedChange>,
+}
+
+/// Renders an epoch's updates (consolidated) and new rejections as feed changes.
+pub fn feed_epoch(epoch: u64, tables: &TableSet, rejected: &[RejectedRow]) -> Result<FeedEpoch, ArrowError> {
+    let mut changes = Vec::new();
+    for table in table_batches(tables, rejected, Rows::Updates)? {
+        let mut diffs = table.diffs.iter();
+        for batch in &table.batches {
+            let rows = json_rows(batch)?;
+            let tenants = batch.column_by_name("tenant_id").and_then(|c| c.as_string_opt::<i32>().cloned());
+            for (index, row) in rows.into_iter().enumerate() {
+                let diff = diffs.next().copied().unwrap_or(1);
+                let tenant_id = tenants.as_ref().filter(|t| !t.is_null(index)).map_or("", |t| t.value(index)).to_owned();
+                let data = format!(r#"{{"table":"{}","row":{row},"diff":{diff},"epoch":{epoch}}}"#, table.table);
+                changes.push(FeedChange { tenant_id, table: table.table, data });
+            }
+        }
+    }
+    Ok(FeedEpoch { epoch, changes })
+}
+
+/// Each row of `batch` as a JSON object, nulls written out.
+pub fn json_rows(batch: &RecordBatch) -> Result<Vec<String>, ArrowError> {
+    let mut out = Vec::new();
+    {
+        let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(&mut out);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    let text = String::from_utf8(out).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
+/// All rows of `batches` as one JSON array, nulls written out.
+pub fn json_array(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let mut out = Vec::new();
+    {
+        let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(&mut out);
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+    }
+    if out.is_empty() {
+        out.extend_from_slice(b"[]");
+    }
+    Ok(out)
+}
+
+/// Counts open feeds for `/metrics` while alive.
+struct Subscribed(Arc<crate::telemetry::Telemetry>);
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.feed_subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn get_feed(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let query = uri.query().unwrap_or("");
+    let caller = authenticate(&state, &method, &headers, Some(query))?;
+    let tenant = match (&caller.scope, url_query_value(query, "tenant")) {
+        (Scope::All, None) => None,
+        (_, requested) => Some(caller.tenant(requested.as_deref())?),
+    };
+    let tables: HashSet<&'static str> = match url_query_value(query, "tables").filter(|t| !t.is_empty()) {
+        None => TABLES.iter().copied().collect(),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                TABLES.iter().copied().find(|t| *t == name.trim()).ok_or_else(|| {
+                    ApiError::bad_request("unknown_table", format!("no table `{name}`; the tables are {}", TABLES.join(", ")))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let receiver = state.feed.subscribe();
+    state.telemetry.feed_subscribers.fetch_add(1, Ordering::Relaxed);
+    let subscribed = Subscribed(state.telemetry.clone());
+    let mut chosen: Vec<&str> = tables.iter().copied().collect();
+    chosen.sort();
+    let hello = SseEvent::default().event("ready").data(serde_json::json!({"tables": chosen, "tenant": tenant}).to_string());
+    let changes = BroadcastStream::new(receiver).flat_map(move |item| {
+        let _alive = &subscribed;
+        let events: Vec<Result<SseEvent, Infallible>> = match item {
+            Ok(epoch) => epoch
+                .changes
+                .iter()
+                .filter(|change| tables.contains(change.table) && tenant.as_ref().is_none_or(|t| *t == change.tenant_id))
+                .map(|change| Ok(SseEvent::default().event("change").data(change.data.clone())))
+                .collect(),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                vec![Ok(SseEvent::default().event("lagged").data(format!(r#"{{"missed_epochs":{missed}}}"#)))]
+            }
+        };
+        futures::stream::iter(events)
+    });
+    let stream = futures::stream::once(async move { Ok(hello) }).chain(changes);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,293 @@
+//! `POST /v1/events`: NDJSON or a JSON array of canonical events, answered line by line.
+//!
+//! Each line is validated like any input (SPEC §2); `tenant_id` may be left out and is then the
+//! API key's. The answer for each line is known before anything is stored: `accepted`,
+//! `duplicate` (this tenant already has an identical event with that id) or `rejected` with the
+//! reason. Accepted events and the rejections go to the bus in one durable append; only then does
+//! the request get its 2xx. Duplicates are not stored again.
+
+use crate::auth::{authenticate, Caller};
+use crate::body::read_body;
+use crate::error::ApiError;
+use crate::state::{ApiState, Scope, TenantBatch};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use convoflow_events::{event_key, fingerprint, parse_event, split_lines, Event, EventError};
+use convoflow_operators::RejectedRow;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const SHARDS: usize = 64;
+
+/// Identity and content fingerprint of every event accepted so far, to answer `duplicate` at
+/// ingest. The dataflow dedups again on its side, so this index only shapes the answer.
+pub struct SeenEvents {
+    shards: Vec<Mutex<HashMap<u128, u64>>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    New,
+    Duplicate,
+    Conflicting,
+}
+
+impl Default for SeenEvents {
+    fn default() -> Self {
+        SeenEvents { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+}
+
+impl SeenEvents {
+    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, HashMap<u128, u64>> {
+        self.shards[(key as usize) % SHARDS].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records events already accepted (restored from the store and the bus).
+    pub fn remember<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
+        for event in events {
+            let key = event_key(&event.tenant_id, &event.event_id);
+            self.shard(key).entry(key).or_insert_with(|| fingerprint(event));
+        }
+    }
+
+    /// Claims `event` for this request if its identity is new.
+    pub fn claim(&self, event: &Event) -> (u128, Claim) {
+        let key = event_key(&event.tenant_id, &event.event_id);
+        let print = fingerprint(event);
+        let mut shard = self.shard(key);
+        let claim = match shard.get(&key) {
+            None => {
+                shard.insert(key, print);
+                Claim::New
+            }
+            Some(seen) if *seen == print => Claim::Duplicate,
+            Some(_) => Claim::Conflicting,
+        };
+        (key, claim)
+    }
+
+    /// Gives back claims whose events never became durable.
+    pub fn release(&self, keys: &[u128]) {
+        for key in keys {
+            self.shard(*key).remove(key);
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct LineResult {
+    pub line: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct IngestResponse {
+    pub request_id: String,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub results: Vec<LineResult>,
+}
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// A process-unique id naming a request's rejections (`rejected.source` = `api:<id>:<line>`).
+pub fn request_id(received_at: i64) -> String {
+    format!("{received_at}-{}", REQUESTS.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn post_events(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap, body: Body) -> Response {
+    match ingest(&state, &method, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let caller = authenticate(state, method, headers, None)?;
+    if !state.is_ready() {
+        return Err(ApiError::unavailable("convoflow is restoring its state; retry shortly"));
+    }
+    let bytes = read_body(body, headers, state.limits.body_bytes).await?;
+    let lines = split_body(&bytes)?;
+    let received_at = now_ms();
+    let request_id = request_id(received_at);
+    let outcome = admit_lines(state, &caller, &lines, received_at, &request_id);
+    if let Err(reason) = state.bus.append(outcome.batches).await {
+        state.seen.release(&outcome.claimed);
+        return Err(ApiError::unavailable(format!("the events could not be stored durably ({reason}); nothing was accepted, retry")));
+    }
+    let telemetry = &state.telemetry;
+    telemetry.events_in.fetch_add(outcome.response.accepted, Ordering::Relaxed);
+    telemetry.duplicates.fetch_add(outcome.response.duplicates, Ordering::Relaxed);
+    telemetry.rejected.fetch_add(outcome.response.rejected, Ordering::Relaxed);
+    let response = outcome.response;
+    // A request that did nothing but fail is a client error; a partly good one succeeds and says
+    // line by line what became of each event.
+    let status = if response.rejected > 0 && response.accepted == 0 && response.duplicates == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(response)).into_response())
+}
+
+/// The body's events: NDJSON lines, or the elements of a JSON array. Returns (line number, bytes).
+fn split_body(bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(start) = start else {
+        return Err(ApiError::bad_request("empty_body", "the body holds no events: send NDJSON (one event per line) or a JSON array"));
+    };
+    if bytes[start] == b'[' {
+        let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)
+            .map_err(|error| ApiError::bad_request("malformed_body", format!("the body starts like a JSON array but is not one: {error}")))?;
+        if elements.is_empty() {
+            return Err(ApiError::bad_request("empty_body", "the JSON array holds no events"));
+        }
+        return Ok(elements.iter().enumerate().map(|(i, raw)| (i as u64 + 1, raw.get().as_bytes().to_vec())).collect());
+    }
+    Ok(split_lines(bytes, 1).map(|line| (line.number, line.bytes.to_vec())).collect())
+}
+
+struct Admitted {
+    response: IngestResponse,
+    batches: Vec<TenantBatch>,
+    claimed: Vec<u128>,
+}
+
+fn admit_lines(state: &ApiState, caller: &Caller, lines: &[(u64, Vec<u8>)], received_at: i64, request_id: &str) -> Admitted {
+    let own_tenant = match &caller.scope {
+        Scope::Tenant(tenant) => Some(tenant.as_str()),
+        Scope::All => None,
+    };
+    let mut response = IngestResponse { request_id: request_id.to_owned(), accepted: 0, duplicates: 0, rejected: 0, results: Vec::with_capacity(lines.len()) };
+    let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut claimed = Vec::new();
+    for (number, bytes) in lines {
+        let mut reject = |tenant: Option<&str>, reason: String, event_id: Option<String>| {
+            let row = RejectedRow::new(tenant, received_at, reason.clone(), bytes, format!("api:{request_id}:{number}"));
+            let body = bodies.entry(row.tenant_id.clone()).or_default();
+            body.extend_from_slice(row.to_bus_line().as_bytes());
+            body.push(b'\n');
+            response.rejected += 1;
+            response.results.push(LineResult { line: *number, event_id, status: "rejected", reason: Some(reason) });
+        };
+        let event = match parse_for(bytes, own_tenant) {
+            Ok(event) => event,
+            Err(error) => {
+                let tenant = error.tenant_id.clone().or_else(|| own_tenant.map(str::to_owned));
+                reject(tenant.as_deref(), error.to_string(), None);
+                continue;
+            }
+        };
+        if let Some(own) = own_tenant {
+            if event.tenant_id != own {
+                let reason = format!("tenant_id: `{}` is not the API key's tenant `{own}`", event.tenant_id);
+                reject(Some(own), reason, Some(event.event_id.clone()));
+                continue;
+            }
+        }
+        match state.seen.claim(&event) {
+            (key, Claim::New) => {
+                claimed.push(key);
+                let body = bodies.entry(event.tenant_id.clone()).or_default();
+                body.extend_from_slice(event.to_json().as_bytes());
+                body.push(b'\n');
+                response.accepted += 1;
+                response.results.push(LineResult { line: *number, event_id: Some(event.event_id), status: "accepted", reason: None });
+            }
+            (_, Claim::Duplicate) => {
+                response.duplicates += 1;
+                response.results.push(LineResult { line: *number, event_id: Some(event.event_id), status: "duplicate", reason: None });
+            }
+            (_, Claim::Conflicting) => {
+                let reason = format!("conflicting_duplicate: event_id `{}` was already accepted with different content", event.event_id);
+                reject(Some(&event.tenant_id), reason, Some(event.event_id.clone()));
+            }
+        }
+    }
+    let batches = bodies.into_iter().map(|(tenant, body)| TenantBatch { tenant, body }).collect();
+    Admitted { response, batches, claimed }
+}
+
+/// Parses one line; a line without `tenant_id` sent with a tenant's key gets that tenant.
+fn parse_for(bytes: &[u8], own_tenant: Option<&str>) -> Result<Event, EventError> {
+    match (parse_event(bytes), own_tenant) {
+        (Err(error), Some(tenant)) if error.field == "tenant_id" && error.problem == "required" => {
+            match with_tenant(bytes, tenant) {
+                Some(filled) => parse_event(&filled),
+                None => Err(error),
+            }
+        }
+        (result, _) => result,
+    }
+}
+
+/// `{"tenant_id":"<tenant>", …rest of the object}`; `None` if the line is not a JSON object.
+fn with_tenant(bytes: &[u8], tenant: &str) -> Option<Vec<u8>> {
+    let open = bytes.iter().position(|b| !b.is_ascii_whitespace()).filter(|&i| bytes[i] == b'{')?;
+    let rest = &bytes[open + 1..];
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut field = String::from("{\"tenant_id\":");
+    convoflow_events::escape_json_string(&mut field, tenant);
+    if !empty {
+        field.push(',');
+    }
+    let mut out = field.into_bytes();
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tenant_is_filled_from_the_key_and_a_foreign_one_is_kept_for_the_check() {
+        let line = br#"{"event_id":"e1","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#;
+        assert_eq!(parse_for(line, Some("acme")).expect("filled").tenant_id, "acme");
+        assert_eq!(parse_for(line, None).expect_err("admin must name it").field, "tenant_id");
+        let foreign = br#"{"event_id":"e1","tenant_id":"other","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#;
+        assert_eq!(parse_for(foreign, Some("acme")).expect("parsed").tenant_id, "other");
+        assert_eq!(parse_for(b"  {}", Some("acme")).expect_err("empty").field, "event_id");
+        assert_eq!(parse_for(b"[1]", Some("acme")).expect_err("not an object").field, "json");
+    }
+
+    #[test]
+    fn bodies_are_ndjson_or_a_json_array() {
+        let ndjson = split_body(b"{\"a\":1}\n\n{\"b\":2}\n").expect("ndjson");
+        assert_eq!(ndjson.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 3]);
+        let array = split_body(b" [{\"a\":1}, {\"b\":[2]}]").expect("array");
+        assert_eq!(array[1].1, b"{\"b\":[2]}");
+        assert_eq!(split_body(b"[{\"a\":1},").expect_err("torn array").code, "malformed_body");
+        assert_eq!(split_body(b" \n").expect_err("empty").code, "empty_body");
+    }
+
+    #[test]
+    fn claims_tell_new_duplicate_and_conflicting_apart_and_can_be_released() {
+        let seen = SeenEvents::default();
+        let event = parse_event(br#"{"event_id":"e1","tenant_id":"a","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#).expect("event");
+        let (key, claim) = seen.claim(&event);
+        assert_eq!(claim, Claim::New);
+        assert_eq!(seen.claim(&event).1, Claim::Duplicate);
+        let mut changed = event.clone();
+        changed.channel = Some("web".to_owned());
+        assert_eq!(seen.claim(&changed).1, Claim::Conflicting);
+        seen.release(&[key]);
+        assert_eq!(seen.claim(&changed).1, Claim::New);
+    }
+}

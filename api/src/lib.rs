@@ -1,0 +1,37 @@
+//! The HTTP API of SPEC §7 (axum): ingest, WhatsApp webhooks, named metrics, read-only SQL, the
+//! live feed and operations. It talks to the bus and the store through the traits of `state`, so
+//! the same API serves the embedded deployment and the scaled one.
+
+mod auth;
+mod body;
+mod error;
+mod feed;
+mod ingest;
+mod ops;
+mod read;
+mod state;
+mod telemetry;
+
+pub use auth::{ApiKey, ApiKeys, RateLimiter};
+pub use error::ApiError;
+pub use feed::{feed_epoch, FeedChange, FeedEpoch, FEED_CAPACITY};
+pub use ingest::{now_ms, SeenEvents};
+pub use state::{ApiState, BoxFuture, Bus, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
+pub use telemetry::Telemetry;
+
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/sql", post(read::post_sql))
+        .route("/v1/metrics/{name}", get(read::get_metric))
+        .route("/v1/feed", get(feed::get_feed))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(error::no_such_route)
+        .with_state(state)
+}

@@ -1,0 +1,234 @@
+//! Reads: `POST /v1/sql` (read-only SQL over the caller's rows) and `GET /v1/metrics/{name}`
+//! (the named reports of SPEC §7, as the documented SQL of `convoflow_queries::report_sql`).
+
+use crate::auth::{authenticate, url_query_value, Caller};
+use crate::body::read_body;
+use crate::error::ApiError;
+use crate::feed::json_array;
+use crate::state::{ApiState, Scope, StoreError};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use convoflow_events::{parse_date32, date32_to_string};
+use convoflow_queries::{report_sql, Report, ReportParams};
+use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SqlFormat {
+    Json,
+    Csv,
+    Arrow,
+}
+
+impl SqlFormat {
+    fn parse(text: &str) -> Result<Self, ApiError> {
+        match text {
+            "json" => Ok(SqlFormat::Json),
+            "csv" => Ok(SqlFormat::Csv),
+            "arrow" => Ok(SqlFormat::Arrow),
+            other => Err(ApiError::bad_request("unknown_format", format!("unknown format `{other}` (expected json, csv or arrow)"))),
+        }
+    }
+
+    fn from_accept(headers: &HeaderMap) -> Option<Self> {
+        let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+        if accept.contains("text/csv") {
+            Some(SqlFormat::Csv)
+        } else if accept.contains("application/vnd.apache.arrow.stream") {
+            Some(SqlFormat::Arrow)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SqlRequest {
+    query: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+pub async fn post_sql(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap, uri: Uri, body: Body) -> Response {
+    sql(&state, &method, &headers, &uri, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn sql(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Uri, body: Body) -> Result<Response, ApiError> {
+    let caller = authenticate(state, method, headers, None)?;
+    let query_string = uri.query().unwrap_or("");
+    let scope = scope_for(&caller, url_query_value(query_string, "tenant"))?;
+    let bytes = read_body(body, headers, state.limits.body_bytes).await?;
+    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    let (query, body_format) = if is_json {
+        let request: SqlRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request("malformed_body", format!("expected {{\"query\": \"SELECT …\", \"format\": \"json|csv|arrow\"}}: {e}")))?;
+        (request.query, request.format)
+    } else {
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::bad_request("malformed_body", "the SQL is not UTF-8"))?;
+        (text, None)
+    };
+    if query.trim().is_empty() {
+        return Err(ApiError::bad_request("empty_query", "send a query: the body is the SQL, or {\"query\": \"SELECT …\"}"));
+    }
+    let format = match url_query_value(query_string, "format").or(body_format) {
+        Some(text) => SqlFormat::parse(&text)?,
+        None => SqlFormat::from_accept(headers).unwrap_or(SqlFormat::Json),
+    };
+    wait_until_ready(state)?;
+    let batches = run_query(state, &scope, &query).await?;
+    let (batches, truncated) = limit_rows(batches, state.limits.sql_max_rows);
+    let mut response = match format {
+        SqlFormat::Json => {
+            let schema = batches.first().map(|b| b.schema());
+            let columns: Vec<serde_json::Value> = schema
+                .iter()
+                .flat_map(|s| s.fields().iter().map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()})).collect::<Vec<_>>())
+                .collect();
+            let rows = json_array(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
+            let row_count: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let mut body = format!(r#"{{"columns":{},"row_count":{row_count},"truncated":{truncated},"rows":"#, serde_json::Value::Array(columns)).into_bytes();
+            body.extend_from_slice(&rows);
+            body.push(b'}');
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        SqlFormat::Csv => {
+            let text = convoflow_queries::format_batches(&batches, convoflow_queries::OutputFormat::Csv)
+                .map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
+        }
+        SqlFormat::Arrow => {
+            let bytes = arrow_ipc(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
+            ([(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")], bytes).into_response()
+        }
+    };
+    response.headers_mut().insert("x-convoflow-truncated", HeaderValue::from_static(if truncated { "true" } else { "false" }));
+    Ok(response)
+}
+
+fn wait_until_ready(state: &ApiState) -> Result<(), ApiError> {
+    if state.is_ready() {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable("convoflow is restoring its state; retry shortly"))
+    }
+}
+
+/// An admin key reads every tenant unless it names one; a tenant key reads only its own.
+fn scope_for(caller: &Caller, requested: Option<String>) -> Result<Scope, ApiError> {
+    match (&caller.scope, requested) {
+        (Scope::All, None) => Ok(Scope::All),
+        (_, requested) => Ok(Scope::Tenant(caller.tenant(requested.as_deref())?)),
+    }
+}
+
+async fn run_query(state: &ApiState, scope: &Scope, query: &str) -> Result<Vec<RecordBatch>, ApiError> {
+    let timeout = state.limits.sql_timeout;
+    match tokio::time::timeout(timeout, state.store.query(scope, query)).await {
+        Err(_) => Err(ApiError::bad_request("query_timeout", format!("the query ran longer than the {} s limit", timeout.as_secs_f64()))),
+        Ok(Err(StoreError::Query(message))) => Err(ApiError::bad_request("bad_query", message)),
+        Ok(Err(StoreError::Unavailable(message))) => Err(ApiError::unavailable(message)),
+        Ok(Ok(batches)) => Ok(batches),
+    }
+}
+
+fn limit_rows(batches: Vec<RecordBatch>, max_rows: usize) -> (Vec<RecordBatch>, bool) {
+    let mut left = max_rows;
+    let mut out = Vec::with_capacity(batches.len());
+    let mut truncated = false;
+    for batch in batches {
+        if batch.num_rows() <= left {
+            left -= batch.num_rows();
+            out.push(batch);
+        } else {
+            truncated = true;
+            out.push(batch.slice(0, left));
+            left = 0;
+        }
+    }
+    (out, truncated)
+}
+
+fn arrow_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
+    let mut out = Vec::new();
+    if let Some(first) = batches.first() {
+        let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, &first.schema())?;
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+    }
+    Ok(out)
+}
+
+pub async fn get_metric(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap, uri: Uri, Path(name): Path<String>) -> Response {
+    metric(&state, &method, &headers, &uri, &name).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Uri, name: &str) -> Result<Response, ApiError> {
+    let query = uri.query().unwrap_or("");
+    let caller = authenticate(state, method, headers, Some(query))?;
+    let report = Report::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = Report::ALL.iter().map(|r| r.name()).collect();
+        ApiError::not_found(format!("no metric `{name}`; the metrics are {}", names.join(", ")))
+    })?;
+    let tenant = caller.tenant(url_query_value(query, "tenant").as_deref())?;
+    let mut params = ReportParams::new(&tenant);
+    params.timezone = state.tenants.timezone(&tenant);
+    params.funnels = state.tenants.funnels(&tenant).to_vec();
+    params.from = date_param(query, "from")?;
+    params.to = date_param(query, "to")?;
+    if let (Some(from), Some(to)) = (params.from, params.to) {
+        if from > to {
+            return Err(ApiError::bad_request("bad_range", "`from` is after `to`"));
+        }
+    }
+    params.funnel_id = url_query_value(query, "funnel_id");
+    params.model = url_query_value(query, "model");
+    params.campaign_id = url_query_value(query, "campaign_id");
+    params.session_id = url_query_value(query, "session_id");
+    wait_until_ready(state)?;
+    let sql = report_sql(report, &params, state.store.dialect());
+    let batches = run_query(state, &Scope::Tenant(tenant.clone()), &sql).await?;
+    let rows = json_array(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
+    let head = serde_json::json!({
+        "metric": report.name(),
+        "description": report.description(),
+        "tenant_id": tenant,
+        "timezone": params.timezone.name(),
+        "from": params.from.map(date32_to_string),
+        "to": params.to.map(date32_to_string),
+    });
+    let mut body = head.to_string().into_bytes();
+    body.pop(); // the closing brace: rows follow
+    body.extend_from_slice(br#","rows":"#);
+    body.extend_from_slice(&rows);
+    body.push(b'}');
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+fn date_param(query: &str, name: &'static str) -> Result<Option<i32>, ApiError> {
+    url_query_value(query, name)
+        .map(|text| parse_date32(&text).ok_or_else(|| ApiError::bad_request("bad_date", format!("`{name}` must be a date like 2026-02-01, got `{text}`"))))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn row_limits_cut_across_batches() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = |n: i64| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..n))]).expect("batch");
+        let (limited, truncated) = limit_rows(vec![batch(3), batch(3)], 4);
+        assert!(truncated);
+        assert_eq!(limited.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![3, 1]);
+        let (all, truncated) = limit_rows(vec![batch(3)], 3);
+        assert!(!truncated);
+        assert_eq!(all[0].num_rows(), 3);
+    }
+}

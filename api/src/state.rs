@@ -1,0 +1,108 @@
+//! What the API works with: the bus and the store behind traits (the process chooses the local
+//! log or JetStream, the embedded store or ClickHouse), the live feed, tenants, keys and limits.
+
+use crate::auth::{ApiKeys, RateLimiter};
+use crate::feed::FeedEpoch;
+use crate::ingest::SeenEvents;
+use crate::telemetry::Telemetry;
+use convoflow_events::Tenants;
+use convoflow_queries::Dialect;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// NDJSON lines of one tenant: canonical events and rejection lines.
+pub struct TenantBatch {
+    pub tenant: String,
+    pub body: Vec<u8>,
+}
+
+/// The bus: `append` returns once every batch is durable (local log fsynced, JetStream acked).
+pub trait Bus: Send + Sync {
+    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Whose rows a request may see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Tenant(String),
+    /// The admin key: every tenant.
+    All,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The query itself is at fault (syntax, read-only rule, unknown column).
+    #[error("{0}")]
+    Query(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The read side.
+pub trait Store: Send + Sync {
+    /// Runs one read-only query over the SPEC §5 tables, seeing only `scope`'s rows.
+    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str) -> BoxFuture<'a, Result<Vec<RecordBatch>, StoreError>>;
+    /// The SQL dialect of the store, for the named reports.
+    fn dialect(&self) -> Dialect;
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body; more gets 413.
+    pub body_bytes: usize,
+    /// Requests per second per key, with bursts of `burst`; more gets 429.
+    pub requests_per_second: f64,
+    pub burst: f64,
+    pub sql_timeout: Duration,
+    pub sql_max_rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes: 8 << 20,
+            requests_per_second: 50.0,
+            burst: 100.0,
+            sql_timeout: Duration::from_secs(10),
+            sql_max_rows: 100_000,
+        }
+    }
+}
+
+/// A tenant's WhatsApp Cloud API settings.
+#[derive(Clone, Debug, Default)]
+pub struct WhatsAppApp {
+    /// The Meta app secret that signs webhook bodies.
+    pub app_secret: String,
+    /// Answered in the `GET` verification handshake.
+    pub verify_token: String,
+}
+
+pub struct ApiState {
+    pub bus: Arc<dyn Bus>,
+    pub store: Arc<dyn Store>,
+    pub feed: broadcast::Sender<Arc<FeedEpoch>>,
+    pub tenants: Arc<Tenants>,
+    pub keys: ApiKeys,
+    pub limits: Limits,
+    pub whatsapp: HashMap<String, WhatsAppApp>,
+    pub telemetry: Arc<Telemetry>,
+    pub seen: Arc<SeenEvents>,
+    pub rate: RateLimiter,
+    /// Set once state is restored and the bus caught up; ingest and reads wait for it.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl ApiState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,90 @@
+//! The embedded deployment behind the API's traits: the local log as the bus, the in-memory
+//! tables (snapshotted to Parquet) as the store.
+
+use crate::bus::local::LocalLog;
+use convoflow_api::{BoxFuture, Bus, Scope, Store, StoreError, TenantBatch};
+use convoflow_queries::{Dialect, SqlEngine};
+use convoflow_sinks::{LiveTables, TABLES};
+use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::{Arc, Mutex};
+
+pub struct LocalLogBus {
+    pub log: Arc<LocalLog>,
+}
+
+impl Bus for LocalLogBus {
+    /// One request's batches become one record: durable together or not at all.
+    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let payload: Vec<u8> = batches.into_iter().flat_map(|batch| batch.body).collect();
+            if payload.is_empty() {
+                return Ok(());
+            }
+            self.log.append(payload).await.map(|_| ()).map_err(|error| error.to_string())
+        })
+    }
+}
+
+pub struct LiveStore {
+    pub tables: Arc<Mutex<LiveTables>>,
+}
+
+/// Tables whose name occurs as a word in `sql`. Only those are materialized for the query; a table
+/// missed here could only come out empty, never show another tenant's rows.
+fn mentioned_tables(sql: &str) -> Vec<&'static str> {
+    let lower = sql.to_ascii_lowercase();
+    let words: std::collections::HashSet<&str> = lower.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
+    TABLES.iter().copied().filter(|table| words.contains(table)).collect()
+}
+
+impl LiveStore {
+    /// The batches of `scope`'s rows of the tables `sql` mentions.
+    fn scoped_batches(&self, scope: &Scope, sql: &str) -> Result<Vec<(&'static str, Vec<RecordBatch>)>, StoreError> {
+        let mut tables = self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = Vec::new();
+        for table in mentioned_tables(sql) {
+            let by_tenant = tables
+                .batches(table)
+                .map_err(|error| StoreError::Unavailable(format!("cannot read table {table}: {error}")))?
+                .unwrap_or_default();
+            let batches = match scope {
+                Scope::Tenant(tenant) => by_tenant.get(tenant).cloned().unwrap_or_default(),
+                Scope::All => {
+                    let mut tenants: Vec<&String> = by_tenant.keys().collect();
+                    tenants.sort();
+                    tenants.into_iter().flat_map(|tenant| by_tenant[tenant].iter().cloned()).collect()
+                }
+            };
+            out.push((table, batches));
+        }
+        Ok(out)
+    }
+}
+
+impl Store for LiveStore {
+    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str) -> BoxFuture<'a, Result<Vec<RecordBatch>, StoreError>> {
+        Box::pin(async move {
+            // Rebuilding a changed table's batches is CPU work under the tables' lock: keep it off
+            // the async workers.
+            let batches = tokio::task::block_in_place(|| self.scoped_batches(scope, sql))?;
+            let engine = SqlEngine::over_batches(batches).map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            engine.query(sql).await.map_err(|error| StoreError::Query(error.to_string()))
+        })
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::DataFusion
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentioned_tables_are_found_as_whole_words() {
+        assert_eq!(mentioned_tables("SELECT * FROM Responses r JOIN contacts c USING (tenant_id)"), vec!["responses", "contacts"]);
+        assert_eq!(mentioned_tables("select count(*) from \"events\""), vec!["events"]);
+        assert!(mentioned_tables("SELECT 1 AS responses_total").is_empty());
+    }
+}

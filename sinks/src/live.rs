@@ -1,0 +1,260 @@
+//! The embedded store while `convoflow serve` runs: every table held in memory and kept current
+//! epoch by epoch, read as Arrow batches split by tenant (a tenant's queries only ever see its own
+//! batches), and written to the Parquet store as a snapshot.
+//!
+//! Derived tables are multisets `row → multiplicity`, so an epoch's updates apply in time
+//! proportional to the updates. Their Arrow form is rebuilt lazily, when a reader asks for a table
+//! that changed since its last rebuild. `events` and `rejected` only grow: each epoch's new rows
+//! are converted once and appended.
+
+use crate::convert::{table_batches, Rows, TableBatches};
+use crate::schema::TABLES;
+use convoflow_operators::{Collection, RejectedRow, TableSet};
+use datafusion::arrow::array::{Array, AsArray, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::Arc;
+
+/// A table's batches by tenant.
+pub type TenantBatches = HashMap<String, Vec<RecordBatch>>;
+
+struct Contents<R> {
+    rows: HashMap<R, i64>,
+    dirty: bool,
+    cached: Option<Arc<TenantBatches>>,
+}
+
+impl<R> Default for Contents<R> {
+    fn default() -> Self {
+        Contents { rows: HashMap::new(), dirty: false, cached: None }
+    }
+}
+
+impl<R: Hash + Eq + Clone + Ord> Contents<R> {
+    fn apply(&mut self, updates: Collection<R>) {
+        for (row, diff) in updates.updates {
+            self.dirty = true;
+            let entry = self.rows.entry(row);
+            match entry {
+                std::collections::hash_map::Entry::Occupied(mut occupied) => {
+                    *occupied.get_mut() += diff;
+                    if *occupied.get() == 0 {
+                        occupied.remove();
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(vacant) => {
+                    vacant.insert(diff);
+                }
+            }
+        }
+    }
+
+    fn collection(&self) -> Collection<R> {
+        let mut updates: Vec<(R, i64)> = self.rows.iter().map(|(row, count)| (row.clone(), *count)).collect();
+        // A stable order keeps snapshots and query results reproducible.
+        updates.sort_by(|a, b| a.0.cmp(&b.0));
+        Collection { updates }
+    }
+}
+
+/// Every table held in memory; see the module doc.
+#[derive(Default)]
+pub struct LiveTables {
+    responses: Contents<convoflow_operators::ResponseRow>,
+    conversation_cycles: Contents<convoflow_operators::CycleRow>,
+    message_volume: Contents<convoflow_operators::VolumeRow>,
+    contacts: Contents<convoflow_operators::ContactRow>,
+    retention: Contents<convoflow_operators::RetentionRow>,
+    funnel_progress: Contents<convoflow_operators::FunnelRow>,
+    attribution: Contents<convoflow_operators::AttributionRow>,
+    message_status: Contents<convoflow_operators::MessageStatusRow>,
+    reactions: Contents<convoflow_operators::ReactionRow>,
+    session_health: Contents<convoflow_operators::SessionHealthRow>,
+    events: TenantBatches,
+    rejected: TenantBatches,
+    rejected_seen: HashSet<RejectedRow>,
+    event_count: u64,
+}
+
+/// Runs `$body` with `$contents` bound to each derived table's contents and `$name` to its name.
+macro_rules! each_derived {
+    ($self:expr, |$name:ident, $contents:ident| $body:expr) => {{
+        { let $name = "responses"; let $contents = &mut $self.responses; $body; }
+        { let $name = "conversation_cycles"; let $contents = &mut $self.conversation_cycles; $body; }
+        { let $name = "message_volume"; let $contents = &mut $self.message_volume; $body; }
+        { let $name = "contacts"; let $contents = &mut $self.contacts; $body; }
+        { let $name = "retention"; let $contents = &mut $self.retention; $body; }
+        { let $name = "funnel_progress"; let $contents = &mut $self.funnel_progress; $body; }
+        { let $name = "attribution"; let $contents = &mut $self.attribution; $body; }
+        { let $name = "message_status"; let $contents = &mut $self.message_status; $body; }
+        { let $name = "reactions"; let $contents = &mut $self.reactions; $body; }
+        { let $name = "session_health"; let $contents = &mut $self.session_health; $body; }
+    }};
+}
+
+impl LiveTables {
+    /// Applies one epoch's consolidated updates and its new rejections (a rejection already held
+    /// is kept once, like the Parquet store does).
+    pub fn apply(&mut self, tables: TableSet, rejected: &[RejectedRow]) -> Result<(), ArrowError> {
+        let TableSet {
+            events,
+            responses,
+            conversation_cycles,
+            message_volume,
+            contacts,
+            retention,
+            funnel_progress,
+            attribution,
+            message_status,
+            reactions,
+            session_health,
+        } = tables;
+        self.responses.apply(responses);
+        self.conversation_cycles.apply(conversation_cycles);
+        self.message_volume.apply(message_volume);
+        self.contacts.apply(contacts);
+        self.retention.apply(retention);
+        self.funnel_progress.apply(funnel_progress);
+        self.attribution.apply(attribution);
+        self.message_status.apply(message_status);
+        self.reactions.apply(reactions);
+        self.session_health.apply(session_health);
+        let fresh: Vec<RejectedRow> = rejected.iter().filter(|row| self.rejected_seen.insert((*row).clone())).cloned().collect();
+        if events.is_empty() && fresh.is_empty() {
+            return Ok(());
+        }
+        self.event_count += events.len() as u64;
+        let appended = TableSet { events, ..TableSet::default() };
+        for table in table_batches(&appended, &fresh, Rows::Contents)? {
+            let target = match table.table {
+                "events" => &mut self.events,
+                "rejected" => &mut self.rejected,
+                _ => continue,
+            };
+            for batch in &table.batches {
+                for (tenant, part) in split_by_tenant(batch)? {
+                    target.entry(tenant).or_default().push(part);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepted events held.
+    pub fn event_count(&self) -> u64 {
+        self.event_count
+    }
+
+    /// The table's current batches by tenant; `None` for an unknown table.
+    pub fn batches(&mut self, table: &str) -> Result<Option<Arc<TenantBatches>>, ArrowError> {
+        match table {
+            "events" => return Ok(Some(Arc::new(self.events.clone()))),
+            "rejected" => return Ok(Some(Arc::new(self.rejected.clone()))),
+            _ => {}
+        }
+        let mut found = None;
+        each_derived!(self, |name, contents| if name == table {
+            found = Some(refresh(name, contents)?);
+        });
+        Ok(found)
+    }
+
+    /// Every table, all tenants, as the Parquet store writes them.
+    pub fn snapshot(&mut self) -> Result<Vec<TableBatches>, ArrowError> {
+        let mut out = Vec::with_capacity(TABLES.len());
+        for &table in TABLES {
+            let by_tenant = self.batches(table)?.unwrap_or_default();
+            let mut tenants: Vec<&String> = by_tenant.keys().collect();
+            tenants.sort();
+            let batches: Vec<RecordBatch> = tenants.into_iter().flat_map(|tenant| by_tenant[tenant].iter().cloned()).collect();
+            out.push(TableBatches { table, batches, diffs: Vec::new() });
+        }
+        Ok(out)
+    }
+}
+
+/// The table's batches, rebuilt if it changed since the last call.
+fn refresh<R: Hash + Eq + Clone + Ord>(name: &str, contents: &mut Contents<R>) -> Result<Arc<TenantBatches>, ArrowError>
+where
+    TableSet: WithCollection<R>,
+{
+    if let (false, Some(cached)) = (contents.dirty, &contents.cached) {
+        return Ok(cached.clone());
+    }
+    let mut tables = TableSet::default();
+    *tables.collection_mut() = contents.collection();
+    let mut by_tenant = TenantBatches::new();
+    for table in table_batches(&tables, &[], Rows::Contents)? {
+        if table.table != name {
+            continue;
+        }
+        for batch in &table.batches {
+            for (tenant, part) in split_by_tenant(batch)? {
+                by_tenant.entry(tenant).or_default().push(part);
+            }
+        }
+    }
+    let by_tenant = Arc::new(by_tenant);
+    contents.cached = Some(by_tenant.clone());
+    contents.dirty = false;
+    Ok(by_tenant)
+}
+
+/// Access to the one collection of a `TableSet` holding rows of type `R`.
+pub trait WithCollection<R> {
+    fn collection_mut(&mut self) -> &mut Collection<R>;
+}
+
+macro_rules! with_collection {
+    ($($field:ident: $row:ty),+ $(,)?) => {
+        $(impl WithCollection<$row> for TableSet {
+            fn collection_mut(&mut self) -> &mut Collection<$row> {
+                &mut self.$field
+            }
+        })+
+    };
+}
+
+with_collection!(
+    responses: convoflow_operators::ResponseRow,
+    conversation_cycles: convoflow_operators::CycleRow,
+    message_volume: convoflow_operators::VolumeRow,
+    contacts: convoflow_operators::ContactRow,
+    retention: convoflow_operators::RetentionRow,
+    funnel_progress: convoflow_operators::FunnelRow,
+    attribution: convoflow_operators::AttributionRow,
+    message_status: convoflow_operators::MessageStatusRow,
+    reactions: convoflow_operators::ReactionRow,
+    session_health: convoflow_operators::SessionHealthRow,
+);
+
+/// Splits a batch by its `tenant_id` column (every table has one), keeping row order.
+pub fn split_by_tenant(batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>, ArrowError> {
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let column = batch
+        .column_by_name("tenant_id")
+        .ok_or_else(|| ArrowError::SchemaError("batch has no tenant_id column".to_owned()))?;
+    let tenants = column.as_string_opt::<i32>().ok_or_else(|| ArrowError::SchemaError("tenant_id is not text".to_owned()))?;
+    let mut groups: Vec<(&str, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for row in 0..tenants.len() {
+        let tenant = if tenants.is_null(row) { "" } else { tenants.value(row) };
+        let slot = *index.entry(tenant).or_insert_with(|| {
+            groups.push((tenant, Vec::new()));
+            groups.len() - 1
+        });
+        groups[slot].1.push(row as u32);
+    }
+    if groups.len() == 1 {
+        return Ok(vec![(groups[0].0.to_owned(), batch.clone())]);
+    }
+    groups
+        .into_iter()
+        .map(|(tenant, rows)| Ok((tenant.to_owned(), take_record_batch(batch, &UInt32Array::from(rows))?)))
+        .collect()
+}
