@@ -102,7 +102,7 @@ pub struct IngestResponse {
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// A process-unique id naming a request's rejections (`rejected.source` = `api:<id>:<line>`).
-pub fn request_id(received_at: i64) -> String {
+pub(crate) fn request_id(received_at: i64) -> String {
     format!("{received_at}-{}", REQUESTS.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -122,24 +122,82 @@ async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Bo
     let lines = split_body(&bytes)?;
     let received_at = now_ms();
     let request_id = request_id(received_at);
-    let outcome = admit_lines(state, &caller, &lines, received_at, &request_id);
-    if let Err(reason) = state.bus.append(outcome.batches).await {
-        state.seen.release(&outcome.claimed);
-        return Err(ApiError::unavailable(format!("the events could not be stored durably ({reason}); nothing was accepted, retry")));
-    }
-    let telemetry = &state.telemetry;
-    telemetry.events_in.fetch_add(outcome.response.accepted, Ordering::Relaxed);
-    telemetry.duplicates.fetch_add(outcome.response.duplicates, Ordering::Relaxed);
-    telemetry.rejected.fetch_add(outcome.response.rejected, Ordering::Relaxed);
-    let response = outcome.response;
+    let mut admission = Admission::default();
+    let results = admit_lines(state, &caller, &lines, received_at, &request_id, &mut admission);
+    let counts = admission.commit(state).await?;
     // A request that did nothing but fail is a client error; a partly good one succeeds and says
     // line by line what became of each event.
-    let status = if response.rejected > 0 && response.accepted == 0 && response.duplicates == 0 {
+    let status = if counts.rejected > 0 && counts.accepted == 0 && counts.duplicates == 0 {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
     };
+    let response = IngestResponse { request_id, accepted: counts.accepted, duplicates: counts.duplicates, rejected: counts.rejected, results };
     Ok((status, Json(response)).into_response())
+}
+
+/// The reason the dataflow also gives a conflicting duplicate.
+fn conflict_reason(event_id: &str) -> String {
+    format!("conflicting_duplicate: event_id `{event_id}` was already accepted with different content")
+}
+
+/// What one request admits: new events and rejections by tenant, answered only once durable.
+#[derive(Default)]
+pub struct Admission {
+    bodies: BTreeMap<String, Vec<u8>>,
+    claimed: Vec<u128>,
+    counts: Counts,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Counts {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+}
+
+impl Admission {
+    /// Admits `event` unless this tenant already has it; a different copy is rejected.
+    pub fn event(&mut self, seen: &SeenEvents, event: &Event, received_at: i64, source: impl FnOnce() -> String) -> Claim {
+        let (key, claim) = seen.claim(event);
+        match claim {
+            Claim::New => {
+                self.claimed.push(key);
+                let body = self.bodies.entry(event.tenant_id.clone()).or_default();
+                body.extend_from_slice(event.to_json().as_bytes());
+                body.push(b'\n');
+                self.counts.accepted += 1;
+            }
+            Claim::Duplicate => self.counts.duplicates += 1,
+            Claim::Conflicting => {
+                let reason = conflict_reason(&event.event_id);
+                self.reject(RejectedRow::new(Some(&event.tenant_id), received_at, reason, event.to_json().as_bytes(), source()));
+            }
+        }
+        claim
+    }
+
+    /// Stores `row` in `rejected`.
+    pub fn reject(&mut self, row: RejectedRow) {
+        let body = self.bodies.entry(row.tenant_id.clone()).or_default();
+        body.extend_from_slice(row.to_bus_line().as_bytes());
+        body.push(b'\n');
+        self.counts.rejected += 1;
+    }
+
+    /// Appends everything to the bus in one durable write; on failure nothing was admitted.
+    pub async fn commit(self, state: &ApiState) -> Result<Counts, ApiError> {
+        let batches = self.bodies.into_iter().map(|(tenant, body)| TenantBatch { tenant, body }).collect();
+        if let Err(reason) = state.bus.append(batches).await {
+            state.seen.release(&self.claimed);
+            return Err(ApiError::unavailable(format!("the input could not be stored durably ({reason}); nothing was accepted, retry")));
+        }
+        let telemetry = &state.telemetry;
+        telemetry.events_in.fetch_add(self.counts.accepted, Ordering::Relaxed);
+        telemetry.duplicates.fetch_add(self.counts.duplicates, Ordering::Relaxed);
+        telemetry.rejected.fetch_add(self.counts.rejected, Ordering::Relaxed);
+        Ok(self.counts)
+    }
 }
 
 /// The body's events: NDJSON lines, or the elements of a JSON array. Returns (line number, bytes).
@@ -159,28 +217,24 @@ fn split_body(bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
     Ok(split_lines(bytes, 1).map(|line| (line.number, line.bytes.to_vec())).collect())
 }
 
-struct Admitted {
-    response: IngestResponse,
-    batches: Vec<TenantBatch>,
-    claimed: Vec<u128>,
-}
-
-fn admit_lines(state: &ApiState, caller: &Caller, lines: &[(u64, Vec<u8>)], received_at: i64, request_id: &str) -> Admitted {
+fn admit_lines(
+    state: &ApiState,
+    caller: &Caller,
+    lines: &[(u64, Vec<u8>)],
+    received_at: i64,
+    request_id: &str,
+    admission: &mut Admission,
+) -> Vec<LineResult> {
     let own_tenant = match &caller.scope {
         Scope::Tenant(tenant) => Some(tenant.as_str()),
         Scope::All => None,
     };
-    let mut response = IngestResponse { request_id: request_id.to_owned(), accepted: 0, duplicates: 0, rejected: 0, results: Vec::with_capacity(lines.len()) };
-    let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut claimed = Vec::new();
+    let mut results = Vec::with_capacity(lines.len());
     for (number, bytes) in lines {
+        let source = || format!("api:{request_id}:{number}");
         let mut reject = |tenant: Option<&str>, reason: String, event_id: Option<String>| {
-            let row = RejectedRow::new(tenant, received_at, reason.clone(), bytes, format!("api:{request_id}:{number}"));
-            let body = bodies.entry(row.tenant_id.clone()).or_default();
-            body.extend_from_slice(row.to_bus_line().as_bytes());
-            body.push(b'\n');
-            response.rejected += 1;
-            response.results.push(LineResult { line: *number, event_id, status: "rejected", reason: Some(reason) });
+            admission.reject(RejectedRow::new(tenant, received_at, reason.clone(), bytes, source()));
+            results.push(LineResult { line: *number, event_id, status: "rejected", reason: Some(reason) });
         };
         let event = match parse_for(bytes, own_tenant) {
             Ok(event) => event,
@@ -197,27 +251,14 @@ fn admit_lines(state: &ApiState, caller: &Caller, lines: &[(u64, Vec<u8>)], rece
                 continue;
             }
         }
-        match state.seen.claim(&event) {
-            (key, Claim::New) => {
-                claimed.push(key);
-                let body = bodies.entry(event.tenant_id.clone()).or_default();
-                body.extend_from_slice(event.to_json().as_bytes());
-                body.push(b'\n');
-                response.accepted += 1;
-                response.results.push(LineResult { line: *number, event_id: Some(event.event_id), status: "accepted", reason: None });
-            }
-            (_, Claim::Duplicate) => {
-                response.duplicates += 1;
-                response.results.push(LineResult { line: *number, event_id: Some(event.event_id), status: "duplicate", reason: None });
-            }
-            (_, Claim::Conflicting) => {
-                let reason = format!("conflicting_duplicate: event_id `{}` was already accepted with different content", event.event_id);
-                reject(Some(&event.tenant_id), reason, Some(event.event_id.clone()));
-            }
-        }
+        let (status, reason) = match admission.event(&state.seen, &event, received_at, source) {
+            Claim::New => ("accepted", None),
+            Claim::Duplicate => ("duplicate", None),
+            Claim::Conflicting => ("rejected", Some(conflict_reason(&event.event_id))),
+        };
+        results.push(LineResult { line: *number, event_id: Some(event.event_id), status, reason });
     }
-    let batches = bodies.into_iter().map(|(tenant, body)| TenantBatch { tenant, body }).collect();
-    Admitted { response, batches, claimed }
+    results
 }
 
 /// Parses one line; a line without `tenant_id` sent with a tenant's key gets that tenant.

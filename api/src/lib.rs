@@ -11,6 +11,7 @@ mod ops;
 mod read;
 mod state;
 mod telemetry;
+mod webhooks;
 
 pub use auth::{ApiKey, ApiKeys, RateLimiter};
 pub use error::ApiError;
@@ -18,6 +19,7 @@ pub use feed::{feed_epoch, FeedChange, FeedEpoch, FEED_CAPACITY};
 pub use ingest::{now_ms, SeenEvents};
 pub use state::{ApiState, BoxFuture, Bus, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
 pub use telemetry::Telemetry;
+pub use webhooks::verify_signature;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -29,6 +31,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/sql", post(read::post_sql))
         .route("/v1/metrics/{name}", get(read::get_metric))
         .route("/v1/feed", get(feed::get_feed))
+        .route("/v1/webhooks/whatsapp/{tenant}", get(webhooks::verify).post(webhooks::receive))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

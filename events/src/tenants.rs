@@ -144,6 +144,16 @@ impl Tenants {
         self.by_id.get(tenant_id).map_or(&DEFAULT_FUNNELS, |t| &t.funnels)
     }
 
+    /// The business numbers (`phone_number_id`) configured for the tenant; empty when none are.
+    pub fn phone_number_ids(&self, tenant_id: &str) -> &[String] {
+        self.by_id.get(tenant_id).map_or(&[], |t| &t.phone_number_ids)
+    }
+
+    /// The tenant owning a business number, if any tenant lists it.
+    pub fn tenant_of_number(&self, phone_number_id: &str) -> Option<&str> {
+        self.by_id.values().find(|t| t.phone_number_ids.iter().any(|n| n == phone_number_id)).map(|t| t.tenant_id.as_str())
+    }
+
     pub fn attribution(&self, tenant_id: &str) -> AttributionSettings {
         self.by_id.get(tenant_id).map_or_else(AttributionSettings::default, |t| t.attribution)
     }

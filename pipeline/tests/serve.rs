@@ -1,0 +1,515 @@
+//! `convoflow serve` over real HTTP: the binary is started on a free port with its own data dir,
+//! and every test talks to it as a client would.
+
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ACME_KEY: &str = "acme-key-0123456789";
+const BETA_KEY: &str = "beta-key-0123456789";
+const ADMIN_KEY: &str = "admin-key-0123456789";
+const APP_SECRET: &str = "meta-app-secret";
+const VERIFY_TOKEN: &str = "verify-me";
+
+fn config(limits: &str) -> String {
+    format!(
+        r#"{limits}
+[[api_keys]]
+key = "{ACME_KEY}"
+tenant = "acme"
+[[api_keys]]
+key = "{BETA_KEY}"
+tenant = "beta"
+[[api_keys]]
+key = "{ADMIN_KEY}"
+[whatsapp.acme]
+app_secret = "{APP_SECRET}"
+verify_token = "{VERIFY_TOKEN}"
+"#
+    )
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    data: PathBuf,
+    config: PathBuf,
+}
+
+impl Server {
+    /// Starts `convoflow serve` on a free port and waits until it is ready.
+    fn start(data: &Path, config_text: &str) -> Server {
+        let config = data.with_extension("toml");
+        std::fs::write(&config, config_text).expect("write config");
+        Server::start_with(data.to_path_buf(), config)
+    }
+
+    fn start_with(data: PathBuf, config: PathBuf) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_convoflow"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("CONVOFLOW_ADMIN_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("convoflow serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("serve prints its address").expect("stdout line");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let server = Server { child, base, data, config };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = get_status(&format!("{}/readyz", server.base));
+            if ready == Some(200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "serve did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn kill9(mut self) -> (PathBuf, PathBuf) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+        (self.data.clone(), self.config.clone())
+    }
+
+    /// SIGTERM, then wait for the orderly exit (last snapshot written).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        self.child.wait().expect("exit")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of a GET, from a blocking context: one raw HTTP/1.1 request.
+fn get_status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn event(id: &str, tenant: Option<&str>, ts: &str, kind: &str, extra: Value) -> Value {
+    let mut event = json!({"event_id": id, "ts": ts, "type": kind, "contact_id": "c1"});
+    if let Some(tenant) = tenant {
+        event["tenant_id"] = json!(tenant);
+    }
+    for (key, value) in extra.as_object().expect("object") {
+        event[key] = value.clone();
+    }
+    event
+}
+
+fn conversation(prefix: &str, tenant: Option<&str>) -> Vec<Value> {
+    vec![
+        event(&format!("{prefix}-in"), tenant, "2026-02-02T09:00:00Z", "message.received", json!({"message_id": format!("{prefix}-m1")})),
+        event(
+            &format!("{prefix}-out"),
+            tenant,
+            "2026-02-02T09:05:00Z",
+            "message.sent",
+            json!({"message_id": format!("{prefix}-m2"), "sender": "agent", "agent_id": "ana"}),
+        ),
+    ]
+}
+
+fn ndjson(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+async fn post_events(client: &Client, server: &Server, key: &str, body: String) -> (StatusCode, Value) {
+    let response = client.post(server.url("/v1/events")).bearer_auth(key).body(body).send().await.expect("POST /v1/events");
+    let status = response.status();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+async fn sql(client: &Client, server: &Server, key: &str, query: &str) -> (StatusCode, Value) {
+    let response = client.post(server.url("/v1/sql")).bearer_auth(key).body(query.to_owned()).send().await.expect("POST /v1/sql");
+    let status = response.status();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+async fn rows(client: &Client, server: &Server, key: &str, query: &str) -> Vec<Value> {
+    let (status, body) = sql(client, server, key, query).await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    body["rows"].as_array().expect("rows").clone()
+}
+
+/// Polls a query until it returns `expected` rows (the tables follow ingest within an epoch).
+async fn rows_eventually(client: &Client, server: &Server, key: &str, query: &str, expected: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = rows(client, server, key, query).await;
+        if found.len() == expected || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Server-sent events off a response body: (event name, data).
+struct Sse {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Sse {
+    async fn open(client: &Client, url: &str) -> Sse {
+        let response = client.get(url).send().await.expect("GET /v1/feed");
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+        Sse { stream: Box::pin(response.bytes_stream()), buffer: String::new() }
+    }
+
+    async fn next(&mut self) -> (String, String) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut name = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event:") {
+                        name = value.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim_start());
+                    }
+                }
+                if data.is_empty() && name == "message" {
+                    continue; // keep-alive comment
+                }
+                return (name, data);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.stream.next())
+                .await
+                .expect("a feed event within 20 s")
+                .expect("feed still open")
+                .expect("feed bytes");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next `change` event's data.
+    async fn next_change(&mut self) -> Value {
+        loop {
+            let (name, data) = self.next().await;
+            if name == "change" {
+                return serde_json::from_str(&data).expect("change JSON");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_reaches_the_feed_and_the_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config(""));
+    let client = Client::new();
+    let mut feed = Sse::open(&client, &server.url(&format!("/v1/feed?tables=responses&api_key={ACME_KEY}"))).await;
+    let (name, hello) = feed.next().await;
+    assert_eq!(name, "ready", "{hello}");
+
+    // No tenant_id in the lines: the key's tenant is filled in.
+    let (status, answer) = post_events(&client, &server, ACME_KEY, ndjson(&conversation("x", None))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+
+    let change = feed.next_change().await;
+    assert_eq!(change["table"], "responses", "{change}");
+    assert_eq!(change["diff"], 1);
+    assert_eq!(change["row"]["tenant_id"], "acme");
+    assert_eq!(change["row"]["response_ms"], 300000);
+    assert!(change["epoch"].is_u64());
+
+    // A late inbound message moves the waiting period's start: the feed retracts and re-inserts.
+    let late = event("x-early", None, "2026-02-02T08:55:00Z", "message.received", json!({"message_id": "x-m0"}));
+    post_events(&client, &server, ACME_KEY, ndjson(&[late])).await;
+    let mut diffs = vec![feed.next_change().await, feed.next_change().await];
+    diffs.sort_by_key(|change| change["diff"].as_i64());
+    assert_eq!((diffs[0]["diff"].as_i64(), diffs[0]["row"]["response_ms"].as_i64()), (Some(-1), Some(300000)));
+    assert_eq!((diffs[1]["diff"].as_i64(), diffs[1]["row"]["response_ms"].as_i64()), (Some(1), Some(600000)));
+
+    let metric: Value = client
+        .get(server.url("/v1/metrics/agents?from=2026-02-01&to=2026-02-28"))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await
+        .expect("GET metric")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(metric["tenant_id"], "acme", "{metric}");
+    assert_eq!(metric["rows"][0]["agent_id"], "ana", "{metric}");
+    assert_eq!(metric["rows"][0]["responses"], 1, "{metric}");
+    assert_eq!(metric["rows"][0]["median_response_ms"], 600000.0, "{metric}");
+
+    let prometheus = client.get(server.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(prometheus.contains("convoflow_events_in_total 3\n"), "{prometheus}");
+    assert!(prometheus.contains("convoflow_epoch_latency_seconds_count"), "{prometheus}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_event_survives_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config(""));
+    let client = Client::new();
+    let mut expected = 0;
+    for batch in 0..20 {
+        let events: Vec<Value> = (0..50)
+            .map(|i| event(&format!("k{batch}-{i}"), None, "2026-02-03T10:00:00Z", "touch", json!({"channel": "ad"})))
+            .collect();
+        let (status, answer) = post_events(&client, &server, ACME_KEY, ndjson(&events)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        expected += 50;
+    }
+    // Killed right after the last 2xx: no snapshot, nothing flushed on the way out.
+    let (data, config) = server.kill9();
+    let server = Server::start_with(data, config);
+    let count = rows(&client, &server, ACME_KEY, "SELECT count(*) AS n FROM events").await;
+    assert_eq!(count[0]["n"], expected);
+    // And the ingest index came back too: the same events again are duplicates.
+    let again = event("k0-0", None, "2026-02-03T10:00:00Z", "touch", json!({"channel": "ad"}));
+    let (_, answer) = post_events(&client, &server, ACME_KEY, ndjson(&[again])).await;
+    assert_eq!(answer["duplicates"], 1, "{answer}");
+
+    // An orderly stop snapshots the tables to Parquet, readable by `convoflow sql`.
+    let data = server.data.clone();
+    assert!(server.terminate().success());
+    let output = Command::new(env!("CARGO_BIN_EXE_convoflow"))
+        .args(["sql", "--format", "csv", "--data"])
+        .arg(&data)
+        .arg("SELECT count(*) AS n FROM events")
+        .output()
+        .expect("convoflow sql");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("n\n{expected}"));
+}
+
+fn signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/webhooks").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_webhooks_are_verified_and_normalized() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config(""));
+    let client = Client::new();
+    let hook = server.url("/v1/webhooks/whatsapp/acme");
+
+    let handshake = format!("{hook}?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444");
+    let answer = client.get(&handshake).send().await.expect("GET");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.text().await.expect("text"), "1158201444");
+    let wrong = client.get(handshake.replace(VERIFY_TOKEN, "guess")).send().await.expect("GET");
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+
+    let body = fixture("referral.json");
+    let post = |body: Vec<u8>, signature: String| {
+        client.post(&hook).header("content-type", "application/json").header("x-hub-signature-256", signature).body(body).send()
+    };
+    let refused = post(body.clone(), signature(b"something else")).await.expect("POST");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let refused: Value = refused.json().await.expect("JSON error");
+    assert!(refused["error"]["message"].as_str().expect("message").contains("signature"), "{refused}");
+
+    let accepted: Value = post(body.clone(), signature(&body)).await.expect("POST").json().await.expect("JSON");
+    // Two messages from click-to-WhatsApp ads: each a message.received and a touch.
+    assert_eq!((accepted["accepted"].as_u64(), accepted["rejected"].as_u64()), (Some(4), Some(0)), "{accepted}");
+    let redelivered: Value = post(body.clone(), signature(&body)).await.expect("POST").json().await.expect("JSON");
+    assert_eq!(redelivered["duplicates"], 4, "{redelivered}");
+
+    let query = "SELECT event_id, type, session_id, channel FROM events ORDER BY event_id";
+    let found = rows_eventually(&client, &server, ACME_KEY, query, 4).await;
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert!(found.iter().all(|row| row["event_id"].as_str().expect("id").starts_with("wa:wamid.")), "{found:?}");
+    assert!(found.iter().all(|row| row["session_id"] == "118273645501234"), "{found:?}");
+    let channels: Vec<&Value> = found.iter().filter(|row| row["type"] == "touch").map(|row| &row["channel"]).collect();
+    assert_eq!(channels, vec!["ad", "post"], "{found:?}");
+
+    // A signed body that is no webhook is kept in `rejected` and answered 200, so Meta does not
+    // redeliver it for a week.
+    let junk = b"{\"object\":\"page\"}".to_vec();
+    let parked: Value = post(junk.clone(), signature(&junk)).await.expect("POST").json().await.expect("JSON");
+    assert_eq!(parked["rejected"], 1, "{parked}");
+    let rejected = rows_eventually(&client, &server, ACME_KEY, "SELECT reason FROM rejected", 1).await;
+    assert!(rejected[0]["reason"].as_str().expect("reason").starts_with("webhook:"), "{rejected:?}");
+
+    let unknown = client.post(server.url("/v1/webhooks/whatsapp/beta")).body("{}").send().await.expect("POST");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "beta has no WhatsApp app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_never_reads_another_tenants_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config(""));
+    let client = Client::new();
+    post_events(&client, &server, ACME_KEY, ndjson(&conversation("a", None))).await;
+    post_events(&client, &server, BETA_KEY, ndjson(&conversation("b", None))).await;
+    // A tenant key cannot write into another tenant either.
+    let (status, answer) = post_events(&client, &server, ACME_KEY, ndjson(&conversation("sneak", Some("beta")))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["results"][0]["reason"].as_str().expect("reason").contains("not the API key's tenant"), "{answer}");
+    rows_eventually(&client, &server, ADMIN_KEY, "SELECT * FROM events", 4).await;
+
+    let tricks = [
+        "SELECT DISTINCT tenant_id FROM events",
+        "SELECT DISTINCT tenant_id FROM events WHERE tenant_id = 'beta' OR 1 = 1",
+        "SELECT tenant_id FROM responses UNION ALL SELECT tenant_id FROM contacts",
+        "SELECT tenant_id FROM (SELECT * FROM message_volume) v",
+        "WITH everything AS (SELECT tenant_id FROM conversation_cycles) SELECT DISTINCT tenant_id FROM everything",
+        "SELECT DISTINCT tenant_id FROM \"events\"",
+        "SELECT DISTINCT tenant_id FROM rejected",
+    ];
+    for query in tricks {
+        for row in rows(&client, &server, ACME_KEY, query).await {
+            assert_eq!(row["tenant_id"], "acme", "{query} leaked {row}");
+        }
+    }
+    let beta_only = rows(&client, &server, ACME_KEY, "SELECT count(*) AS n FROM events WHERE tenant_id = 'beta'").await;
+    assert_eq!(beta_only[0]["n"], 0);
+    for query in ["SELECT * FROM information_schema.tables", "SELECT * FROM read_parquet('x')", "COPY events TO '/tmp/x.csv'"] {
+        let (status, body) = sql(&client, &server, ACME_KEY, query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    let (status, _) = sql(&client, &server, ACME_KEY, "SELECT 1").await;
+    assert_eq!(status, StatusCode::OK);
+    let foreign = client.post(server.url("/v1/sql?tenant=beta")).bearer_auth(ACME_KEY).body("SELECT 1").send().await.expect("POST");
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+    let metric = client.get(server.url("/v1/metrics/agents?tenant=beta")).bearer_auth(ACME_KEY).send().await.expect("GET");
+    assert_eq!(metric.status(), StatusCode::FORBIDDEN);
+    let feed = client.get(server.url(&format!("/v1/feed?tenant=beta&api_key={ACME_KEY}"))).send().await.expect("GET");
+    assert_eq!(feed.status(), StatusCode::FORBIDDEN);
+
+    // The admin key sees both; the feed of one tenant carries only its changes.
+    let tenants = rows(&client, &server, ADMIN_KEY, "SELECT DISTINCT tenant_id FROM events ORDER BY tenant_id").await;
+    assert_eq!(tenants, vec![json!({"tenant_id": "acme"}), json!({"tenant_id": "beta"})]);
+    let mut feed = Sse::open(&client, &server.url(&format!("/v1/feed?tables=events&api_key={ACME_KEY}"))).await;
+    post_events(&client, &server, BETA_KEY, ndjson(&conversation("b2", None))).await;
+    post_events(&client, &server, ACME_KEY, ndjson(&conversation("a2", None))).await;
+    for _ in 0..2 {
+        let change = feed.next_change().await;
+        assert_eq!(change["row"]["tenant_id"], "acme", "{change}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_json_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config("[limits]\nbody_bytes = 4096\nrequests_per_second = 0.2\nburst = 8\n"));
+    let client = Client::new();
+    let error = |body: &Value| body["error"]["code"].as_str().unwrap_or_default().to_owned();
+
+    let anonymous = client.post(server.url("/v1/events")).body("{}").send().await.expect("POST");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error(&anonymous.json().await.expect("JSON")), "unauthorized");
+    let (status, body) = post_events(&client, &server, "no-such-key-000000", "{}".to_owned()).await;
+    assert_eq!((status, error(&body)), (StatusCode::UNAUTHORIZED, "unauthorized".to_owned()));
+
+    let (status, body) = post_events(&client, &server, ACME_KEY, "x".repeat(5000)).await;
+    assert_eq!((status, error(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large".to_owned()));
+    let (status, body) = post_events(&client, &server, ACME_KEY, "[{\"event_id\":".to_owned()).await;
+    assert_eq!((status, error(&body)), (StatusCode::BAD_REQUEST, "malformed_body".to_owned()));
+    let (status, body) = post_events(&client, &server, ACME_KEY, "\n".to_owned()).await;
+    assert_eq!((status, error(&body)), (StatusCode::BAD_REQUEST, "empty_body".to_owned()));
+    let (status, body) = post_events(&client, &server, ACME_KEY, "{\"event_id\":\"e\",\"ts\":\"soon\"}\nnot json\n".to_owned()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["results"][0]["reason"].as_str().expect("reason").starts_with("ts:"), "{body}");
+    assert!(body["results"][1]["reason"].as_str().expect("reason").starts_with("json:"), "{body}");
+
+    let (status, body) = sql(&client, &server, ACME_KEY, "DROP TABLE events").await;
+    assert_eq!((status, error(&body)), (StatusCode::BAD_REQUEST, "bad_query".to_owned()));
+    let metric = client.get(server.url("/v1/metrics/nope")).bearer_auth(ACME_KEY).send().await.expect("GET");
+    assert_eq!(metric.status(), StatusCode::NOT_FOUND);
+    let metric = client.get(server.url("/v1/metrics/agents?from=yesterday")).bearer_auth(ACME_KEY).send().await.expect("GET");
+    assert_eq!(metric.status(), StatusCode::BAD_REQUEST);
+    let route = client.get(server.url("/v2/nothing")).send().await.expect("GET");
+    assert_eq!(route.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error(&route.json().await.expect("JSON")), "not_found");
+
+    // The burst of 8 is spent by now; the next requests of this key are refused, another key's
+    // are not.
+    let mut limited = None;
+    for _ in 0..5 {
+        let response = client.post(server.url("/v1/sql")).bearer_auth(ACME_KEY).body("SELECT 1").send().await.expect("POST");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("a 429 once the burst is spent");
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(error(&limited.json().await.expect("JSON")), "rate_limited");
+    let (status, _) = sql(&client, &server, BETA_KEY, "SELECT 1").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_answers_in_json_csv_and_arrow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config("[limits]\nsql_max_rows = 1\n"));
+    let client = Client::new();
+    post_events(&client, &server, ACME_KEY, ndjson(&conversation("f", None))).await;
+    rows_eventually(&client, &server, ACME_KEY, "SELECT * FROM responses", 1).await;
+
+    let csv = client
+        .post(server.url("/v1/sql?format=csv"))
+        .bearer_auth(ACME_KEY)
+        .body("SELECT event_id FROM events ORDER BY event_id")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(csv.headers()["x-convoflow-truncated"], "true", "one row of two under sql_max_rows = 1");
+    assert_eq!(csv.text().await.expect("text"), "event_id\nf-in\n");
+
+    let arrow = client
+        .post(server.url("/v1/sql"))
+        .bearer_auth(ACME_KEY)
+        .json(&json!({"query": "SELECT response_ms FROM responses", "format": "arrow"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(arrow.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    let bytes = arrow.bytes().await.expect("bytes");
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None).expect("Arrow IPC stream");
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().expect("batches");
+    let column = batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("Int64");
+    assert_eq!(column.value(0), 300000);
+}
