@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use convoflow_events::{parse_date32, date32_to_string};
-use convoflow_queries::{report_sql, Report, ReportParams};
+use convoflow_queries::{report_sql, Granularity, Report, ReportParams};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
@@ -188,6 +188,11 @@ async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Ur
     params.model = url_query_value(query, "model");
     params.campaign_id = url_query_value(query, "campaign_id");
     params.session_id = url_query_value(query, "session_id");
+    params.agent_id = url_query_value(query, "agent_id");
+    if let Some(text) = url_query_value(query, "granularity") {
+        params.granularity = Granularity::parse(&text)
+            .ok_or_else(|| ApiError::bad_request("bad_granularity", format!("granularity must be hour, day or week, got `{text}`")))?;
+    }
     wait_until_ready(state)?;
     let sql = report_sql(report, &params, state.store.dialect());
     let batches = run_query(state, &Scope::Tenant(tenant.clone()), &sql).await?;
@@ -199,6 +204,7 @@ async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Ur
         "timezone": params.timezone.name(),
         "from": params.from.map(date32_to_string),
         "to": params.to.map(date32_to_string),
+        "granularity": params.granularity.name(),
     });
     let mut body = head.to_string().into_bytes();
     body.pop(); // the closing brace: rows follow

@@ -2,6 +2,29 @@
 //! ClickHouse (18.16 and later). Each hook renders one construct the two spell differently, so
 //! a report is written once and means the same on both stores.
 
+/// The calendar bucket of a report, in the tenant's time zone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Granularity {
+    Hour,
+    #[default]
+    Day,
+    Week,
+}
+
+impl Granularity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+            Granularity::Week => "week",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Granularity::Hour, Granularity::Day, Granularity::Week].into_iter().find(|g| g.name() == text)
+    }
+}
+
 /// Which engine a report's SQL is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -70,6 +93,34 @@ impl Dialect {
                 let weight = format!("(floor(({index} - floor({index})) * 1000000) / 1000000)");
                 format!("if({n} = 0, NULL, {lower} + ({upper} - {lower}) * {weight})")
             }
+        }
+    }
+
+    /// The instant at which the tenant-local hour, day or ISO week (Monday) holding the instant
+    /// `column` begins, as epoch ms.
+    pub fn bucket(self, granularity: Granularity, column: &str, timezone: &str) -> String {
+        match self {
+            Dialect::DataFusion => format!(
+                "CAST(date_trunc('{}', arrow_cast({column}, 'Timestamp(Millisecond, Some(\"{timezone}\"))')) AS BIGINT)",
+                granularity.name()
+            ),
+            Dialect::ClickHouse { .. } => {
+                let local = format!("toDateTime(intDiv({}, 1000), '{timezone}')", self.ms(column));
+                match granularity {
+                    Granularity::Hour => format!("toInt64(toStartOfHour({local})) * 1000"),
+                    Granularity::Day => format!("toInt64(toDateTime(toDate({local}), '{timezone}')) * 1000"),
+                    Granularity::Week => format!("toInt64(toDateTime(toMonday({local}), '{timezone}')) * 1000"),
+                }
+            }
+        }
+    }
+
+    /// The ISO weekday of a date column, 1 = Monday … 7 = Sunday.
+    pub fn iso_weekday(self, column: &str) -> String {
+        match self {
+            // 1970-01-01 was a Thursday.
+            Dialect::DataFusion => format!("(CAST(CAST({column} AS INT) AS BIGINT) + 3) % 7 + 1"),
+            Dialect::ClickHouse { .. } => format!("toInt64(toDayOfWeek({column}))"),
         }
     }
 

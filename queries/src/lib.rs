@@ -8,7 +8,7 @@ mod reports;
 mod sql;
 
 pub use clickhouse::{clickhouse_dialect, clickhouse_query};
-pub use dialect::Dialect;
+pub use dialect::{Dialect, Granularity};
 pub use format::{format_batches, OutputFormat};
 pub use reports::{report_sql, Report, ReportParams};
 pub use sql::{QueryError, SqlEngine};

@@ -8,12 +8,28 @@
 //! Rates are rounded to 4 decimals, credited weights and values to 6; durations are
 //! milliseconds, percentiles interpolated (`percentile_cont`).
 
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Granularity};
 use chrono_tz::Tz;
 use convoflow_events::{local_day_start_ms, Funnel};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Report {
+    /// Per bucket, direction and sender: messages.
+    Volume,
+    /// Per bucket and responder: responses and response-time percentiles.
+    Responses,
+    /// Per bucket: first agent responses of conversation cycles and their percentiles.
+    FirstResponse,
+    /// Per bucket: resolved cycles and resolution-time percentiles.
+    Resolution,
+    /// Per bucket: new contacts.
+    Growth,
+    /// Per bucket: distinct contacts that wrote.
+    ActiveContacts,
+    /// Inbound messages by local weekday and hour.
+    PeakHours,
+    /// Weekly cohorts: size, retained per week offset, retention rate.
+    Retention,
     /// Per funnel and step: contacts reaching it, conversion from step 1 and from the step
     /// before, and the median time from entry to completing the whole funnel.
     Funnel,
@@ -31,11 +47,33 @@ pub enum Report {
 }
 
 impl Report {
-    pub const ALL: [Report; 6] =
-        [Report::Funnel, Report::Attribution, Report::Campaigns, Report::Csat, Report::SessionHealth, Report::Agents];
+    pub const ALL: [Report; 14] = [
+        Report::Volume,
+        Report::Responses,
+        Report::FirstResponse,
+        Report::Resolution,
+        Report::Growth,
+        Report::ActiveContacts,
+        Report::PeakHours,
+        Report::Retention,
+        Report::Funnel,
+        Report::Attribution,
+        Report::Campaigns,
+        Report::Agents,
+        Report::Csat,
+        Report::SessionHealth,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
+            Report::Volume => "volume",
+            Report::Responses => "responses",
+            Report::FirstResponse => "first_response",
+            Report::Resolution => "resolution",
+            Report::Growth => "growth",
+            Report::ActiveContacts => "active_contacts",
+            Report::PeakHours => "peak_hours",
+            Report::Retention => "retention",
             Report::Funnel => "funnel",
             Report::Attribution => "attribution",
             Report::Campaigns => "campaigns",
@@ -48,6 +86,23 @@ impl Report {
     /// What the report gives, for documentation and the API.
     pub fn description(self) -> &'static str {
         match self {
+            Report::Volume => "Per bucket (by the message's local hour), direction and sender: messages.",
+            Report::Responses => {
+                "Per bucket of the reply and responder (agent or bot): responses, and the p50, p90 and p99 \
+                 of response_ms."
+            }
+            Report::FirstResponse => {
+                "Per bucket of the first agent response: conversation cycles answered, and the p50, p90 and p99 \
+                 of first_response_ms."
+            }
+            Report::Resolution => "Per bucket of the resolution: cycles resolved, and the p50, p90 and p99 of resolution_ms.",
+            Report::Growth => "Per bucket of first_seen_ts: new contacts.",
+            Report::ActiveContacts => "Per bucket: distinct contacts with a message.received in it.",
+            Report::PeakHours => "Inbound messages by local ISO weekday (1 = Monday) and local hour, over the range.",
+            Report::Retention => {
+                "Per weekly cohort (cohort_week in the range) and week offset: cohort size, contacts retained, \
+                 and retained / cohort size."
+            }
             Report::Funnel => {
                 "Per funnel and step: the contacts whose furthest step over the entry dates in the range reaches it, \
                  the conversion from step 1 and from the step before, and the median time from entry to completing \
@@ -93,6 +148,9 @@ pub struct ReportParams {
     pub model: Option<String>,
     pub campaign_id: Option<String>,
     pub session_id: Option<String>,
+    pub agent_id: Option<String>,
+    /// The bucket of the time-series reports.
+    pub granularity: Granularity,
 }
 
 impl ReportParams {
@@ -107,6 +165,8 @@ impl ReportParams {
             model: None,
             campaign_id: None,
             session_id: None,
+            agent_id: None,
+            granularity: Granularity::Day,
         }
     }
 }
@@ -179,6 +239,14 @@ fn rate(numerator: &str, denominator: &str) -> String {
 /// The report's SQL, to run read-only in `dialect`.
 pub fn report_sql(report: Report, params: &ReportParams, dialect: Dialect) -> String {
     match report {
+        Report::Volume => volume(params, dialect),
+        Report::Responses => durations(params, dialect, Durations::RESPONSES),
+        Report::FirstResponse => durations(params, dialect, Durations::FIRST_RESPONSE),
+        Report::Resolution => durations(params, dialect, Durations::RESOLUTION),
+        Report::Growth => growth(params, dialect),
+        Report::ActiveContacts => active_contacts(params, dialect),
+        Report::PeakHours => peak_hours(params, dialect),
+        Report::Retention => retention(params, dialect),
         Report::Funnel => funnel(params, dialect),
         Report::Attribution => attribution(params, dialect),
         Report::Campaigns => campaigns(params, dialect),
@@ -186,6 +254,114 @@ pub fn report_sql(report: Report, params: &ReportParams, dialect: Dialect) -> St
         Report::SessionHealth => session_health(params, dialect),
         Report::Agents => agents(params, dialect),
     }
+}
+
+fn bucket(params: &ReportParams, d: Dialect, column: &str) -> String {
+    d.bucket(params.granularity, column, params.timezone.name())
+}
+
+fn volume(params: &ReportParams, d: Dialect) -> String {
+    let filter = Conditions::new(d, params).date_in_range("local_date").render();
+    format!(
+        "SELECT {bucket} AS bucket_start, direction, sender, {messages} AS messages FROM message_volume \
+         WHERE {filter} GROUP BY {bucket}, direction, sender ORDER BY bucket_start, direction, sender",
+        bucket = bucket(params, d, "hour_start"),
+        messages = d.int("sum(messages)"),
+    )
+}
+
+/// A duration column reported per bucket with its percentiles.
+struct Durations {
+    table: &'static str,
+    /// The instant that places a row in a bucket.
+    at: &'static str,
+    duration: &'static str,
+    /// Extra grouping column (`responder`), if any.
+    by: Option<&'static str>,
+    /// Only rows that have the duration.
+    condition: &'static str,
+    count_name: &'static str,
+}
+
+impl Durations {
+    const RESPONSES: Durations =
+        Durations { table: "responses", at: "reply_ts", duration: "response_ms", by: Some("responder"), condition: "response_ms IS NOT NULL", count_name: "responses" };
+    const FIRST_RESPONSE: Durations = Durations {
+        table: "conversation_cycles",
+        at: "first_response_ts",
+        duration: "first_response_ms",
+        by: None,
+        condition: "first_response_ms IS NOT NULL",
+        count_name: "first_responses",
+    };
+    const RESOLUTION: Durations = Durations {
+        table: "conversation_cycles",
+        at: "resolved_ts",
+        duration: "resolution_ms",
+        by: None,
+        condition: "resolution_ms IS NOT NULL",
+        count_name: "resolutions",
+    };
+}
+
+fn durations(params: &ReportParams, d: Dialect, what: Durations) -> String {
+    let agent_column = if what.table == "responses" { "agent_id" } else if what.at == "resolved_ts" { "resolved_by" } else { "first_response_agent_id" };
+    let filter = Conditions::new(d, params).term(what.condition).instant_in_range(what.at).equals(agent_column, &params.agent_id).render();
+    let bucket = bucket(params, d, what.at);
+    let (by_select, by_group) = match what.by {
+        Some(column) => (format!("{column}, "), format!(", {column}")),
+        None => (String::new(), String::new()),
+    };
+    let percentile = |q: f64| d.float(&d.percentile(q, what.duration));
+    format!(
+        "SELECT {bucket} AS bucket_start, {by_select}{count} AS {count_name}, {p50} AS p50_ms, {p90} AS p90_ms, {p99} AS p99_ms \
+         FROM {table} WHERE {filter} GROUP BY {bucket}{by_group} ORDER BY bucket_start{by_group}",
+        count = d.int("count(*)"),
+        count_name = what.count_name,
+        p50 = percentile(0.5),
+        p90 = percentile(0.9),
+        p99 = percentile(0.99),
+        table = what.table,
+    )
+}
+
+fn growth(params: &ReportParams, d: Dialect) -> String {
+    let filter = Conditions::new(d, params).instant_in_range("first_seen_ts").render();
+    let bucket = bucket(params, d, "first_seen_ts");
+    format!(
+        "SELECT {bucket} AS bucket_start, {count} AS new_contacts FROM contacts WHERE {filter} \
+         GROUP BY {bucket} ORDER BY bucket_start",
+        count = d.int("count(*)"),
+    )
+}
+
+fn active_contacts(params: &ReportParams, d: Dialect) -> String {
+    let filter = Conditions::new(d, params).term("type = 'message.received'").instant_in_range("ts").render();
+    let bucket = bucket(params, d, "ts");
+    format!(
+        "SELECT {bucket} AS bucket_start, {count} AS active_contacts FROM events WHERE {filter} \
+         GROUP BY {bucket} ORDER BY bucket_start",
+        count = d.int("count(DISTINCT contact_id)"),
+    )
+}
+
+fn peak_hours(params: &ReportParams, d: Dialect) -> String {
+    let filter = Conditions::new(d, params).term("direction = 'inbound'").date_in_range("local_date").render();
+    let weekday = d.iso_weekday("local_date");
+    format!(
+        "SELECT {weekday} AS weekday, local_hour, {messages} AS messages FROM message_volume WHERE {filter} \
+         GROUP BY {weekday}, local_hour ORDER BY weekday, local_hour",
+        messages = d.int("sum(messages)"),
+    )
+}
+
+fn retention(params: &ReportParams, d: Dialect) -> String {
+    let filter = Conditions::new(d, params).date_in_range("cohort_week").render();
+    format!(
+        "SELECT cohort_week, week_offset, cohort_size, retained, {rate} AS retention_rate FROM retention \
+         WHERE {filter} ORDER BY cohort_week, week_offset",
+        rate = rate("retained", "cohort_size"),
+    )
 }
 
 /// SPEC §5.6: for each step k, the distinct contacts whose greatest `furthest_step` over the

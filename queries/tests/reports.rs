@@ -3,7 +3,7 @@
 
 use convoflow_events::{parse_date32, parse_event, Event, Tenants};
 use convoflow_operators::{run, SourceBatch};
-use convoflow_queries::{format_batches, report_sql, Dialect, OutputFormat, Report, ReportParams, SqlEngine};
+use convoflow_queries::{format_batches, report_sql, Dialect, Granularity, OutputFormat, Report, ReportParams, SqlEngine};
 use convoflow_sinks::EmbeddedStore;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -175,6 +175,106 @@ async fn agents_get_responses_percentiles_resolutions_and_csat() {
                    "first_responses": 1, "median_first_response_ms": 120_000.0, "resolutions": 1, "csat": 1.0}),
             json!({"agent_id": "bo", "responses": 1, "median_response_ms": 600_000.0, "p90_response_ms": 600_000.0,
                    "first_responses": 1, "median_first_response_ms": 600_000.0, "resolutions": 1}),
+        ]
+    );
+}
+
+/// Two threads in Kolkata (+05:30) across two local days, one of them resolved.
+fn kolkata_threads() -> Vec<Event> {
+    parse_all(
+        r#"{"event_id":"a1","tenant_id":"k","ts":"2026-03-01T18:00:00Z","type":"message.received","contact_id":"a","message_id":"ma1"}
+{"event_id":"a2","tenant_id":"k","ts":"2026-03-01T18:01:00Z","type":"message.sent","contact_id":"a","message_id":"ma2","sender":"bot"}
+{"event_id":"a3","tenant_id":"k","ts":"2026-03-01T18:40:00Z","type":"message.received","contact_id":"a","message_id":"ma3"}
+{"event_id":"a4","tenant_id":"k","ts":"2026-03-01T18:44:00Z","type":"message.sent","contact_id":"a","message_id":"ma4","sender":"agent","agent_id":"ana"}
+{"event_id":"a5","tenant_id":"k","ts":"2026-03-01T19:00:00Z","type":"conversation.resolved","contact_id":"a","agent_id":"ana"}
+{"event_id":"b1","tenant_id":"k","ts":"2026-03-01T18:50:00Z","type":"message.received","contact_id":"b","message_id":"mb1"}
+{"event_id":"b2","tenant_id":"k","ts":"2026-03-01T19:00:00Z","type":"message.sent","contact_id":"b","message_id":"mb2","sender":"agent","agent_id":"bo"}
+{"event_id":"b3","tenant_id":"k","ts":"2026-03-09T05:00:00Z","type":"message.received","contact_id":"b","message_id":"mb3"}"#,
+    )
+}
+
+fn kolkata(from: &str, to: &str, granularity: Granularity) -> ReportParams {
+    ReportParams { timezone: chrono_tz::Asia::Kolkata, granularity, ..march(from, to, "k") }
+}
+
+#[tokio::test]
+async fn time_series_bucket_by_local_hour_day_and_week_with_percentiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = Tenants::from_json(r#"[{"tenant_id": "k", "timezone": "Asia/Kolkata"}]"#).unwrap();
+    let engine = store(kolkata_threads(), tenants, dir.path()).await;
+    // 18:00Z is 23:30 on 1 March in Kolkata; 18:40Z is 00:10 on 2 March. Local days begin at
+    // 18:30Z the day before: 2026-03-01 → 1772303400000, 2026-03-02 → 1772389800000.
+    let day_1 = 1_772_303_400_000i64;
+    let day_2 = day_1 + 86_400_000;
+    let rows = report(&engine, Report::Responses, &kolkata("2026-03-01", "2026-03-31", Granularity::Day)).await;
+    assert_eq!(
+        rows,
+        [
+            json!({"bucket_start": day_1, "responder": "bot", "responses": 1, "p50_ms": 60_000.0, "p90_ms": 60_000.0, "p99_ms": 60_000.0}),
+            // 4 min (a3 → a4) and 10 min (b1 → b2): p90 = 240 s + 0.9 × 360 s.
+            json!({"bucket_start": day_2, "responder": "agent", "responses": 2, "p50_ms": 420_000.0, "p90_ms": 564_000.0, "p99_ms": 596_400.0}),
+        ]
+    );
+    // Hourly: 00:14 and 00:30 local both fall in the 00:00 hour of 2 March.
+    let hourly = report(&engine, Report::Responses, &kolkata("2026-03-02", "2026-03-02", Granularity::Hour)).await;
+    assert_eq!(hourly.len(), 1);
+    assert_eq!(hourly[0]["bucket_start"], day_2);
+    // Weekly: Monday 2026-03-02 starts the ISO week; Sunday 1 March belongs to the week before.
+    let weekly = report(&engine, Report::Volume, &kolkata("2026-03-01", "2026-03-31", Granularity::Week)).await;
+    let weeks: Vec<(i64, &str, &str, i64)> = weekly
+        .iter()
+        .map(|r| (r["bucket_start"].as_i64().unwrap(), r["direction"].as_str().unwrap(), r["sender"].as_str().unwrap(), r["messages"].as_i64().unwrap()))
+        .collect();
+    let week_before = day_2 - 7 * 86_400_000;
+    let week_after = day_2 + 7 * 86_400_000;
+    assert_eq!(
+        weeks,
+        [
+            (week_before, "inbound", "contact", 1),
+            (week_before, "outbound", "bot", 1),
+            (day_2, "inbound", "contact", 2),
+            (day_2, "outbound", "agent", 2),
+            (week_after, "inbound", "contact", 1),
+        ]
+    );
+
+    let resolution = report(&engine, Report::Resolution, &kolkata("2026-03-01", "2026-03-31", Granularity::Day)).await;
+    assert_eq!(resolution, [json!({"bucket_start": day_2, "resolutions": 1, "p50_ms": 3_600_000.0, "p90_ms": 3_600_000.0, "p99_ms": 3_600_000.0})]);
+    let first = report(&engine, Report::FirstResponse, &ReportParams { agent_id: Some("bo".into()), ..kolkata("2026-03-01", "2026-03-31", Granularity::Day) }).await;
+    assert_eq!(first, [json!({"bucket_start": day_2, "first_responses": 1, "p50_ms": 600_000.0, "p90_ms": 600_000.0, "p99_ms": 600_000.0})]);
+
+    let growth = report(&engine, Report::Growth, &kolkata("2026-03-01", "2026-03-31", Granularity::Day)).await;
+    assert_eq!(growth, [json!({"bucket_start": day_1, "new_contacts": 1}), json!({"bucket_start": day_2, "new_contacts": 1})]);
+    let active = report(&engine, Report::ActiveContacts, &kolkata("2026-03-01", "2026-03-31", Granularity::Week)).await;
+    assert_eq!(
+        active,
+        [
+            json!({"bucket_start": week_before, "active_contacts": 1}),
+            json!({"bucket_start": day_2, "active_contacts": 2}),
+            json!({"bucket_start": week_after, "active_contacts": 1}),
+        ]
+    );
+
+    // Sunday 23:30 and Monday 00:10, 00:20 and Monday 10:30 a week later.
+    let peaks = report(&engine, Report::PeakHours, &kolkata("2026-03-01", "2026-03-31", Granularity::Day)).await;
+    assert_eq!(
+        peaks,
+        [
+            json!({"weekday": 1, "local_hour": 0, "messages": 2}),
+            json!({"weekday": 1, "local_hour": 10, "messages": 1}),
+            json!({"weekday": 7, "local_hour": 23, "messages": 1}),
+        ]
+    );
+    // Cohorts: a in the week of 23 Feb; b (first wrote Monday 00:20) in the week of 2 March,
+    // and back in the next week.
+    let cohorts = report(&engine, Report::Retention, &kolkata("2026-02-23", "2026-03-31", Granularity::Week)).await;
+    assert_eq!(
+        cohorts,
+        [
+            json!({"cohort_week": "2026-02-23", "week_offset": 0, "cohort_size": 1, "retained": 1, "retention_rate": 1.0}),
+            json!({"cohort_week": "2026-02-23", "week_offset": 1, "cohort_size": 1, "retained": 1, "retention_rate": 1.0}),
+            json!({"cohort_week": "2026-03-02", "week_offset": 0, "cohort_size": 1, "retained": 1, "retention_rate": 1.0}),
+            json!({"cohort_week": "2026-03-02", "week_offset": 1, "cohort_size": 1, "retained": 1, "retention_rate": 1.0}),
         ]
     );
 }
