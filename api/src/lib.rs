@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod feed;
 mod ingest;
+mod openapi;
 mod ops;
 mod read;
 mod state;
@@ -16,9 +17,10 @@ mod webhooks;
 pub use auth::{ApiKey, ApiKeys, RateLimiter};
 pub use error::ApiError;
 pub use feed::{feed_epoch, FeedChange, FeedEpoch, FEED_CAPACITY};
-pub use ingest::{now_ms, SeenEvents};
+pub use ingest::{now_ms, Admission, Claim, Counts, SeenEvents};
 pub use state::{ApiState, BoxFuture, Bus, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
 pub use telemetry::Telemetry;
+pub use openapi::PATHS;
 pub use webhooks::verify_signature;
 
 use axum::routing::{get, post};
@@ -35,6 +37,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(openapi::openapi))
+        .route("/", get(openapi::dashboard))
         .fallback(error::no_such_route)
         .with_state(state)
 }

@@ -197,6 +197,7 @@ async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Ur
     let sql = report_sql(report, &params, state.store.dialect());
     let batches = run_query(state, &Scope::Tenant(tenant.clone()), &sql).await?;
     let rows = json_array(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
+    let rows = label_buckets(&rows, params.timezone, params.granularity)?;
     let head = serde_json::json!({
         "metric": report.name(),
         "description": report.description(),
@@ -214,6 +215,22 @@ async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Ur
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// Adds to each row with a `bucket_start` (epoch ms) its local label: `2026-03-02` for days and
+/// weeks, `2026-03-02T14:00` for hours.
+fn label_buckets(rows: &[u8], timezone: chrono_tz::Tz, granularity: Granularity) -> Result<Vec<u8>, ApiError> {
+    use chrono::TimeZone;
+    let mut parsed: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(rows).map_err(|e| ApiError::internal(format!("cannot read the result back: {e}")))?;
+    let format = if granularity == Granularity::Hour { "%Y-%m-%dT%H:%M" } else { "%Y-%m-%d" };
+    for row in &mut parsed {
+        let Some(start) = row.get("bucket_start").and_then(serde_json::Value::as_i64) else { continue };
+        if let chrono::LocalResult::Single(instant) = timezone.timestamp_millis_opt(start) {
+            row.insert("bucket".to_owned(), serde_json::Value::String(instant.format(format).to_string()));
+        }
+    }
+    serde_json::to_vec(&parsed).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))
+}
+
 fn date_param(query: &str, name: &'static str) -> Result<Option<i32>, ApiError> {
     url_query_value(query, name)
         .map(|text| parse_date32(&text).ok_or_else(|| ApiError::bad_request("bad_date", format!("`{name}` must be a date like 2026-02-01, got `{text}`"))))
@@ -225,6 +242,18 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn buckets_get_local_labels() {
+        // 2026-03-01T18:30Z is midnight of 2 March in Kolkata.
+        let rows = br#"[{"bucket_start":1772389800000,"n":1},{"other":2}]"#;
+        let labelled = label_buckets(rows, chrono_tz::Asia::Kolkata, Granularity::Day).expect("labels");
+        let parsed: serde_json::Value = serde_json::from_slice(&labelled).expect("json");
+        assert_eq!(parsed[0]["bucket"], "2026-03-02");
+        assert!(parsed[1].get("bucket").is_none());
+        let hourly = label_buckets(rows, chrono_tz::Asia::Kolkata, Granularity::Hour).expect("labels");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&hourly).expect("json")[0]["bucket"], "2026-03-02T00:00");
+    }
 
     #[test]
     fn row_limits_cut_across_batches() {

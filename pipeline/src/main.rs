@@ -51,6 +51,9 @@ enum Command {
         /// Dataflow worker threads (default: the machine's cores).
         #[arg(long)]
         workers: Option<usize>,
+        /// Feed generated traffic (about 2,000 events a second) so the dashboard moves.
+        #[arg(long)]
+        demo: bool,
     },
     /// Add the events of NDJSON files to the store and rebuild every table.
     Replay {
@@ -142,7 +145,7 @@ fn check_format(format: &str) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { config, data, listen, nats, clickhouse, tenants, workers } => {
+        Command::Serve { config, data, listen, nats, clickhouse, tenants, workers, demo } => {
             let overrides = Overrides {
                 config,
                 data,
@@ -152,7 +155,7 @@ fn run(cli: Cli) -> Result<()> {
                 tenants,
                 workers,
                 admin_key: std::env::var("CONVOFLOW_ADMIN_KEY").ok(),
-                demo: false,
+                demo,
             };
             let config = ServeConfig::load(overrides)?;
             tokio_runtime()?.block_on(run_serve(config))?;

@@ -513,3 +513,25 @@ async fn sql_answers_in_json_csv_and_arrow() {
     let column = batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("Int64");
     assert_eq!(column.value(0), 300000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_path_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config(""));
+    let client = Client::new();
+    let document: Value = client.get(server.url("/v1/openapi.json")).send().await.expect("GET").json().await.expect("JSON");
+    assert_eq!(document["openapi"], "3.1.0");
+    let documented: Vec<&String> = document["paths"].as_object().expect("paths").keys().collect();
+    assert_eq!(documented.len(), convoflow_api::PATHS.len());
+    for path in convoflow_api::PATHS {
+        let concrete = path.replace("{tenant}", "acme").replace("{name}", "volume");
+        let response = client.get(server.url(&concrete)).bearer_auth(ACME_KEY).send().await.expect("GET");
+        // Some paths answer GET with 400 (the handshake without its parameters) or are POST only
+        // (405); none may fall through to the router's "no endpoint" answer.
+        let status = response.status();
+        let text = if path == "/v1/feed" { String::new() } else { response.text().await.expect("text") };
+        assert!(!text.contains("no endpoint"), "{path} is documented but not routed: {status} {text}");
+    }
+    let page = client.get(server.url("/")).send().await.expect("GET /").text().await.expect("html");
+    assert!(page.contains("EventSource") && page.contains("/v1/metrics/"), "the dashboard page reads the feed and the metrics");
+}

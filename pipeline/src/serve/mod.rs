@@ -6,6 +6,7 @@
 //! are snapshotted to Parquet in the data dir.
 
 pub mod config;
+mod demo;
 mod embedded;
 mod runtime;
 
@@ -87,6 +88,8 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let _lock = DataDirLock::acquire(&config.data)?;
     let tenants = Arc::new(match &config.tenants {
         Some(path) => Tenants::load(path)?,
+        // The demo's generated tenants live in their own time zones and have custom funnels.
+        None if config.demo => Tenants::from_json(&demo::demo_tenants_json())?,
         None => Tenants::default(),
     });
     let mut keys = config.api_keys.clone();
@@ -148,6 +151,9 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let address = listener.local_addr().map_err(|source| ServeError::Listen { address: config.listen.clone(), source })?;
     println!("convoflow serve: listening on http://{address} (data in {})", config.data.display());
     tracing::info!(%address, data = %config.data.display(), workers = config.workers, "serving");
+    if config.demo {
+        tokio::spawn(demo::feed(state.clone(), 42));
+    }
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal(runtime_ended)).await;
     stop.store(true, Ordering::SeqCst);
     let result = processing.join().map_err(|_| ServeError::Snapshot("the runtime thread panicked".to_owned()))?;
