@@ -30,7 +30,7 @@ enum Command {
     /// Run the HTTP API, the bus, the dataflow and the store in one process (SPEC §7).
     /// With no flags: the embedded deployment on 127.0.0.1:8080, data in ./data.
     Serve {
-        /// TOML config file (see docs/SERVE.md); flags and environment variables win over it.
+        /// TOML config file (see the README); flags and environment variables win over it.
         #[arg(long, env = "CONVOFLOW_CONFIG")]
         config: Option<PathBuf>,
         /// Data directory: the local log, the Parquet tables, the generated admin key.
