@@ -1,5 +1,6 @@
 //! The convoflow process: sources, the dataflow runtime and the commands of the `convoflow` binary.
 
+pub mod bench_ingest;
 pub mod bus;
 pub mod replay;
 pub mod retry;

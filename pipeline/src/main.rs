@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use convoflow_events::{rfc3339_to_ms, Tenants};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
+use convoflow_pipeline::bench_ingest::{run_bench, BenchOptions};
 use convoflow_pipeline::replay::{read_inputs, replay, thousands, ReplayOptions};
 use convoflow_pipeline::scaled::{run_scaled, ScaledOptions};
 use convoflow_pipeline::serve::config::{Overrides, ServeConfig};
@@ -54,6 +55,28 @@ enum Command {
         /// Feed generated traffic (about 2,000 events a second) so the dashboard moves.
         #[arg(long)]
         demo: bool,
+    },
+    /// Load-test a running `convoflow serve`: post generated traffic to /v1/events while reading the
+    /// feed; print the sustained ingest rate and the 2xx-to-feed latency.
+    BenchIngest {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// An admin API key (the generated traffic spans several tenants).
+        #[arg(long, env = "CONVOFLOW_ADMIN_KEY")]
+        key: String,
+        /// Events per second to offer; 0 = as fast as the server answers.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Events per request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
     /// Add the events of NDJSON files to the store and rebuild every table.
     Replay {
@@ -192,6 +215,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = tokio_runtime()?.block_on(run_scaled(options))?;
             print!("{}", summary.render());
+        }
+        Command::BenchIngest { url, key, rate, seconds, batch, concurrency, seed } => {
+            let options = BenchOptions { url, key, rate, seconds, batch, concurrency, seed };
+            let report = tokio_runtime()?.block_on(run_bench(options))?;
+            print!("{}", report.render());
         }
         Command::Sql { data, clickhouse, format, query } => {
             let text = tokio_runtime()?.block_on(async {
