@@ -63,3 +63,18 @@ impl IntoResponse for ApiError {
 pub async fn no_such_route(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no endpoint {}; see /v1/openapi.json", uri.path()))
 }
+
+/// A 405 for a known path and another method, in the same JSON shape.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}; see /v1/openapi.json", uri.path()),
+    )
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::bad_request("bad_path", rejection.body_text())
+    }
+}

@@ -143,6 +143,10 @@ pub async fn get_feed(
         };
         futures::stream::iter(events)
     });
-    let stream = futures::stream::once(async move { Ok(hello) }).chain(changes);
+    let mut shutdown = state.shutdown.clone();
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
+    };
+    let stream = futures::stream::once(async move { Ok(hello) }).chain(changes).take_until(stopped);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -9,7 +9,7 @@
 use crate::auth::{authenticate, Caller};
 use crate::body::read_body;
 use crate::error::ApiError;
-use crate::state::{ApiState, Scope, TenantBatch};
+use crate::state::{ApiState, BusError, Scope, TenantBatch};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -23,17 +23,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const SHARDS: usize = 64;
+/// Lines per request: bounds the work and the log record one request makes, however short its
+/// lines are.
+pub const MAX_LINES: usize = 50_000;
 
 /// Identity and content fingerprint of every event accepted so far, to answer `duplicate` at
 /// ingest. The dataflow dedups again on its side, so this index only shapes the answer.
+///
+/// A claim is pending until its request's append is durable. A copy that arrives meanwhile is
+/// answered `duplicate` but stored again: if the first append fails, or its client goes away
+/// before the claim is confirmed, the copy still makes the event durable before its own 2xx.
 pub struct SeenEvents {
-    shards: Vec<Mutex<HashMap<u128, u64>>>,
+    shards: Vec<Mutex<HashMap<u128, Seen>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    fingerprint: u64,
+    durable: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
     New,
+    /// Already accepted and durable: nothing to store.
     Duplicate,
+    /// Claimed by a request whose append is not yet known to be durable: store it again.
+    DuplicatePending,
     Conflicting,
 }
 
@@ -44,15 +60,15 @@ impl Default for SeenEvents {
 }
 
 impl SeenEvents {
-    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, HashMap<u128, u64>> {
+    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, HashMap<u128, Seen>> {
         self.shards[(key as usize) % SHARDS].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records events already accepted (restored from the store and the bus).
+    /// Records events already accepted and durable (restored from the store and the bus).
     pub fn remember<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
         for event in events {
             let key = event_key(&event.tenant_id, &event.event_id);
-            self.shard(key).entry(key).or_insert_with(|| fingerprint(event));
+            self.shard(key).insert(key, Seen { fingerprint: fingerprint(event), durable: true });
         }
     }
 
@@ -63,19 +79,33 @@ impl SeenEvents {
         let mut shard = self.shard(key);
         let claim = match shard.get(&key) {
             None => {
-                shard.insert(key, print);
+                shard.insert(key, Seen { fingerprint: print, durable: false });
                 Claim::New
             }
-            Some(seen) if *seen == print => Claim::Duplicate,
-            Some(_) => Claim::Conflicting,
+            Some(seen) if seen.fingerprint != print => Claim::Conflicting,
+            Some(seen) if seen.durable => Claim::Duplicate,
+            Some(_) => Claim::DuplicatePending,
         };
         (key, claim)
     }
 
-    /// Gives back claims whose events never became durable.
+    /// The claims' events are durable.
+    pub fn confirm(&self, keys: &[u128]) {
+        for key in keys {
+            if let Some(seen) = self.shard(*key).get_mut(key) {
+                seen.durable = true;
+            }
+        }
+    }
+
+    /// Gives back claims whose events never became durable (a durable entry, stored by another
+    /// request meanwhile, stays).
     pub fn release(&self, keys: &[u128]) {
         for key in keys {
-            self.shard(*key).remove(key);
+            let mut shard = self.shard(*key);
+            if shard.get(key).is_some_and(|seen| !seen.durable) {
+                shard.remove(key);
+            }
         }
     }
 }
@@ -120,6 +150,13 @@ async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Bo
     }
     let bytes = read_body(body, headers, state.limits.body_bytes).await?;
     let lines = split_body(&bytes)?;
+    if lines.len() > MAX_LINES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_lines",
+            format!("the body holds {} lines; send at most {MAX_LINES} per request", lines.len()),
+        ));
+    }
     let received_at = now_ms();
     let request_id = request_id(received_at);
     let mut admission = Admission::default();
@@ -145,7 +182,10 @@ fn conflict_reason(event_id: &str) -> String {
 #[derive(Default)]
 pub struct Admission {
     bodies: BTreeMap<String, Vec<u8>>,
+    /// Events this request claimed first.
     claimed: Vec<u128>,
+    /// Events this request stores (its claims and copies of pending ones).
+    stored: Vec<u128>,
     counts: Counts,
 }
 
@@ -161,12 +201,17 @@ impl Admission {
     pub fn event(&mut self, seen: &SeenEvents, event: &Event, received_at: i64, source: impl FnOnce() -> String) -> Claim {
         let (key, claim) = seen.claim(event);
         match claim {
-            Claim::New => {
-                self.claimed.push(key);
+            Claim::New | Claim::DuplicatePending => {
+                self.stored.push(key);
+                if claim == Claim::New {
+                    self.claimed.push(key);
+                    self.counts.accepted += 1;
+                } else {
+                    self.counts.duplicates += 1;
+                }
                 let body = self.bodies.entry(event.tenant_id.clone()).or_default();
                 body.extend_from_slice(event.to_json().as_bytes());
                 body.push(b'\n');
-                self.counts.accepted += 1;
             }
             Claim::Duplicate => self.counts.duplicates += 1,
             Claim::Conflicting => {
@@ -188,9 +233,19 @@ impl Admission {
     /// Appends everything to the bus in one durable write; on failure nothing was admitted.
     pub async fn commit(self, state: &ApiState) -> Result<Counts, ApiError> {
         let batches = self.bodies.into_iter().map(|(tenant, body)| TenantBatch { tenant, body }).collect();
-        if let Err(reason) = state.bus.append(batches).await {
-            state.seen.release(&self.claimed);
-            return Err(ApiError::unavailable(format!("the input could not be stored durably ({reason}); nothing was accepted, retry")));
+        // Dropped mid-append (the client went away), the claims stay pending: a retry stores the
+        // events again rather than trusting them.
+        match state.bus.append(batches).await {
+            Ok(()) => state.seen.confirm(&self.stored),
+            Err(error) => {
+                state.seen.release(&self.claimed);
+                return Err(match error {
+                    BusError::TooLarge(reason) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", reason),
+                    BusError::Unavailable(reason) => {
+                        ApiError::unavailable(format!("the input could not be stored durably ({reason}); nothing was accepted, retry"))
+                    }
+                });
+            }
         }
         let telemetry = &state.telemetry;
         telemetry.events_in.fetch_add(self.counts.accepted, Ordering::Relaxed);
@@ -239,7 +294,8 @@ fn admit_lines(
         let event = match parse_for(bytes, own_tenant) {
             Ok(event) => event,
             Err(error) => {
-                let tenant = error.tenant_id.clone().or_else(|| own_tenant.map(str::to_owned));
+                // A tenant key's rejections are its own tenant's, whatever the line claims.
+                let tenant = own_tenant.map(str::to_owned).or_else(|| error.tenant_id.clone());
                 reject(tenant.as_deref(), error.to_string(), None);
                 continue;
             }
@@ -253,7 +309,7 @@ fn admit_lines(
         }
         let (status, reason) = match admission.event(&state.seen, &event, received_at, source) {
             Claim::New => ("accepted", None),
-            Claim::Duplicate => ("duplicate", None),
+            Claim::Duplicate | Claim::DuplicatePending => ("duplicate", None),
             Claim::Conflicting => ("rejected", Some(conflict_reason(&event.event_id))),
         };
         results.push(LineResult { line: *number, event_id: Some(event.event_id), status, reason });
@@ -324,11 +380,15 @@ mod tests {
         let event = parse_event(br#"{"event_id":"e1","tenant_id":"a","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#).expect("event");
         let (key, claim) = seen.claim(&event);
         assert_eq!(claim, Claim::New);
-        assert_eq!(seen.claim(&event).1, Claim::Duplicate);
+        assert_eq!(seen.claim(&event).1, Claim::DuplicatePending, "not durable yet: a copy is stored again");
         let mut changed = event.clone();
         changed.channel = Some("web".to_owned());
         assert_eq!(seen.claim(&changed).1, Claim::Conflicting);
         seen.release(&[key]);
         assert_eq!(seen.claim(&changed).1, Claim::New);
+        seen.confirm(&[key]);
+        assert_eq!(seen.claim(&changed).1, Claim::Duplicate);
+        seen.release(&[key]);
+        assert_eq!(seen.claim(&changed).1, Claim::Duplicate, "a durable entry is never released");
     }
 }

@@ -18,7 +18,7 @@ pub use auth::{ApiKey, ApiKeys, RateLimiter};
 pub use error::ApiError;
 pub use feed::{feed_epoch, FeedChange, FeedEpoch, FEED_CAPACITY};
 pub use ingest::{now_ms, Admission, Claim, Counts, SeenEvents};
-pub use state::{ApiState, BoxFuture, Bus, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
+pub use state::{ApiState, BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
 pub use telemetry::Telemetry;
 pub use openapi::PATHS;
 pub use webhooks::verify_signature;
@@ -40,5 +40,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/openapi.json", get(openapi::openapi))
         .route("/", get(openapi::dashboard))
         .fallback(error::no_such_route)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
 }

@@ -162,8 +162,18 @@ fn arrow_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, datafusion::arrow::erro
     Ok(out)
 }
 
-pub async fn get_metric(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap, uri: Uri, Path(name): Path<String>) -> Response {
-    metric(&state, &method, &headers, &uri, &name).await.unwrap_or_else(IntoResponse::into_response)
+pub async fn get_metric(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let result = match name {
+        Ok(Path(name)) => metric(&state, &method, &headers, &uri, &name).await,
+        Err(rejection) => Err(rejection.into()),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Uri, name: &str) -> Result<Response, ApiError> {

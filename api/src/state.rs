@@ -24,9 +24,18 @@ pub struct TenantBatch {
     pub body: Vec<u8>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The input is more than the bus takes in one append.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// The bus: `append` returns once every batch is durable (local log fsynced, JetStream acked).
 pub trait Bus: Send + Sync {
-    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), String>>;
+    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), BusError>>;
 }
 
 /// Whose rows a request may see.
@@ -99,6 +108,8 @@ pub struct ApiState {
     pub rate: RateLimiter,
     /// Set once state is restored and the bus caught up; ingest and reads wait for it.
     pub ready: Arc<AtomicBool>,
+    /// Turns true when the server stops: open feeds end, so a graceful shutdown can finish.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ApiState {

@@ -47,7 +47,13 @@ fn app_for<'a>(state: &'a ApiState, tenant: &str) -> Result<&'a crate::state::Wh
 }
 
 /// Meta's handshake: `hub.mode=subscribe`, `hub.verify_token`, `hub.challenge`.
-pub async fn verify(State(state): State<Arc<ApiState>>, Path(tenant): Path<String>, uri: Uri) -> Response {
+type TenantPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
+pub async fn verify(State(state): State<Arc<ApiState>>, tenant: TenantPath, uri: Uri) -> Response {
+    let tenant = match tenant {
+        Ok(Path(tenant)) => tenant,
+        Err(rejection) => return ApiError::from(rejection).into_response(),
+    };
     let app = match app_for(&state, &tenant) {
         Ok(app) => app,
         Err(error) => return error.into_response(),
@@ -65,8 +71,12 @@ pub async fn verify(State(state): State<Arc<ApiState>>, Path(tenant): Path<Strin
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], challenge).into_response()
 }
 
-pub async fn receive(State(state): State<Arc<ApiState>>, Path(tenant): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    ingest(&state, &tenant, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
+pub async fn receive(State(state): State<Arc<ApiState>>, tenant: TenantPath, headers: HeaderMap, body: Body) -> Response {
+    let result = match tenant {
+        Ok(Path(tenant)) => ingest(&state, &tenant, &headers, body).await,
+        Err(rejection) => Err(rejection.into()),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn ingest(state: &ApiState, tenant: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {

@@ -7,3 +7,4 @@ pub mod retry;
 pub mod scaled;
 pub mod serve;
 pub mod source;
+pub mod whatsapp_input;

@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 use convoflow_events::{rfc3339_to_ms, Tenants};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
 use convoflow_pipeline::bench_ingest::{run_bench, BenchOptions};
-use convoflow_pipeline::replay::{read_inputs, replay, thousands, ReplayOptions};
+use convoflow_pipeline::replay::{now_ms, read_inputs, replay, thousands, ReplayOptions};
+use convoflow_pipeline::whatsapp_input::normalize_files;
 use convoflow_pipeline::scaled::{run_scaled, ScaledOptions};
 use convoflow_pipeline::serve::config::{Overrides, ServeConfig};
 use convoflow_pipeline::serve::run_serve;
@@ -83,7 +84,8 @@ enum Command {
         /// NDJSON files of canonical events.
         #[arg(long = "input", required_unless_present = "from_nats", num_args = 1..)]
         inputs: Vec<PathBuf>,
-        /// Input format: canonical (one event per line).
+        /// Input format: canonical (one event per line) or whatsapp (one webhook POST body per
+        /// line; --tenants maps phone_number_id to tenant).
         #[arg(long, default_value = "canonical")]
         format: String,
         /// Tenants file (JSON): time zones, phone_number_ids, funnels.
@@ -158,11 +160,17 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn check_format(format: &str) -> Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InputFormat {
+    Canonical,
+    WhatsApp,
+}
+
+fn input_format(format: &str) -> Result<InputFormat> {
     match format {
-        "canonical" => Ok(()),
-        "whatsapp" => bail!("--format whatsapp is not supported yet: the webhook normalizer comes with `convoflow serve`"),
-        other => bail!("unknown --format `{other}` (expected canonical)"),
+        "canonical" => Ok(InputFormat::Canonical),
+        "whatsapp" => Ok(InputFormat::WhatsApp),
+        other => bail!("unknown --format `{other}` (expected canonical or whatsapp)"),
     }
 }
 
@@ -184,7 +192,7 @@ fn run(cli: Cli) -> Result<()> {
             tokio_runtime()?.block_on(run_serve(config))?;
         }
         Command::Replay { inputs, format, tenants, data, workers, nats, clickhouse, from_nats, since } => {
-            check_format(&format)?;
+            let format = input_format(&format)?;
             let tenants = match tenants {
                 Some(path) => Tenants::load(&path)?,
                 None => Tenants::default(),
@@ -194,10 +202,26 @@ fn run(cli: Cli) -> Result<()> {
                 if clickhouse.is_some() {
                     bail!("--clickhouse needs --nats: events reach ClickHouse through JetStream (convoflow replay --input FILE --nats URL --clickhouse URL)");
                 }
-                let inputs = read_inputs(&inputs)?;
-                let summary = replay(ReplayOptions { inputs, rejected: Vec::new(), tenants, data_dir: data.clone(), workers })?;
+                let mut inputs = read_inputs(&inputs)?;
+                let mut rejected = Vec::new();
+                if format == InputFormat::WhatsApp {
+                    let normalized = normalize_files(inputs, &tenants, now_ms());
+                    println!(
+                        "normalized {} webhook bodies into {} events ({} items without an event, {} rejected)",
+                        thousands(normalized.bodies),
+                        thousands(normalized.events),
+                        thousands(normalized.skipped),
+                        thousands(normalized.rejected.len() as u64)
+                    );
+                    inputs = normalized.files;
+                    rejected = normalized.rejected;
+                }
+                let summary = replay(ReplayOptions { inputs, rejected, tenants, data_dir: data.clone(), workers })?;
                 print!("{}", summary.render(&data));
                 return Ok(());
+            }
+            if format == InputFormat::WhatsApp {
+                bail!("--format whatsapp works with the embedded store only so far (leave out --nats)");
             }
             let since_ms = since
                 .map(|text| rfc3339_to_ms(&text).with_context(|| format!("--since `{text}` is not an RFC 3339 instant")))
@@ -235,7 +259,9 @@ fn run(cli: Cli) -> Result<()> {
             writeln!(stdout, "{}", text.trim_end())?;
         }
         Command::Generate { events, seed, tenants, out, format } => {
-            check_format(&format)?;
+            if input_format(&format)? == InputFormat::WhatsApp {
+                bail!("generate --format whatsapp is not supported yet: it writes canonical events");
+            }
             let started = Instant::now();
             let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
             let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);

@@ -218,7 +218,7 @@ fn every_documented_report_runs_through_convoflow_sql() {
     let data = path(dir.path(), "data");
     ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &data]);
     let reports = documented_report_sql();
-    assert_eq!(reports.len(), 6, "{:?}", reports.iter().map(|(name, _)| name).collect::<Vec<_>>());
+    assert_eq!(reports.len(), 14, "every SPEC §7 metric: {:?}", reports.iter().map(|(name, _)| name).collect::<Vec<_>>());
     for (name, sql) in reports {
         let rows = dump(&data, &sql);
         assert!(rows.len() > 1, "report {name} has rows for acme_retail in January: {rows:?}");
@@ -271,4 +271,35 @@ fn generated_traffic_gives_every_table_meaningful_rows() {
     // Senders that disconnect (uptime < 1) and get blocked (score 0 while partly up).
     assert!(number("SELECT count(*) FROM session_health WHERE uptime < 1") > 0);
     assert!(number("SELECT count(*) FROM session_health WHERE health_score = 0 AND uptime > 0 AND failed < sent") > 0);
+}
+
+#[test]
+fn whatsapp_webhook_bodies_replay_into_the_tables_of_their_numbers_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/webhooks");
+    // One POST body per line; the same status lifecycle (sent … played) twice: Meta redelivers.
+    let mut bodies = String::new();
+    for name in ["referral.json", "status_lifecycle.json", "status_lifecycle.json", "failed_status.json", "value_error.json"] {
+        bodies.push_str(std::fs::read_to_string(fixtures.join(name)).unwrap().trim_end());
+        bodies.push('\n');
+    }
+    bodies.push_str("{\"object\":\"page\"}\n");
+    let input = path(dir.path(), "hooks.ndjson");
+    std::fs::write(&input, bodies).unwrap();
+    let tenants = path(dir.path(), "tenants.json");
+    std::fs::write(&tenants, r#"[{"tenant_id": "acme", "timezone": "America/Sao_Paulo", "phone_number_ids": ["118273645501234"]}]"#).unwrap();
+    let data = path(dir.path(), "data");
+    let summary = ok(&["replay", "--format", "whatsapp", "--input", &input, "--tenants", &tenants, "--data", &data]);
+    assert!(summary.starts_with("normalized 6 webhook bodies"), "{summary}");
+    let statuses = dump(&data, "SELECT message_id, final_status, error_code FROM message_status");
+    assert_eq!(statuses.len(), 4, "header and the three outbound messages: {statuses:?}");
+    assert!(statuses.iter().any(|line| line.ends_with(",read,")), "{statuses:?}");
+    assert!(statuses.iter().any(|line| line.ends_with(",failed,131049")), "{statuses:?}");
+    let touches = dump(&data, "SELECT channel, campaign_id FROM attribution WHERE model = 'last_touch'");
+    assert_eq!(touches, vec!["channel,campaign_id".to_owned()], "no conversions, so no attribution rows");
+    let kinds = dump(&data, "SELECT type, count(*) FROM events WHERE tenant_id = 'acme' GROUP BY type");
+    assert_eq!(kinds[1..], ["message.received,2", "message.status,5", "touch,2"]);
+    let rejected = dump(&data, "SELECT source, reason FROM rejected");
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(rejected[1].starts_with("hooks.ndjson:6,\"webhook: `object` is `page`"), "{rejected:?}");
 }

@@ -95,11 +95,18 @@ impl Server {
         (self.data.clone(), self.config.clone())
     }
 
-    /// SIGTERM, then wait for the orderly exit (last snapshot written).
+    /// SIGTERM, then wait for the orderly exit (last snapshot written), at most 30 s.
     fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-        self.child.wait().expect("exit")
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -304,7 +311,10 @@ async fn an_acknowledged_event_survives_kill_9() {
     let (_, answer) = post_events(&client, &server, ACME_KEY, ndjson(&[again])).await;
     assert_eq!(answer["duplicates"], 1, "{answer}");
 
-    // An orderly stop snapshots the tables to Parquet, readable by `convoflow sql`.
+    // An orderly stop snapshots the tables to Parquet, readable by `convoflow sql`; an open feed
+    // does not hold it up.
+    let mut feed = Sse::open(&client, &server.url(&format!("/v1/feed?api_key={ACME_KEY}"))).await;
+    assert_eq!(feed.next().await.0, "ready");
     let data = server.data.clone();
     assert!(server.terminate().success());
     let output = Command::new(env!("CARGO_BIN_EXE_convoflow"))
@@ -387,6 +397,11 @@ async fn a_tenant_never_reads_another_tenants_rows() {
     let (status, answer) = post_events(&client, &server, ACME_KEY, ndjson(&conversation("sneak", Some("beta")))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(answer["results"][0]["reason"].as_str().expect("reason").contains("not the API key's tenant"), "{answer}");
+    // Nor into another tenant's `rejected`: a bad line naming beta is acme's rejection.
+    let bad = json!({"event_id": "no-ts", "tenant_id": "beta", "type": "touch"});
+    post_events(&client, &server, ACME_KEY, ndjson(&[bad])).await;
+    let rejected = rows_eventually(&client, &server, ADMIN_KEY, "SELECT tenant_id FROM rejected WHERE raw LIKE '%no-ts%'", 1).await;
+    assert_eq!(rejected, vec![json!({"tenant_id": "acme"})]);
     rows_eventually(&client, &server, ADMIN_KEY, "SELECT * FROM events", 4).await;
 
     let tricks = [
@@ -463,6 +478,9 @@ async fn bad_requests_get_clear_json_errors() {
     let route = client.get(server.url("/v2/nothing")).send().await.expect("GET");
     assert_eq!(route.status(), StatusCode::NOT_FOUND);
     assert_eq!(error(&route.json().await.expect("JSON")), "not_found");
+    let method = client.get(server.url("/v1/events")).send().await.expect("GET");
+    assert_eq!(method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error(&method.json().await.expect("JSON")), "method_not_allowed");
 
     // The burst of 8 is spent by now; the next requests of this key are refused, another key's
     // are not.

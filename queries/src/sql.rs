@@ -35,6 +35,9 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
+/// Memory one query over in-memory tables may take for its operators (joins, sorts, groups).
+pub const QUERY_MEMORY_BYTES: usize = 1 << 30;
+
 pub struct SqlEngine {
     context: SessionContext,
 }
@@ -59,7 +62,10 @@ impl SqlEngine {
     /// Registers in-memory tables: each named table gets its batches, every other table of
     /// SPEC §5 is empty. The batches must have the table's schema (as the store builds them).
     pub fn over_batches(tables: Vec<(&str, Vec<RecordBatch>)>) -> Result<Self, QueryError> {
-        let context = SessionContext::new();
+        // Queries share the server's memory: one (a cross join, say) must fail rather than take
+        // the process down.
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new().with_memory_limit(QUERY_MEMORY_BYTES, 1.0).build_arc()?;
+        let context = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
         let mut given: std::collections::HashMap<&str, Vec<RecordBatch>> = tables.into_iter().collect();
         for &table in TABLES {
             let Some(table_schema) = schema(table) else { continue };

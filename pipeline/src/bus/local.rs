@@ -58,6 +58,8 @@ impl LocalLog {
         std::fs::create_dir_all(&dir).map_err(io)?;
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io)?;
         let end = valid_end(&mut file).map_err(io)?;
+        // A new file's name must survive a power loss too.
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
         let length = file.metadata().map_err(io)?.len();
         if end < length {
             tracing::warn!(path = %path.display(), valid_bytes = end, cut_bytes = length - end, "event log: cutting off a torn tail");
@@ -101,9 +103,19 @@ impl LocalLog {
 }
 
 fn write_loop(mut file: File, path: PathBuf, mut end: u64, appends: mpsc::Receiver<Append>, durable: watch::Sender<u64>) {
+    // Set when a failed write could not be cut off: appending after unknown bytes would put
+    // records where readers cannot find them, so every later append fails instead.
+    let mut broken: Option<String> = None;
     while let Ok(first) = appends.recv() {
         let mut group = vec![first];
         group.extend(appends.try_iter());
+        if let Some(problem) = &broken {
+            for append in group {
+                let source = std::io::Error::other(problem.clone());
+                let _ = append.done.send(Err(LogError::Io { path: path.display().to_string(), source }));
+            }
+            continue;
+        }
         let mut buffer = Vec::with_capacity(group.iter().map(|a| a.payload.len() + HEADER_BYTES as usize).sum());
         let mut offsets = Vec::with_capacity(group.len());
         for append in &group {
@@ -125,7 +137,10 @@ fn write_loop(mut file: File, path: PathBuf, mut end: u64, appends: mpsc::Receiv
                 // Whatever part of the group reached the file is not acknowledged; cut it off so the
                 // next group starts at a record boundary.
                 tracing::error!(path = %path.display(), %error, "event log: append failed");
-                let _ = file.set_len(end);
+                if let Err(cut) = file.set_len(end) {
+                    tracing::error!(path = %path.display(), error = %cut, "event log: cannot cut off the failed append; refusing further appends");
+                    broken = Some(format!("a failed append could not be cut off ({cut}); restart convoflow"));
+                }
                 for append in group {
                     let source = std::io::Error::new(error.kind(), error.to_string());
                     let _ = append.done.send(Err(LogError::Io { path: path.display().to_string(), source }));

@@ -1,8 +1,8 @@
 //! The embedded deployment behind the API's traits: the local log as the bus, the in-memory
 //! tables (snapshotted to Parquet) as the store.
 
-use crate::bus::local::LocalLog;
-use convoflow_api::{BoxFuture, Bus, Scope, Store, StoreError, TenantBatch};
+use crate::bus::local::{LocalLog, LogError};
+use convoflow_api::{BoxFuture, Bus, BusError, Scope, Store, StoreError, TenantBatch};
 use convoflow_queries::{Dialect, SqlEngine};
 use convoflow_sinks::{LiveTables, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -14,13 +14,16 @@ pub struct LocalLogBus {
 
 impl Bus for LocalLogBus {
     /// One request's batches become one record: durable together or not at all.
-    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), String>> {
+    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             let payload: Vec<u8> = batches.into_iter().flat_map(|batch| batch.body).collect();
             if payload.is_empty() {
                 return Ok(());
             }
-            self.log.append(payload).await.map(|_| ()).map_err(|error| error.to_string())
+            self.log.append(payload).await.map(|_| ()).map_err(|error| match error {
+                LogError::TooLarge(_) => BusError::TooLarge(error.to_string()),
+                other => BusError::Unavailable(other.to_string()),
+            })
         })
     }
 }

@@ -105,6 +105,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let seen = Arc::new(SeenEvents::default());
     let ready = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(ApiState {
         bus: Arc::new(LocalLogBus { log: log.clone() }),
         store: Arc::new(LiveStore { tables: tables.clone() }),
@@ -117,6 +118,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         telemetry: telemetry.clone(),
         seen: seen.clone(),
         ready: ready.clone(),
+        shutdown,
     });
     let runtime = Runtime {
         data_dir: config.data.clone(),
@@ -154,14 +156,14 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     if config.demo {
         tokio::spawn(demo::feed(state.clone(), 42));
     }
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal(runtime_ended)).await;
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal(runtime_ended, shutdown_sender)).await;
     stop.store(true, Ordering::SeqCst);
     let result = processing.join().map_err(|_| ServeError::Snapshot("the runtime thread panicked".to_owned()))?;
     served.map_err(|source| ServeError::Io { what: "HTTP server".to_owned(), source })?;
     result
 }
 
-async fn shutdown_signal(runtime_ended: Arc<tokio::sync::Notify>) {
+async fn shutdown_signal(runtime_ended: Arc<tokio::sync::Notify>, shutdown: tokio::sync::watch::Sender<bool>) {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -175,5 +177,7 @@ async fn shutdown_signal(runtime_ended: Arc<tokio::sync::Notify>) {
         _ = terminate => {}
         _ = runtime_ended.notified() => {}
     }
+    // Open feeds would keep the graceful shutdown waiting forever.
+    shutdown.send_replace(true);
     tracing::info!("shutting down: no new requests; applying what the log holds and writing a last snapshot");
 }

@@ -61,7 +61,8 @@ fn write_checkpoint(data_dir: &Path, checkpoint: &Checkpoint) -> std::io::Result
     let file = std::fs::File::create(&partial)?;
     std::io::Write::write_all(&mut &file, &text)?;
     file.sync_all()?;
-    std::fs::rename(&partial, &path)
+    std::fs::rename(&partial, &path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 impl Runtime {
@@ -80,6 +81,13 @@ impl Runtime {
         let mut durable = self.log.durable_end();
         // Catch up with what the log held at start, then serve.
         let start_end = *durable.borrow_and_update();
+        if checkpoint.log_offset > start_end {
+            return Err(ServeError::Snapshot(format!(
+                "the snapshot covers the event log up to byte {} but the log ends at byte {start_end}: the log was cut or replaced; \
+                 restore it, or remove tables/checkpoint.json to rebuild from the snapshot alone",
+                checkpoint.log_offset
+            )));
+        }
         while reader.offset() < start_end {
             self.epoch(&mut live, &mut reader, start_end, true)?;
         }
@@ -94,6 +102,10 @@ impl Runtime {
         let mut snapshots =
             Snapshots { store: Arc::new(store), data_dir: self.data_dir.clone(), covered: checkpoint.log_offset, writing: None, last: Instant::now() };
         loop {
+            // Checked after every epoch too, so a steady stream of input cannot hold snapshots off.
+            if snapshots.last.elapsed() >= self.snapshot_interval {
+                snapshots.start(&self.tables, reader.offset())?;
+            }
             let end = *durable.borrow_and_update();
             if reader.offset() < end {
                 self.epoch(&mut live, &mut reader, end, false)?;
@@ -101,9 +113,6 @@ impl Runtime {
             }
             if self.stop.load(Ordering::SeqCst) {
                 break;
-            }
-            if snapshots.last.elapsed() >= self.snapshot_interval {
-                snapshots.start(&self.tables, reader.offset())?;
             }
             // Wake on the next group commit, or now and then to check `stop` and the snapshot timer.
             let _ = handle.block_on(async { tokio::time::timeout(Duration::from_millis(200), durable.changed()).await });
