@@ -32,6 +32,8 @@ pub struct BenchOptions {
 #[derive(Debug, Default)]
 pub struct BenchReport {
     pub sent: u64,
+    /// Events of requests the server refused (non-2xx).
+    pub refused: u64,
     pub accepted: u64,
     pub seconds: f64,
     pub latencies_ms: Vec<f64>,
@@ -85,7 +87,8 @@ fn traffic(events: u64, seed: u64) -> Result<Vec<String>, BenchError> {
 }
 
 pub async fn run_bench(options: BenchOptions) -> Result<BenchReport, BenchError> {
-    let total = if options.rate > 0 { options.rate * options.seconds } else { 200_000 * options.seconds.max(1) };
+    // At full speed the run ends when the generated lines run out or the time is up.
+    let total = if options.rate > 0 { options.rate * options.seconds } else { 1_500_000 };
     let lines = traffic(total, options.seed)?;
     let client = reqwest::Client::new();
     let timeline = Arc::new(Mutex::new(Timeline::default()));
@@ -131,6 +134,7 @@ pub async fn run_bench(options: BenchOptions) -> Result<BenchReport, BenchError>
         senders.push(tokio::spawn(async move {
             let mut sent = 0u64;
             let mut accepted = 0u64;
+            let mut refused = 0u64;
             loop {
                 let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(lines) = batches.get(index) else { break };
@@ -152,19 +156,26 @@ pub async fn run_bench(options: BenchOptions) -> Result<BenchReport, BenchError>
                         let ids: Vec<String> = lines.iter().filter_map(|line| event_id(line)).collect();
                         timeline.lock().unwrap_or_else(|p| p.into_inner()).ack(ids, acked_at);
                     }
-                    Ok(response) => tracing::warn!(status = %response.status(), "bench: batch refused"),
-                    Err(error) => tracing::warn!(%error, "bench: batch failed"),
+                    Ok(response) => {
+                        refused += lines.len() as u64;
+                        tracing::warn!(status = %response.status(), "bench: batch refused");
+                    }
+                    Err(error) => {
+                        refused += lines.len() as u64;
+                        tracing::warn!(%error, "bench: batch failed");
+                    }
                 }
                 sent += lines.len() as u64;
             }
-            (sent, accepted)
+            (sent, accepted, refused)
         }));
     }
     let mut report = BenchReport::default();
     for sender in senders {
-        let (sent, accepted) = sender.await.map_err(|e| BenchError::Http(e.to_string()))?;
+        let (sent, accepted, refused) = sender.await.map_err(|e| BenchError::Http(e.to_string()))?;
         report.sent += sent;
         report.accepted += accepted;
+        report.refused += refused;
     }
     report.seconds = started.elapsed().as_secs_f64();
     // Let the feed catch up with the last batches.
@@ -190,9 +201,10 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let rate = if self.seconds > 0.0 { (self.accepted as f64 / self.seconds) as u64 } else { 0 };
         format!(
-            "posted {} events, {} accepted, in {:.2} s: {} events/s\nfeed latency after the 2xx ({} events): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+            "posted {} events, {} accepted, {} refused, in {:.2} s: {} events/s\nfeed latency after the 2xx ({} events): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
             thousands(self.sent),
             thousands(self.accepted),
+            thousands(self.refused),
             self.seconds,
             thousands(rate),
             thousands(self.latencies_ms.len() as u64),
