@@ -8,7 +8,6 @@
 //! are converted once and appended.
 
 use crate::convert::{table_batches, Rows, TableBatches};
-use crate::schema::TABLES;
 use convoflow_operators::{Collection, RejectedRow, TableSet};
 use datafusion::arrow::array::{Array, AsArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
@@ -162,17 +161,13 @@ impl LiveTables {
         Ok(found)
     }
 
-    /// Every table, all tenants, as the Parquet store writes them.
-    pub fn snapshot(&mut self) -> Result<Vec<TableBatches>, ArrowError> {
-        let mut out = Vec::with_capacity(TABLES.len());
-        for &table in TABLES {
-            let by_tenant = self.batches(table)?.unwrap_or_default();
-            let mut tenants: Vec<&String> = by_tenant.keys().collect();
-            tenants.sort();
-            let batches: Vec<RecordBatch> = tenants.into_iter().flat_map(|tenant| by_tenant[tenant].iter().cloned()).collect();
-            out.push(TableBatches { table, batches, diffs: Vec::new() });
-        }
-        Ok(out)
+    /// One table, all tenants, as the Parquet store writes it.
+    pub fn table_snapshot(&mut self, table: &'static str) -> Result<TableBatches, ArrowError> {
+        let by_tenant = self.batches(table)?.unwrap_or_default();
+        let mut tenants: Vec<&String> = by_tenant.keys().collect();
+        tenants.sort();
+        let batches: Vec<RecordBatch> = tenants.into_iter().flat_map(|tenant| by_tenant[tenant].iter().cloned()).collect();
+        Ok(TableBatches { table, batches, diffs: Vec::new() })
     }
 }
 

@@ -14,7 +14,7 @@ use crate::serve::ServeError;
 use convoflow_api::{feed_epoch, FeedEpoch, SeenEvents, Telemetry};
 use convoflow_events::{Event, Tenants};
 use convoflow_operators::{EpochOutput, LiveDataflow};
-use convoflow_sinks::{EmbeddedStore, LiveTables};
+use convoflow_sinks::{EmbeddedStore, LiveTables, TABLES};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -186,9 +186,11 @@ struct Snapshots {
 }
 
 impl Snapshots {
-    /// Starts writing the tables as they are now, which hold the log up to `log_offset`; does
-    /// nothing while a snapshot is being written or when nothing changed.
-    fn start(&mut self, tables: &Mutex<LiveTables>, log_offset: u64) -> Result<(), ServeError> {
+    /// Starts a snapshot covering the log up to `log_offset` (what the tables hold now); does
+    /// nothing while one is being written or when nothing changed. The writer thread takes the
+    /// tables one at a time, so epochs go on between them: `events` (taken after `log_offset`)
+    /// may hold more than the checkpoint says, which a restart absorbs as duplicates.
+    fn start(&mut self, tables: &Arc<Mutex<LiveTables>>, log_offset: u64) -> Result<(), ServeError> {
         if self.writing.as_ref().is_some_and(|writing| !writing.is_finished()) {
             return Ok(());
         }
@@ -197,10 +199,13 @@ impl Snapshots {
         if log_offset == self.covered {
             return Ok(());
         }
-        let batches = tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).snapshot()?;
-        let (store, data_dir) = (self.store.clone(), self.data_dir.clone());
+        let (store, data_dir, tables) = (self.store.clone(), self.data_dir.clone(), tables.clone());
         self.writing = Some(std::thread::spawn(move || {
             let started = Instant::now();
+            let mut batches = Vec::with_capacity(TABLES.len());
+            for &table in TABLES {
+                batches.push(tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).table_snapshot(table)?);
+            }
             store.write_batches(&batches)?;
             write_checkpoint(&data_dir, &Checkpoint { log_offset })?;
             tracing::info!(log_offset, seconds = started.elapsed().as_secs_f64(), "tables snapshotted to Parquet");
