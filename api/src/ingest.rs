@@ -15,8 +15,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use convoflow_events::{event_key, fingerprint, parse_event, split_lines, Event, EventError};
-use convoflow_operators::RejectedRow;
+use convoflow_events::{event_key, fingerprint, now_ms, parse_event, split_lines, Event, EventError};
+use convoflow_operators::{conflict_reason, RejectedRow};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,11 +171,6 @@ async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Bo
     };
     let response = IngestResponse { request_id, accepted: counts.accepted, duplicates: counts.duplicates, rejected: counts.rejected, results };
     Ok((status, Json(response)).into_response())
-}
-
-/// The reason the dataflow also gives a conflicting duplicate.
-fn conflict_reason(event_id: &str) -> String {
-    format!("conflicting_duplicate: event_id `{event_id}` was already accepted with different content")
 }
 
 /// What one request admits: new events and rejections by tenant, answered only once durable.
@@ -343,10 +338,6 @@ fn with_tenant(bytes: &[u8], tenant: &str) -> Option<Vec<u8>> {
     let mut out = field.into_bytes();
     out.extend_from_slice(rest);
     Some(out)
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

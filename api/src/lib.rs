@@ -17,7 +17,7 @@ mod webhooks;
 pub use auth::{ApiKey, ApiKeys, RateLimiter};
 pub use error::ApiError;
 pub use feed::{feed_epoch, FeedChange, FeedEpoch, FEED_CAPACITY};
-pub use ingest::{now_ms, Admission, Claim, Counts, SeenEvents};
+pub use ingest::{Admission, Claim, Counts, SeenEvents};
 pub use state::{ApiState, BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
 pub use telemetry::Telemetry;
 pub use openapi::PATHS;

@@ -10,14 +10,14 @@
 
 use crate::body::read_body;
 use crate::error::ApiError;
-use crate::ingest::{now_ms, request_id, Admission};
+use crate::ingest::{request_id, Admission};
 use crate::state::ApiState;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use convoflow_events::{normalize_webhook, SkipKind};
+use convoflow_events::{normalize_webhook, now_ms, SkipKind};
 use convoflow_operators::RejectedRow;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -89,6 +89,11 @@ pub fn local_day_start_ms(tz: Tz, date32: i32) -> i64 {
 }
 
 /// Parses `YYYY-MM-DD` into days since 1970-01-01.
+/// The current instant as UTC epoch milliseconds (stamps `rejected.received_at`).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 pub fn parse_date32(text: &str) -> Option<i32> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(to_date32)
 }

@@ -26,5 +26,5 @@ pub mod volume;
 
 pub use rows::*;
 pub use live::{EpochOutput, LiveDataflow};
-pub use runtime::{run, RunOutput, RuntimeError, SourceBatch};
+pub use runtime::{conflict_reason, run, RunOutput, RuntimeError, SourceBatch};
 pub use tables::{Collection, TableSet};

@@ -152,10 +152,12 @@ where
     Ok(total)
 }
 
+/// Why a copy of an accepted event with other content is rejected (the API gives the same reason).
+pub fn conflict_reason(event_id: &str) -> String {
+    format!("conflicting_duplicate: event_id `{event_id}` was already accepted with different content")
+}
+
 pub(crate) fn conflict_row(event: &Event, received_at: i64) -> RejectedRow {
-    let reason = format!(
-        "conflicting_duplicate: event_id `{}` was already accepted with different content",
-        event.event_id
-    );
+    let reason = conflict_reason(&event.event_id);
     RejectedRow::new(Some(&event.tenant_id), received_at, reason, event.to_json().as_bytes(), "dedup".to_owned())
 }

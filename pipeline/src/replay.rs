@@ -45,9 +45,7 @@ pub enum ReplayError {
     Runtime(#[from] convoflow_operators::RuntimeError),
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use convoflow_events::now_ms;
 
 pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();

@@ -278,6 +278,8 @@ struct Durations {
     duration: &'static str,
     /// Extra grouping column (`responder`), if any.
     by: Option<&'static str>,
+    /// The agent column the `agent_id` filter applies to.
+    agent: &'static str,
     /// Only rows that have the duration.
     condition: &'static str,
     count_name: &'static str,
@@ -285,12 +287,21 @@ struct Durations {
 
 impl Durations {
     const RESPONSES: Durations =
-        Durations { table: "responses", at: "reply_ts", duration: "response_ms", by: Some("responder"), condition: "response_ms IS NOT NULL", count_name: "responses" };
+        Durations {
+        table: "responses",
+        at: "reply_ts",
+        duration: "response_ms",
+        by: Some("responder"),
+        agent: "agent_id",
+        condition: "response_ms IS NOT NULL",
+        count_name: "responses",
+    };
     const FIRST_RESPONSE: Durations = Durations {
         table: "conversation_cycles",
         at: "first_response_ts",
         duration: "first_response_ms",
         by: None,
+        agent: "first_response_agent_id",
         condition: "first_response_ms IS NOT NULL",
         count_name: "first_responses",
     };
@@ -299,14 +310,14 @@ impl Durations {
         at: "resolved_ts",
         duration: "resolution_ms",
         by: None,
+        agent: "resolved_by",
         condition: "resolution_ms IS NOT NULL",
         count_name: "resolutions",
     };
 }
 
 fn durations(params: &ReportParams, d: Dialect, what: Durations) -> String {
-    let agent_column = if what.table == "responses" { "agent_id" } else if what.at == "resolved_ts" { "resolved_by" } else { "first_response_agent_id" };
-    let filter = Conditions::new(d, params).term(what.condition).instant_in_range(what.at).equals(agent_column, &params.agent_id).render();
+    let filter = Conditions::new(d, params).term(what.condition).instant_in_range(what.at).equals(what.agent, &params.agent_id).render();
     let bucket = bucket(params, d, what.at);
     let (by_select, by_group) = match what.by {
         Some(column) => (format!("{column}, "), format!(", {column}")),

@@ -1,8 +1,8 @@
 //! `convoflow serve --demo`: generated traffic (the `generate` data set) fed live through the
 //! same admission path as `POST /v1/events`, so the dashboard and the feed move.
 
-use convoflow_api::{now_ms, Admission, ApiState};
-use convoflow_events::{parse_event, split_lines};
+use convoflow_api::{Admission, ApiState};
+use convoflow_events::{now_ms, parse_event, split_lines};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
 use convoflow_operators::RejectedRow;
 use std::sync::Arc;
