@@ -151,7 +151,10 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         .await
         .map_err(|source| ServeError::Listen { address: config.listen.clone(), source })?;
     let address = listener.local_addr().map_err(|source| ServeError::Listen { address: config.listen.clone(), source })?;
-    println!("convoflow serve: listening on http://{address} (data in {})", config.data.display());
+    println!(
+        "convoflow serve: listening on http://{address} (data in {}); dashboard at http://{address}/, API described at /v1/openapi.json",
+        config.data.display()
+    );
     tracing::info!(%address, data = %config.data.display(), workers = config.workers, "serving");
     if config.demo {
         tokio::spawn(demo::feed(state.clone(), 42));
