@@ -153,7 +153,7 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
             if !publish.rejected.is_empty() {
                 let epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
                 let empty = TableSet::default();
-                let commit = Commit { epoch, tables: &empty, rejected: &publish.rejected, first_position: 0, last_position: 0 };
+                let commit = Commit { epoch, tables: &empty, rejected: &publish.rejected, first_position: 0, last_position: 0, input: None };
                 summary.consume.rows += until_done("commit rejected lines", || store.commit(&commit)).await.rows;
                 summary.consume.rejected += publish.rejected.len() as u64;
                 summary.consume.commits += 1;
@@ -229,7 +229,7 @@ async fn commit_then_ack(store: &ClickHouseStore, finished: Finished, stats: &mu
     let Finished { epoch, output, rejected, deliveries } = finished;
     let first_position = deliveries.iter().map(|d| d.sequence).min().unwrap_or(0);
     let last_position = deliveries.iter().map(|d| d.sequence).max().unwrap_or(0);
-    let commit = Commit { epoch, tables: &output.tables, rejected: &rejected, first_position, last_position };
+    let commit = Commit { epoch, tables: &output.tables, rejected: &rejected, first_position, last_position, input: None };
     let written = until_done("commit an epoch", || store.commit(&commit)).await;
     stats.messages += deliveries.len() as u64;
     futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await;

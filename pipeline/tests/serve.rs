@@ -40,23 +40,61 @@ struct Server {
     base: String,
     data: PathBuf,
     config: PathBuf,
+    /// The scaled deployment's flags and environment (`--nats`, `--clickhouse`), if any.
+    scaled: Scaled,
+}
+
+/// Flags and environment that put `serve` on the real NATS and ClickHouse servers, with names of
+/// this test's own (stream, subjects, database), so tests share the servers safely.
+#[derive(Clone, Default)]
+struct Scaled {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    database: Option<String>,
+}
+
+impl Scaled {
+    fn new(test: &str, nats: bool, clickhouse: bool) -> Scaled {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let tag = format!("{test}_{}_{}", std::process::id(), nanos % 1_000_000_000);
+        let mut scaled = Scaled::default();
+        if nats {
+            let url = std::env::var("CONVOFLOW_TEST_NATS").expect("CONVOFLOW_TEST_NATS (bash scripts/services.sh start)");
+            scaled.args.extend(["--nats".to_owned(), url]);
+            scaled.env.push(("CONVOFLOW_NATS_STREAM".to_owned(), format!("CF_{}", tag.to_uppercase())));
+            scaled.env.push(("CONVOFLOW_NATS_SUBJECT_PREFIX".to_owned(), format!("cf.{tag}")));
+        }
+        if clickhouse {
+            let url = std::env::var("CONVOFLOW_TEST_CLICKHOUSE").expect("CONVOFLOW_TEST_CLICKHOUSE (bash scripts/services.sh start)");
+            let database = format!("{}/cf_{tag}", url.trim_end_matches('/'));
+            scaled.args.extend(["--clickhouse".to_owned(), database.clone()]);
+            scaled.database = Some(database);
+        }
+        scaled
+    }
 }
 
 impl Server {
     /// Starts `convoflow serve` on a free port and waits until it is ready.
     fn start(data: &Path, config_text: &str) -> Server {
-        let config = data.with_extension("toml");
-        std::fs::write(&config, config_text).expect("write config");
-        Server::start_with(data.to_path_buf(), config)
+        Server::start_on(data, config_text, Scaled::default())
     }
 
-    fn start_with(data: PathBuf, config: PathBuf) -> Server {
+    fn start_on(data: &Path, config_text: &str, scaled: Scaled) -> Server {
+        let config = data.with_extension("toml");
+        std::fs::write(&config, config_text).expect("write config");
+        Server::start_with(data.to_path_buf(), config, scaled)
+    }
+
+    fn start_with(data: PathBuf, config: PathBuf, scaled: Scaled) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_convoflow"))
             .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
             .arg("--data")
             .arg(&data)
             .arg("--config")
             .arg(&config)
+            .args(&scaled.args)
+            .envs(scaled.env.iter().cloned())
             .env_remove("CONVOFLOW_ADMIN_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -72,7 +110,7 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        let server = Server { child, base, data, config };
+        let server = Server { child, base, data, config, scaled };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ready = get_status(&format!("{}/readyz", server.base));
@@ -89,10 +127,11 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    fn kill9(mut self) -> (PathBuf, PathBuf) {
+    /// Kills the server without warning and starts it again on the same data (and services).
+    fn kill9_and_restart(mut self) -> Server {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
-        (self.data.clone(), self.config.clone())
+        Server::start_with(self.data.clone(), self.config.clone(), self.scaled.clone())
     }
 
     /// SIGTERM, then wait for the orderly exit (last snapshot written), at most 30 s.
@@ -241,8 +280,17 @@ impl Sse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_reaches_the_feed_and_the_metrics() {
+    round_trip(Scaled::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_reaches_the_feed_and_the_metrics_on_jetstream_and_clickhouse() {
+    round_trip(Scaled::new("serve_round_trip", true, true)).await;
+}
+
+async fn round_trip(scaled: Scaled) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("data"), &config(""));
+    let server = Server::start_on(&dir.path().join("data"), &config(""), scaled);
     let client = Client::new();
     let mut feed = Sse::open(&client, &server.url(&format!("/v1/feed?tables=responses&api_key={ACME_KEY}"))).await;
     let (name, hello) = feed.next().await;
@@ -289,8 +337,27 @@ async fn ingest_reaches_the_feed_and_the_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_event_survives_kill_9() {
+    survives_kill_9(Scaled::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_event_survives_kill_9_on_jetstream() {
+    survives_kill_9(Scaled::new("serve_kill_nats", true, false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_event_survives_kill_9_on_clickhouse() {
+    survives_kill_9(Scaled::new("serve_kill_ch", false, true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_event_survives_kill_9_on_jetstream_and_clickhouse() {
+    survives_kill_9(Scaled::new("serve_kill_both", true, true)).await;
+}
+
+async fn survives_kill_9(scaled: Scaled) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("data"), &config(""));
+    let server = Server::start_on(&dir.path().join("data"), &config(""), scaled);
     let client = Client::new();
     let mut expected = 0;
     for batch in 0..20 {
@@ -302,8 +369,7 @@ async fn an_acknowledged_event_survives_kill_9() {
         expected += 50;
     }
     // Killed right after the last 2xx: no snapshot, nothing flushed on the way out.
-    let (data, config) = server.kill9();
-    let server = Server::start_with(data, config);
+    let server = server.kill9_and_restart();
     let count = rows(&client, &server, ACME_KEY, "SELECT count(*) AS n FROM events").await;
     assert_eq!(count[0]["n"], expected);
     // And the ingest index came back too: the same events again are duplicates.
@@ -311,19 +377,22 @@ async fn an_acknowledged_event_survives_kill_9() {
     let (_, answer) = post_events(&client, &server, ACME_KEY, ndjson(&[again])).await;
     assert_eq!(answer["duplicates"], 1, "{answer}");
 
-    // An orderly stop snapshots the tables to Parquet, readable by `convoflow sql`; an open feed
-    // does not hold it up.
+    // An orderly stop stores the tables (a Parquet snapshot, or the last ClickHouse commit),
+    // readable by `convoflow sql`; an open feed does not hold it up.
     let mut feed = Sse::open(&client, &server.url(&format!("/v1/feed?api_key={ACME_KEY}"))).await;
     assert_eq!(feed.next().await.0, "ready");
-    let data = server.data.clone();
+    let (data, database) = (server.data.clone(), server.scaled.database.clone());
     assert!(server.terminate().success());
-    let output = Command::new(env!("CARGO_BIN_EXE_convoflow"))
-        .args(["sql", "--format", "csv", "--data"])
-        .arg(&data)
-        .arg("SELECT count(*) AS n FROM events")
-        .output()
-        .expect("convoflow sql");
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("n\n{expected}"));
+    let mut sql = Command::new(env!("CARGO_BIN_EXE_convoflow"));
+    sql.args(["sql", "--format", "csv"]);
+    match database {
+        Some(database) => sql.args(["--clickhouse", &database]),
+        None => sql.arg("--data").arg(&data),
+    };
+    let output = sql.arg("SELECT count(*) AS n FROM events").output().expect("convoflow sql");
+    // (ClickHouse quotes the CSV header.)
+    let csv = String::from_utf8_lossy(&output.stdout).trim().replace('"', "");
+    assert_eq!(csv, format!("n\n{expected}"), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn signature(body: &[u8]) -> String {
@@ -388,8 +457,17 @@ async fn whatsapp_webhooks_are_verified_and_normalized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_never_reads_another_tenants_rows() {
+    tenant_isolation(Scaled::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_never_reads_another_tenants_rows_on_clickhouse() {
+    tenant_isolation(Scaled::new("serve_isolation", true, true)).await;
+}
+
+async fn tenant_isolation(scaled: Scaled) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("data"), &config(""));
+    let server = Server::start_on(&dir.path().join("data"), &config(""), scaled);
     let client = Client::new();
     post_events(&client, &server, ACME_KEY, ndjson(&conversation("a", None))).await;
     post_events(&client, &server, BETA_KEY, ndjson(&conversation("b", None))).await;
@@ -404,25 +482,45 @@ async fn a_tenant_never_reads_another_tenants_rows() {
     assert_eq!(rejected, vec![json!({"tenant_id": "acme"})]);
     rows_eventually(&client, &server, ADMIN_KEY, "SELECT * FROM events", 4).await;
 
+    // Each runs, and sees only acme's rows.
     let tricks = [
         "SELECT DISTINCT tenant_id FROM events",
         "SELECT DISTINCT tenant_id FROM events WHERE tenant_id = 'beta' OR 1 = 1",
         "SELECT tenant_id FROM responses UNION ALL SELECT tenant_id FROM contacts",
         "SELECT tenant_id FROM (SELECT * FROM message_volume) v",
-        "WITH everything AS (SELECT tenant_id FROM conversation_cycles) SELECT DISTINCT tenant_id FROM everything",
+        "SELECT tenant_id FROM events WHERE contact_id IN (SELECT contact_id FROM events WHERE tenant_id = 'beta' OR 1 = 1)",
         "SELECT DISTINCT tenant_id FROM \"events\"",
         "SELECT DISTINCT tenant_id FROM rejected",
     ];
     for query in tricks {
-        for row in rows(&client, &server, ACME_KEY, query).await {
+        let found = rows(&client, &server, ACME_KEY, query).await;
+        assert!(!found.is_empty(), "{query}");
+        for row in found {
             assert_eq!(row["tenant_id"], "acme", "{query} leaked {row}");
         }
     }
+    // A WITH clause runs on DataFusion and is refused on ClickHouse; either way nothing leaks.
+    let with = "WITH everything AS (SELECT tenant_id FROM conversation_cycles) SELECT DISTINCT tenant_id FROM everything";
+    let (status, body) = sql(&client, &server, ACME_KEY, with).await;
+    assert!(status == StatusCode::BAD_REQUEST || body["rows"].as_array().expect("rows").iter().all(|row| row["tenant_id"] == "acme"), "{body}");
     let beta_only = rows(&client, &server, ACME_KEY, "SELECT count(*) AS n FROM events WHERE tenant_id = 'beta'").await;
     assert_eq!(beta_only[0]["n"], 0);
-    for query in ["SELECT * FROM information_schema.tables", "SELECT * FROM read_parquet('x')", "COPY events TO '/tmp/x.csv'"] {
+    // What lies behind the tables, other catalogs, files and URLs are out of reach.
+    for query in [
+        "SELECT * FROM information_schema.tables",
+        "SELECT * FROM system.tables",
+        "SELECT * FROM events_log",
+        "SELECT * FROM read_parquet('x')",
+        "SELECT * FROM url('http://127.0.0.1:9/', CSV, 'a String')",
+        "COPY events TO '/tmp/x.csv'",
+    ] {
         let (status, body) = sql(&client, &server, ACME_KEY, query).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    // On ClickHouse a query's own settings would lift the server-side limits (DataFusion ignores them).
+    if server.scaled.database.is_some() {
+        let (status, body) = sql(&client, &server, ACME_KEY, "SELECT * FROM events SETTINGS max_execution_time = 3600").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     }
     let (status, _) = sql(&client, &server, ACME_KEY, "SELECT 1").await;
     assert_eq!(status, StatusCode::OK);

@@ -6,9 +6,11 @@ mod dialect;
 mod format;
 mod reports;
 mod sql;
+mod tenant_scope;
 
-pub use clickhouse::{clickhouse_dialect, clickhouse_query};
+pub use clickhouse::{batch_from_json_compact, clickhouse_batches, clickhouse_dialect, clickhouse_query, ReadLimits};
 pub use dialect::{Dialect, Granularity};
 pub use format::{format_batches, OutputFormat};
 pub use reports::{report_sql, Report, ReportParams};
-pub use sql::{QueryError, SqlEngine};
+pub use sql::{QueryError, SqlEngine, QUERY_MEMORY_BYTES};
+pub use tenant_scope::{scope_to_tenant, ScopeError};

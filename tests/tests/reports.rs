@@ -3,8 +3,8 @@
 
 use convoflow_e2e::*;
 use convoflow_events::{parse_date32, rfc3339_to_ms, Tenants};
-use convoflow_queries::{clickhouse_dialect, clickhouse_query, format_batches, report_sql, Dialect, OutputFormat, Report, ReportParams, SqlEngine};
-use convoflow_sinks::{ClickHouseConfig, ClickHouseStore};
+use convoflow_queries::{clickhouse_dialect, clickhouse_query, format_batches, report_sql, scope_to_tenant, Dialect, OutputFormat, Report, ReportParams, SqlEngine};
+use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, TABLES};
 use std::process::Command;
 
 /// A CSV result as rows of canonical cells: numbers rounded to 6 decimals, instants as epoch ms
@@ -66,7 +66,10 @@ fn every_report_agrees_between_the_embedded_store_and_clickhouse() {
                 let embedded_sql = report_sql(report, &params, Dialect::DataFusion);
                 let batches = engine.query(&embedded_sql).await.unwrap_or_else(|e| panic!("{}: {e}\n{embedded_sql}", report.name()));
                 let embedded = canonical(&format_batches(&batches, OutputFormat::Csv).expect("csv"));
-                let clickhouse_sql = report_sql(report, &params, clickhouse_dialect(&store));
+                // As the API runs it for a tenant key: every table read replaced by the tenant's rows.
+                let report_text = report_sql(report, &params, clickhouse_dialect(&store));
+                let clickhouse_sql = scope_to_tenant(&report_text, tenant, &store.config().database, TABLES)
+                    .unwrap_or_else(|e| panic!("{} cannot be scoped to a tenant: {e}\n{report_text}", report.name()));
                 let clickhouse = clickhouse_query(&store, &clickhouse_sql, OutputFormat::Csv)
                     .await
                     .unwrap_or_else(|e| panic!("{} on ClickHouse {}: {e:?}\n{clickhouse_sql}", report.name(), store.version()));

@@ -208,6 +208,27 @@ impl JetStreamBus {
         Ok(Consumer { inner, acks: true })
     }
 
+    /// Every message after stream sequence `after`, in order and without acknowledgements, for a
+    /// reader that keeps its place itself (`serve` records it with its store). An ordered
+    /// consumer recreates itself when a message goes missing or the server restarts.
+    pub async fn ordered_after(&self, after: u64) -> Result<consumer::pull::Ordered, BusError> {
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.>", self.config.subject_prefix),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ..Default::default()
+        };
+        let consumer = retry("create an ordered consumer", || self.stream.create_consumer(config.clone())).await?;
+        consumer
+            .messages()
+            .await
+            .map_err(|error| BusError::Request { what: "read from the ordered consumer".to_owned(), reason: error.to_string() })
+    }
+
+    /// The sequence of the stream's last message (0 when empty).
+    pub async fn last_sequence(&self) -> Result<u64, BusError> {
+        Ok(retry("read the stream", || self.stream.get_info()).await?.state.last_sequence)
+    }
+
     /// A throwaway consumer of every message published at or after `since_ms` (all when `None`),
     /// without acknowledgements: for rebuilding tables from the stream.
     pub async fn replay_consumer(&self, since_ms: Option<i64>) -> Result<Consumer, BusError> {

@@ -45,6 +45,8 @@ struct Append {
 /// The writing side; cheap to share (`Arc`). Dropping it stops the writer thread.
 pub struct LocalLog {
     path: PathBuf,
+    /// Names this log (kept in `log/id`), for stores that record how far into it they reach.
+    id: String,
     appends: mpsc::Sender<Append>,
     durable_end: watch::Receiver<u64>,
 }
@@ -58,6 +60,7 @@ impl LocalLog {
         std::fs::create_dir_all(&dir).map_err(io)?;
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io)?;
         let end = valid_end(&mut file).map_err(io)?;
+        let id = log_id(&dir).map_err(io)?;
         // A new file's name must survive a power loss too.
         File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
         let length = file.metadata().map_err(io)?.len();
@@ -73,7 +76,11 @@ impl LocalLog {
             .name("convoflow-log-writer".to_owned())
             .spawn(move || write_loop(file, writer_path, end, receiver, durable))
             .map_err(io)?;
-        Ok(LocalLog { path, appends, durable_end })
+        Ok(LocalLog { path, id, appends, durable_end })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     pub fn path(&self) -> &Path {
@@ -178,6 +185,30 @@ fn split_header(header: &[u8; HEADER_BYTES as usize]) -> (usize, u32) {
     let size = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     (size, crc)
+}
+
+/// `bytes` random bytes as hex.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut random = vec![0u8; bytes];
+    File::open("/dev/urandom")?.read_exact(&mut random)?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The log's id, made when the log is: a new log (the old one deleted) gets a new id, so no store
+/// mistakes its offsets for the old one's.
+fn log_id(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join("id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_owned());
+        }
+    }
+    let id = random_hex(8)?;
+    let file = File::create(&path)?;
+    (&file).write_all(id.as_bytes())?;
+    file.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(id)
 }
 
 /// Reads records in order; only up to an end the caller knows to be durable.

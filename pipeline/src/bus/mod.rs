@@ -97,6 +97,25 @@ pub fn batch_file(name: &str, bytes: &[u8], received_at: i64) -> BatchedFile {
     out
 }
 
+/// One tenant's NDJSON lines as messages of at most `BATCH_BYTES` (a longer line goes alone),
+/// split at line ends.
+pub fn split_batch(tenant: &str, body: &[u8]) -> Vec<OutgoingBatch> {
+    let mut batches = Vec::new();
+    let (mut current, mut lines) = (Vec::new(), 0u64);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if !current.is_empty() && current.len() + line.len() > BATCH_BYTES {
+            batches.push(finish(tenant, std::mem::take(&mut current), lines));
+            lines = 0;
+        }
+        current.extend_from_slice(line);
+        lines += 1;
+    }
+    if !current.is_empty() {
+        batches.push(finish(tenant, current, lines));
+    }
+    batches
+}
+
 /// Input position of line `line` of the message at stream sequence `sequence`: stream order,
 /// then line order, so the first copy of a conflicting event on the stream wins.
 pub fn position(sequence: u64, line: u64) -> u64 {

@@ -1,25 +1,39 @@
 //! `convoflow serve`: the API, the bus, the dataflow and the store in one process.
 //!
-//! Embedded deployment (the default): HTTP ingest appends to the local log (fsync before the
-//! 2xx); a runtime thread reads the log epoch by epoch into the dataflow, applies the changes to
-//! in-memory tables that SQL and the metrics read, and publishes them on the live feed; the tables
-//! are snapshotted to Parquet in the data dir.
+//! HTTP ingest appends to the bus — the local log by default (fsync before the 2xx), JetStream
+//! with `--nats` (acknowledged by the server before the 2xx). A runtime thread reads the bus
+//! epoch by epoch into the dataflow and stores the changes — in in-memory tables that SQL and the
+//! metrics read, snapshotted to Parquet in the data dir, or with `--clickhouse` in ClickHouse,
+//! which then answers the reads — and publishes them on the live feed. Any bus goes with any
+//! store.
 
+mod clickhouse_reads;
 pub mod config;
 mod demo;
 mod embedded;
+mod input;
+mod output;
 mod runtime;
+mod stream_bus;
 
-use crate::bus::local::{LocalLog, LogError};
+use crate::bus::jetstream::{JetStreamBus, JetStreamConfig};
+use crate::bus::local::{random_hex, LocalLog, LogError};
+use crate::retry::retry_for;
+use crate::serve::clickhouse_reads::ClickHouseReads;
 use crate::serve::config::ServeConfig;
 use crate::serve::embedded::{LiveStore, LocalLogBus};
-use crate::serve::runtime::Runtime;
-use convoflow_api::{router, ApiKey, ApiKeys, ApiState, RateLimiter, SeenEvents, Telemetry, FEED_CAPACITY};
+use crate::serve::input::Input;
+use crate::serve::output::Output;
+use crate::serve::runtime::{OpenInput, Runtime};
+use crate::serve::stream_bus::StreamBus;
+use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, RateLimiter, SeenEvents, Store, Telemetry, FEED_CAPACITY};
 use convoflow_events::{Tenants, TenantsError};
-use convoflow_sinks::{DataDirLock, LiveTables};
+use convoflow_queries::{ReadLimits, QUERY_MEMORY_BYTES};
+use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, LiveTables};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -41,8 +55,12 @@ pub enum ServeError {
     Io { what: String, source: std::io::Error },
     #[error("snapshot: {0}")]
     Snapshot(String),
-    #[error("{0}")]
-    Unsupported(String),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error(transparent)]
+    ClickHouse(#[from] convoflow_sinks::ClickHouseError),
+    #[error("input: {0}")]
+    Input(String),
 }
 
 impl From<std::io::Error> for ServeError {
@@ -60,9 +78,7 @@ fn admin_key_file(data_dir: &Path) -> Result<String, ServeError> {
             return Ok(text.trim().to_owned());
         }
     }
-    let mut random = [0u8; 24];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").map_err(io)?, &mut random).map_err(io)?;
-    let key = format!("cf_admin_{}", hex(&random));
+    let key = format!("cf_admin_{}", random_hex(24).map_err(io)?);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
@@ -72,18 +88,56 @@ fn admin_key_file(data_dir: &Path) -> Result<String, ServeError> {
     Ok(key)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The bus ingest appends to, and how the runtime reads it back.
+struct BusParts {
+    bus: Arc<dyn Bus>,
+    input_id: String,
+    open_input: OpenInput,
 }
 
-/// Runs until Ctrl-C or SIGTERM; then stops taking requests, applies what the log holds and
-/// writes a last snapshot.
-pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
-    if config.nats.is_some() || config.clickhouse.is_some() {
-        return Err(ServeError::Unsupported(
-            "serve runs the embedded deployment only so far (local log + Parquet); --nats/--clickhouse work with `convoflow replay`".to_owned(),
-        ));
+async fn bus_parts(config: &ServeConfig) -> Result<BusParts, ServeError> {
+    match &config.nats {
+        None => {
+            let log = Arc::new(LocalLog::open(&config.data)?);
+            let input_id = Input::log_id(&log);
+            let reader = log.clone();
+            let open_input: OpenInput = Box::new(move |position| Ok(Input::log(reader, position)?));
+            Ok(BusParts { bus: Arc::new(LocalLogBus { log }), input_id, open_input })
+        }
+        Some(url) => {
+            let stream = Arc::new(JetStreamBus::connect(JetStreamConfig::from_url(url, "convoflow_serve")).await?);
+            let input_id = Input::stream_id(&stream);
+            let (reader, handle) = (stream.clone(), tokio::runtime::Handle::current());
+            let open_input: OpenInput = Box::new(move |position| Ok(handle.block_on(Input::stream(reader, position))?));
+            Ok(BusParts { bus: Arc::new(StreamBus { bus: stream }), input_id, open_input })
+        }
     }
+}
+
+/// The store reads go to, and where the runtime writes.
+async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output), ServeError> {
+    match &config.clickhouse {
+        None => {
+            let tables = Arc::new(Mutex::new(LiveTables::default()));
+            let output = Output::embedded(&config.data, tables.clone(), config.snapshot_interval)?;
+            Ok((Arc::new(LiveStore { tables }), output))
+        }
+        Some(url) => {
+            let clickhouse = ClickHouseConfig::parse(url)?;
+            let store = Arc::new(retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(&clickhouse)).await?);
+            let limits = ReadLimits {
+                time: config.limits.sql_timeout,
+                rows: config.limits.sql_max_rows,
+                memory_bytes: QUERY_MEMORY_BYTES as u64,
+            };
+            Ok((Arc::new(ClickHouseReads { store: store.clone(), limits }), Output::clickhouse(store)))
+        }
+    }
+}
+
+/// Runs until Ctrl-C or SIGTERM; then stops taking requests, applies what the bus holds and
+/// stores it (a last snapshot, or a last ClickHouse commit).
+pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data).map_err(|source| ServeError::Io { what: format!("data dir {}", config.data.display()), source })?;
     let _lock = DataDirLock::acquire(&config.data)?;
     let tenants = Arc::new(match &config.tenants {
@@ -98,8 +152,8 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         println!("admin API key: {key}  (kept in {}; configure [[api_keys]] to choose your own)", config.data.join("admin.key").display());
         keys.push(ApiKey { key, tenant: None });
     }
-    let log = Arc::new(LocalLog::open(&config.data)?);
-    let tables = Arc::new(Mutex::new(LiveTables::default()));
+    let BusParts { bus, input_id, open_input } = bus_parts(&config).await?;
+    let (store, output) = store_parts(&config).await?;
     let (feed, _) = tokio::sync::broadcast::channel(FEED_CAPACITY);
     let telemetry = Arc::new(Telemetry::default());
     let seen = Arc::new(SeenEvents::default());
@@ -107,8 +161,8 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(ApiState {
-        bus: Arc::new(LocalLogBus { log: log.clone() }),
-        store: Arc::new(LiveStore { tables: tables.clone() }),
+        bus,
+        store,
         feed: feed.clone(),
         tenants: tenants.clone(),
         keys: ApiKeys::new(keys),
@@ -120,19 +174,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         ready: ready.clone(),
         shutdown,
     });
-    let runtime = Runtime {
-        data_dir: config.data.clone(),
-        tenants,
-        workers: config.workers,
-        log,
-        tables,
-        feed,
-        seen,
-        telemetry,
-        ready,
-        stop: stop.clone(),
-        snapshot_interval: config.snapshot_interval,
-    };
+    let runtime = Runtime { tenants, workers: config.workers, output, feed, seen, telemetry, ready, stop: stop.clone() };
     let handle = tokio::runtime::Handle::current();
     // The runtime ending (an error) shuts the server down too: a server that no longer applies
     // events must not keep accepting them.
@@ -141,7 +183,10 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let processing = std::thread::Builder::new()
         .name("convoflow-runtime".to_owned())
         .spawn(move || {
-            let result = runtime.run(handle);
+            let result = runtime.run(input_id, open_input, handle);
+            if let Err(error) = &result {
+                tracing::error!(%error, "the runtime stopped");
+            }
             ended.notify_one();
             result
         })
@@ -155,7 +200,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         "convoflow serve: listening on http://{address} (data in {}); dashboard at http://{address}/, API described at /v1/openapi.json",
         config.data.display()
     );
-    tracing::info!(%address, data = %config.data.display(), workers = config.workers, "serving");
+    tracing::info!(%address, data = %config.data.display(), workers = config.workers, nats = ?config.nats, clickhouse = ?config.clickhouse, "serving");
     if config.demo {
         tokio::spawn(demo::feed(state.clone(), 42));
     }

@@ -79,6 +79,9 @@ pub struct Commit<'a> {
     /// The bus positions the epoch consumed (for operators' eyes; 0 when not from a bus).
     pub first_position: u64,
     pub last_position: u64,
+    /// The input whose position `last_position` is, when the consumer keeps its place in the
+    /// store (`serve`) rather than by acknowledgements: recorded in `positions` with the epoch.
+    pub input: Option<&'a str>,
 }
 
 pub struct ClickHouseStore {
@@ -145,13 +148,17 @@ impl ClickHouseStore {
 
     /// Runs a query with `readonly = 2` (no writes, settings allowed) and returns the reply in
     /// `format`: the read side for analysts.
-    pub async fn fetch_read_only(&self, sql: &str, format: &str) -> Result<Bytes, ClickHouseError> {
-        let query = self
+    /// `settings` are passed with it (limits: `max_execution_time`, `max_result_rows`, …).
+    pub async fn fetch_read_only(&self, sql: &str, format: &str, settings: &[(&str, String)]) -> Result<Bytes, ClickHouseError> {
+        let mut query = self
             .client
             .clone()
             .with_database(&self.config.database)
             .with_setting("readonly", "2")
             .with_setting("output_format_json_quote_64bit_integers", "0");
+        for (name, value) in settings {
+            query = query.with_setting(*name, value.as_str());
+        }
         let mut cursor = query.query_raw(sql).fetch_bytes(format).map_err(self.request_error("run the query"))?;
         cursor.collect().await.map_err(self.request_error("run the query"))
     }
@@ -180,6 +187,14 @@ impl ClickHouseStore {
                  last_position UInt64, events UInt64) ENGINE = MergeTree() ORDER BY epoch"
             ),
             "create table commits",
+        )
+        .await?;
+        self.execute(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {db}.positions (input String, position UInt64, epoch UInt64) \
+                 ENGINE = MergeTree() ORDER BY (input, epoch)"
+            ),
+            "create table positions",
         )
         .await?;
         for table in TABLES {
@@ -237,6 +252,15 @@ impl ClickHouseStore {
         Ok(last)
     }
 
+    /// How far into `input` (see [`Commit::input`]) the committed epochs reach; 0 if nowhere.
+    pub async fn committed_position(&self, input: &str) -> Result<u64, ClickHouseError> {
+        let db = &self.config.database;
+        let input = input.replace('\\', "\\\\").replace('\'', "\\'");
+        let sql = format!("SELECT max(position) FROM {db}.positions WHERE input = '{input}' AND epoch IN (SELECT epoch FROM {db}.commits)");
+        let reply = self.fetch(&sql, "TabSeparated", "read the committed position").await?;
+        Ok(String::from_utf8_lossy(&reply).trim().parse().unwrap_or(0))
+    }
+
     /// Every committed event, to rebuild operator state from.
     pub async fn load_events(&self) -> Result<Vec<Event>, ClickHouseError> {
         let Some(schema) = schema("events") else { return Ok(Vec::new()) };
@@ -275,6 +299,13 @@ impl ClickHouseStore {
             let names: Vec<&str> = schema.fields().iter().map(|field| field.name().as_str()).collect();
             let sql = format!("INSERT INTO {db}.{}_log ({}, diff, epoch) FORMAT RowBinary", table.table, names.join(", "));
             inserts.push(self.insert(sql, body, table.table));
+        }
+        if let Some(input) = commit.input {
+            let mut row = Vec::with_capacity(input.len() + 20);
+            rowbinary::put_string(&mut row, input);
+            row.extend_from_slice(&commit.last_position.to_le_bytes());
+            row.extend_from_slice(&commit.epoch.to_le_bytes());
+            inserts.push(self.insert(format!("INSERT INTO {db}.positions (input, position, epoch) FORMAT RowBinary"), row, "positions"));
         }
         futures::future::try_join_all(inserts).await?;
 

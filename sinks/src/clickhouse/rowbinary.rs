@@ -31,6 +31,12 @@ fn put_len(out: &mut Vec<u8>, mut len: usize) {
     }
 }
 
+/// A `String` value: its length, then its bytes.
+pub(crate) fn put_string(out: &mut Vec<u8>, text: &str) {
+    put_len(out, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
 /// Appends the rows of `batch` to `out`. With `bookkeeping = Some((diffs, epoch))` each row is
 /// followed by `diffs[row]` as Int8 and `epoch` as UInt64, the columns every log table ends with.
 pub fn encode(batch: &RecordBatch, bookkeeping: Option<(&[i64], u64)>, out: &mut Vec<u8>) -> Result<(), ArrowError> {

@@ -1,0 +1,43 @@
+//! Reads from ClickHouse for the API. A tenant key's SQL is rewritten so that every table it
+//! reads holds only the tenant's rows (`convoflow_queries::scope_to_tenant`; 18.16 has no row
+//! policies); the server runs it read-only with time, row and memory limits.
+
+use convoflow_api::{BoxFuture, Scope, Store, StoreError};
+use convoflow_queries::{clickhouse_batches, clickhouse_dialect, scope_to_tenant, Dialect, ReadLimits};
+use convoflow_sinks::{ClickHouseError, ClickHouseStore, TABLES};
+use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
+
+pub struct ClickHouseReads {
+    pub store: Arc<ClickHouseStore>,
+    pub limits: ReadLimits,
+}
+
+impl Store for ClickHouseReads {
+    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str) -> BoxFuture<'a, Result<Vec<RecordBatch>, StoreError>> {
+        Box::pin(async move {
+            let sql = match scope {
+                Scope::All => sql.to_owned(),
+                Scope::Tenant(tenant) => scope_to_tenant(sql, tenant, &self.store.config().database, TABLES)
+                    .map_err(|error| StoreError::Query(error.to_string()))?,
+            };
+            match clickhouse_batches(&self.store, &sql, self.limits).await {
+                Ok(batch) => Ok(vec![batch]),
+                Err(ClickHouseError::Request { source: clickhouse::error::Error::BadResponse(message), .. }) => {
+                    Err(StoreError::Query(server_message(&message)))
+                }
+                Err(error) => Err(StoreError::Unavailable(error.to_string())),
+            }
+        })
+    }
+
+    fn dialect(&self) -> Dialect {
+        clickhouse_dialect(&self.store)
+    }
+}
+
+/// The server's own words, without its stack trace.
+fn server_message(message: &str) -> String {
+    let message = message.split(", Stack trace").next().unwrap_or(message);
+    message.split("\n\n").next().unwrap_or(message).trim().to_owned()
+}

@@ -1,0 +1,210 @@
+//! Where `serve`'s runtime puts each epoch's changes, and where it restores from: the embedded
+//! store (in-memory tables that SQL reads, snapshotted to Parquet now and then) or ClickHouse
+//! (every epoch committed before its changes go on the feed).
+//!
+//! Each keeps the input position its tables reach: the embedded store in
+//! `tables/checkpoint.json` beside the snapshot, ClickHouse in its `positions` table, committed
+//! with the epoch. After a restart the runtime reads the input from there; events already stored
+//! come again as duplicates and change nothing.
+
+use crate::retry::until_done;
+use crate::serve::ServeError;
+use convoflow_events::Event;
+use convoflow_operators::{RejectedRow, TableSet};
+use convoflow_sinks::{ClickHouseStore, Commit, EmbeddedStore, LiveTables, TABLES};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+
+pub enum Output {
+    Embedded { tables: Arc<Mutex<LiveTables>>, snapshots: Snapshots },
+    ClickHouse { store: Arc<ClickHouseStore>, next_epoch: u64 },
+}
+
+/// What a store holds at start.
+pub struct Restored {
+    pub events: Vec<Event>,
+    /// How far into the input the stored tables reach.
+    pub position: u64,
+}
+
+impl Output {
+    pub fn embedded(data_dir: &Path, tables: Arc<Mutex<LiveTables>>, interval: Duration) -> Result<Self, ServeError> {
+        let store = Arc::new(EmbeddedStore::open(data_dir)?);
+        let snapshots = Snapshots { store, data_dir: data_dir.to_owned(), interval, covered: 0, writing: None, last: Instant::now(), input: String::new() };
+        Ok(Output::Embedded { tables, snapshots })
+    }
+
+    pub fn clickhouse(store: Arc<ClickHouseStore>) -> Self {
+        Output::ClickHouse { store, next_epoch: 0 }
+    }
+
+    /// The stored events and the position reached in `input`.
+    pub fn restore(&mut self, input: &str, handle: &Handle) -> Result<Restored, ServeError> {
+        match self {
+            Output::Embedded { tables, snapshots } => {
+                let events = snapshots.store.load_events()?;
+                let rejected = snapshots.store.load_rejected()?;
+                lock(tables).apply(TableSet::default(), &rejected)?;
+                let checkpoint = read_checkpoint(&snapshots.data_dir);
+                // A snapshot of another input's tables is still right; only its position is not.
+                let position = if checkpoint.input.as_deref().is_none_or(|id| id == input) { checkpoint.position } else { 0 };
+                snapshots.input = input.to_owned();
+                snapshots.covered = position;
+                Ok(Restored { events, position })
+            }
+            Output::ClickHouse { store, next_epoch } => handle.block_on(async {
+                let events = until_done("load the committed events", || store.load_events()).await;
+                let position = until_done("read the committed position", || store.committed_position(input)).await;
+                *next_epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
+                Ok(Restored { events, position })
+            }),
+        }
+    }
+
+    /// Takes in the tables' rows derived while restoring.
+    pub fn restored(&mut self, tables: TableSet) -> Result<(), ServeError> {
+        if let Output::Embedded { tables: live, .. } = self {
+            lock(live).apply(tables, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Stores one epoch's changes, which take the tables to `position` in `input`. ClickHouse is
+    /// retried until it takes the commit: meanwhile the bus keeps what comes in.
+    pub fn apply(&mut self, tables: TableSet, rejected: &[RejectedRow], positions: (u64, u64), input: &str, handle: &Handle) -> Result<(), ServeError> {
+        match self {
+            Output::Embedded { tables: live, .. } => lock(live).apply(tables, rejected)?,
+            Output::ClickHouse { store, next_epoch } => {
+                let commit = Commit {
+                    epoch: *next_epoch,
+                    tables: &tables,
+                    rejected,
+                    first_position: positions.0,
+                    last_position: positions.1,
+                    input: Some(input),
+                };
+                handle.block_on(until_done("commit an epoch to ClickHouse", || store.commit(&commit)));
+                *next_epoch += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The least time between the starts of two epochs. ClickHouse takes a commit as an insert
+    /// per table, and many tiny inserts make many parts for it to merge: its epochs gather what
+    /// came in over a fifth of a second.
+    pub fn epoch_spacing(&self) -> Duration {
+        match self {
+            Output::Embedded { .. } => Duration::ZERO,
+            Output::ClickHouse { .. } => Duration::from_millis(200),
+        }
+    }
+
+    /// After an epoch: starts a snapshot when one is due.
+    pub fn tick(&mut self, position: u64) -> Result<(), ServeError> {
+        if let Output::Embedded { tables, snapshots } = self {
+            // Checked after every epoch too, so a steady stream of input cannot hold snapshots off.
+            if snapshots.last.elapsed() >= snapshots.interval {
+                snapshots.start(tables, position)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At shutdown: a last snapshot holding everything up to `position`.
+    pub fn finish(&mut self, position: u64) -> Result<(), ServeError> {
+        if let Output::Embedded { tables, snapshots } = self {
+            snapshots.finish()?;
+            snapshots.start(tables, position)?;
+            snapshots.finish()?;
+        }
+        Ok(())
+    }
+}
+
+fn lock(tables: &Mutex<LiveTables>) -> std::sync::MutexGuard<'_, LiveTables> {
+    tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Checkpoint {
+    /// Which input `position` is in (`log:<id>`, `nats:<stream>`); absent in older checkpoints,
+    /// which were all of the local log.
+    #[serde(default)]
+    input: Option<String>,
+    /// How far into the input the snapshot holds every record.
+    #[serde(alias = "log_offset")]
+    position: u64,
+}
+
+fn checkpoint_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("tables").join("checkpoint.json")
+}
+
+fn read_checkpoint(data_dir: &Path) -> Checkpoint {
+    std::fs::read(checkpoint_path(data_dir)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+}
+
+fn write_checkpoint(data_dir: &Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
+    let path = checkpoint_path(data_dir);
+    let partial = path.with_extension("json.partial");
+    let text = serde_json::to_vec(checkpoint).unwrap_or_default();
+    let file = std::fs::File::create(&partial)?;
+    std::io::Write::write_all(&mut &file, &text)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, &path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Parquet snapshots, written on a thread of their own so epochs go on meanwhile.
+pub struct Snapshots {
+    store: Arc<EmbeddedStore>,
+    data_dir: PathBuf,
+    interval: Duration,
+    input: String,
+    /// The input position the last finished snapshot covers.
+    covered: u64,
+    writing: Option<std::thread::JoinHandle<Result<u64, ServeError>>>,
+    last: Instant,
+}
+
+impl Snapshots {
+    /// Starts a snapshot covering the input up to `position` (what the tables hold now); does
+    /// nothing while one is being written or when nothing changed. The writer thread takes the
+    /// tables one at a time, so epochs go on between them: `events` (taken after `position`)
+    /// may hold more than the checkpoint says, which a restart absorbs as duplicates.
+    fn start(&mut self, tables: &Arc<Mutex<LiveTables>>, position: u64) -> Result<(), ServeError> {
+        if self.writing.as_ref().is_some_and(|writing| !writing.is_finished()) {
+            return Ok(());
+        }
+        self.finish()?;
+        self.last = Instant::now();
+        if position == self.covered {
+            return Ok(());
+        }
+        let (store, data_dir, tables) = (self.store.clone(), self.data_dir.clone(), tables.clone());
+        let input = self.input.clone();
+        self.writing = Some(std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut batches = Vec::with_capacity(TABLES.len());
+            for &table in TABLES {
+                batches.push(lock(&tables).table_snapshot(table)?);
+            }
+            store.write_batches(&batches)?;
+            write_checkpoint(&data_dir, &Checkpoint { input: Some(input), position })?;
+            tracing::info!(position, seconds = started.elapsed().as_secs_f64(), "tables snapshotted to Parquet");
+            Ok(position)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the snapshot being written, if any.
+    fn finish(&mut self) -> Result<(), ServeError> {
+        if let Some(writing) = self.writing.take() {
+            self.covered = writing.join().map_err(|_| ServeError::Snapshot("the snapshot writer panicked".to_owned()))??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,262 @@
+//! Tenant isolation for SQL that runs on ClickHouse, which (18.16) has no row policies.
+//!
+//! The query is parsed, and every table it reads — in `FROM` or `JOIN`, in subqueries anywhere,
+//! in `IN (SELECT …)` — must be one of the SPEC §5 tables; each is replaced by a subquery that
+//! holds only the tenant's rows (keeping the name or alias, so column references still resolve).
+//! Whatever else a query could read through is refused: other tables (the `_log` tables behind
+//! the views, `system.*`), table functions, functions that read tables or dictionaries by name,
+//! `WITH` clauses, and `SETTINGS`/`FORMAT` clauses (they would lift the server-side limits). A
+//! query the parser cannot read is refused too: safe rather than clever. This is the approach of
+//! PostHog's HogQL, which adds its `team_id` guard to every table it resolves.
+//!
+//! The query's text is kept as written and only the table names are replaced, at the places the
+//! parser found them: printing the parsed query back would change it (the parser upper-cases type
+//! names, which ClickHouse reads case-sensitively, and loses how literals were escaped).
+
+use datafusion::sql::sqlparser::ast::{Expr, ObjectName, Query, SetExpr, Spanned, Statement, TableFactor, Visit, Visitor};
+use datafusion::sql::sqlparser::dialect::ClickHouseDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserOptions};
+use datafusion::sql::sqlparser::tokenizer::{Location, Span};
+use std::ops::ControlFlow;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScopeError {
+    #[error("cannot read the query: {0}")]
+    Parse(String),
+    #[error("send one SELECT query")]
+    NotOneQuery,
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Scalar functions that read a table or dictionary named by a string argument.
+const TABLE_READING_FUNCTIONS: &[&str] = &["dictget", "dicthas", "dictisin", "joinget", "hascolumnintable"];
+
+/// `sql` reading only `tenant`'s rows of `tables` in `database`.
+pub fn scope_to_tenant(sql: &str, tenant: &str, database: &str, tables: &[&str]) -> Result<String, ScopeError> {
+    let query = parse_query(sql)?;
+    let mut scoper = Scoper { database, tables, reads: Vec::new(), refusal: None };
+    if let ControlFlow::Break(()) = query.visit(&mut scoper) {
+        return Err(ScopeError::Refused(scoper.refusal.unwrap_or_default()));
+    }
+    let offsets = char_offsets(sql);
+    let mut reads = Vec::with_capacity(scoper.reads.len());
+    for read in scoper.reads {
+        let start = offsets.byte(read.span.start);
+        let end = offsets.byte(read.span.end);
+        match (start, end) {
+            (Some(start), Some(end)) if start < end => reads.push((start, end, read)),
+            _ => return Err(ScopeError::Refused(format!("cannot place table `{}` in the query", read.table))),
+        }
+    }
+    // From the back, so earlier offsets stay valid.
+    reads.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
+    let mut out = sql.to_owned();
+    for (start, end, read) in reads {
+        let rows = format!("(SELECT * FROM {database}.{} WHERE tenant_id = {})", read.table, quote(tenant));
+        let replacement = if read.aliased { rows } else { format!("{rows} AS {}", read.table) };
+        out.replace_range(start..end, &replacement);
+    }
+    Ok(out)
+}
+
+fn parse_query(sql: &str) -> Result<Box<Query>, ScopeError> {
+    let dialect = ClickHouseDialect {};
+    let mut statements = Parser::new(&dialect)
+        .with_options(ParserOptions::new().with_unescape(false))
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|error| ScopeError::Parse(error.to_string()))?;
+    match (statements.pop(), statements.is_empty()) {
+        (Some(Statement::Query(query)), true) => Ok(query),
+        _ => Err(ScopeError::NotOneQuery),
+    }
+}
+
+/// A ClickHouse string literal: backslash and quote escaped.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Byte offsets of the parser's (line, column) locations, counted the way its tokenizer counts.
+struct CharOffsets(std::collections::HashMap<(u64, u64), usize>);
+
+fn char_offsets(sql: &str) -> CharOffsets {
+    let mut map = std::collections::HashMap::with_capacity(sql.len() + 1);
+    let (mut line, mut column) = (1u64, 1u64);
+    for (offset, c) in sql.char_indices() {
+        map.insert((line, column), offset);
+        if c == '\n' {
+            (line, column) = (line + 1, 1);
+        } else {
+            column += 1;
+        }
+    }
+    map.insert((line, column), sql.len());
+    CharOffsets(map)
+}
+
+impl CharOffsets {
+    fn byte(&self, location: Location) -> Option<usize> {
+        self.0.get(&(location.line, location.column)).copied()
+    }
+}
+
+/// A SPEC table read in FROM or JOIN.
+struct Read {
+    table: String,
+    span: Span,
+    aliased: bool,
+}
+
+struct Scoper<'a> {
+    database: &'a str,
+    tables: &'a [&'a str],
+    reads: Vec<Read>,
+    refusal: Option<String>,
+}
+
+impl Scoper<'_> {
+    fn refuse(&mut self, why: String) -> ControlFlow<()> {
+        self.refusal = Some(why);
+        ControlFlow::Break(())
+    }
+
+    /// The SPEC table `name` stands for: `t` or `<database>.t`.
+    fn table_of(&self, name: &ObjectName) -> Option<&str> {
+        let parts: Vec<String> = name.0.iter().map(|part| part.as_ident().map_or_else(String::new, |ident| ident.value.clone())).collect();
+        let table = match parts.as_slice() {
+            [table] => table,
+            [database, table] if database == self.database => table,
+            _ => return None,
+        };
+        self.tables.iter().copied().find(|known| *known == table)
+    }
+}
+
+impl Visitor for Scoper<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if query.with.is_some() {
+            return self.refuse("WITH clauses are not supported for tenant keys; use a subquery".to_owned());
+        }
+        if query.settings.is_some() || query.format_clause.is_some() {
+            return self.refuse("SETTINGS and FORMAT clauses are not allowed; choose the format with `format`".to_owned());
+        }
+        if !matches!(*query.body, SetExpr::Select(_) | SetExpr::Query(_) | SetExpr::SetOperation { .. } | SetExpr::Values(_)) {
+            return self.refuse("only SELECT queries are allowed".to_owned());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            TableFactor::Table { args: Some(_), name, .. } => self.refuse(format!("table function `{name}` is not allowed")),
+            TableFactor::Table { name, alias, .. } => {
+                if let Some(table) = self.table_of(name) {
+                    let read = Read { table: table.to_owned(), span: name.span(), aliased: alias.is_some() };
+                    self.reads.push(read);
+                }
+                ControlFlow::Continue(())
+            }
+            TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => ControlFlow::Continue(()),
+            other => self.refuse(format!("`{other}` is not allowed in FROM")),
+        }
+    }
+
+    /// Every name read as a relation, wherever it occurs, must be a SPEC table read in FROM or
+    /// JOIN (and so replaced).
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        if self.table_of(relation).is_none() {
+            return self.refuse(format!("unknown table `{relation}` (readable: {})", self.tables.join(", ")));
+        }
+        let span = relation.span();
+        if !self.reads.iter().any(|read| read.span == span) {
+            return self.refuse(format!("table `{relation}` may only be read in FROM or JOIN"));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(function) = expr {
+            let name = function.name.to_string().to_ascii_lowercase();
+            if TABLE_READING_FUNCTIONS.iter().any(|prefix| name.starts_with(prefix)) {
+                return self.refuse(format!("function `{}` is not allowed", function.name));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLES: &[&str] = &["events", "responses", "contacts", "rejected"];
+
+    fn scoped(sql: &str) -> Result<String, ScopeError> {
+        scope_to_tenant(sql, "acme", "convoflow", TABLES)
+    }
+
+    #[test]
+    fn every_table_read_becomes_the_tenants_rows() {
+        let out = scoped("SELECT count() FROM responses r JOIN contacts USING (tenant_id, contact_id) WHERE r.agent_id IN (SELECT agent_id FROM convoflow.responses)").expect("scoped");
+        let rows = |table: &str| format!("(SELECT * FROM convoflow.{table} WHERE tenant_id = 'acme')");
+        assert_eq!(
+            out,
+            format!(
+                "SELECT count() FROM {} r JOIN {} AS contacts USING (tenant_id, contact_id) WHERE r.agent_id IN (SELECT agent_id FROM {} AS responses)",
+                rows("responses"),
+                rows("contacts"),
+                rows("responses")
+            )
+        );
+    }
+
+    #[test]
+    fn the_rest_of_the_query_is_kept_as_written() {
+        let sql = "SELECT CAST(x AS Nullable(Float64)), 'é\\'s', \"emoji\"\n  FROM \"events\" AS e\n  WHERE type = 'touch' -- ünïcode\n";
+        let out = scoped(sql).expect("scoped");
+        assert_eq!(out, sql.replace("\"events\"", "(SELECT * FROM convoflow.events WHERE tenant_id = 'acme')"));
+    }
+
+    #[test]
+    fn tenant_names_are_escaped() {
+        let out = scope_to_tenant("SELECT * FROM events", r"o'brien\", "convoflow", TABLES).expect("scoped");
+        assert!(out.contains(r"tenant_id = 'o\'brien\\'"), "{out}");
+    }
+
+    #[test]
+    fn every_report_can_be_scoped() {
+        let dialect = crate::Dialect::ClickHouse { datetime64: false };
+        for report in crate::Report::ALL {
+            let sql = crate::report_sql(report, &crate::ReportParams::new("acme"), dialect);
+            let scoped = scope_to_tenant(&sql, "acme", "convoflow", convoflow_sinks::TABLES);
+            assert!(scoped.is_ok(), "{}: {scoped:?}\n{sql}", report.name());
+        }
+    }
+
+    #[test]
+    fn everything_else_is_refused() {
+        for sql in [
+            "SELECT * FROM responses_log",
+            "SELECT * FROM system.tables",
+            "SELECT * FROM other.responses",
+            "SELECT * FROM url('http://x', CSV, 'a String')",
+            "SELECT * FROM numbers(10)",
+            "SELECT joinGet('j', 'v', 1)",
+            "SELECT dictGetString('d', 'v', toUInt64(1))",
+            "WITH x AS (SELECT * FROM events) SELECT * FROM x",
+            "SELECT * FROM events SETTINGS max_execution_time = 1000",
+            "SELECT * FROM events FORMAT TabSeparated",
+            "SELECT 1; SELECT 2",
+            "DROP TABLE events",
+            "INSERT INTO rejected VALUES ('x')",
+            "SELECT * FROM events WHERE",
+        ] {
+            assert!(scoped(sql).is_err(), "{sql} was let through: {:?}", scoped(sql));
+        }
+        assert!(scoped("SELECT 1 UNION ALL SELECT count() FROM events").expect("scoped").contains("'acme'"));
+    }
+}
