@@ -91,6 +91,8 @@ fn admin_key_file(data_dir: &Path) -> Result<String, ServeError> {
 /// The bus ingest appends to, and how the runtime reads it back.
 struct BusParts {
     bus: Arc<dyn Bus>,
+    /// For the start-up line.
+    described: String,
     input_id: String,
     open_input: OpenInput,
 }
@@ -102,25 +104,28 @@ async fn bus_parts(config: &ServeConfig) -> Result<BusParts, ServeError> {
             let input_id = Input::log_id(&log);
             let reader = log.clone();
             let open_input: OpenInput = Box::new(move |position| Ok(Input::log(reader, position)?));
-            Ok(BusParts { bus: Arc::new(LocalLogBus { log }), input_id, open_input })
+            let described = format!("the local log {}", log.path().display());
+            Ok(BusParts { bus: Arc::new(LocalLogBus { log }), described, input_id, open_input })
         }
         Some(url) => {
             let stream = Arc::new(JetStreamBus::connect(JetStreamConfig::from_url(url, "convoflow_serve")).await?);
             let input_id = Input::stream_id(&stream);
             let (reader, handle) = (stream.clone(), tokio::runtime::Handle::current());
             let open_input: OpenInput = Box::new(move |position| Ok(handle.block_on(Input::stream(reader, position))?));
-            Ok(BusParts { bus: Arc::new(StreamBus { bus: stream }), input_id, open_input })
+            let described = format!("JetStream stream {} at {url}", stream.config().stream);
+            Ok(BusParts { bus: Arc::new(StreamBus { bus: stream }), described, input_id, open_input })
         }
     }
 }
 
-/// The store reads go to, and where the runtime writes.
-async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output), ServeError> {
+/// The store reads go to, where the runtime writes, and its description for the start-up line.
+async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, String), ServeError> {
     match &config.clickhouse {
         None => {
             let tables = Arc::new(Mutex::new(LiveTables::default()));
             let output = Output::embedded(&config.data, tables.clone(), config.snapshot_interval)?;
-            Ok((Arc::new(LiveStore { tables }), output))
+            let described = format!("the embedded store {}", config.data.join("tables").display());
+            Ok((Arc::new(LiveStore { tables }), output, described))
         }
         Some(url) => {
             let clickhouse = ClickHouseConfig::parse(url)?;
@@ -130,7 +135,8 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output), S
                 rows: config.limits.sql_max_rows,
                 memory_bytes: QUERY_MEMORY_BYTES as u64,
             };
-            Ok((Arc::new(ClickHouseReads { store: store.clone(), limits }), Output::clickhouse(store)))
+            let described = format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
+            Ok((Arc::new(ClickHouseReads { store: store.clone(), limits }), Output::clickhouse(store), described))
         }
     }
 }
@@ -152,8 +158,8 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         println!("admin API key: {key}  (kept in {}; configure [[api_keys]] to choose your own)", config.data.join("admin.key").display());
         keys.push(ApiKey { key, tenant: None });
     }
-    let BusParts { bus, input_id, open_input } = bus_parts(&config).await?;
-    let (store, output) = store_parts(&config).await?;
+    let BusParts { bus, described: bus_described, input_id, open_input } = bus_parts(&config).await?;
+    let (store, output, store_described) = store_parts(&config).await?;
     let (feed, _) = tokio::sync::broadcast::channel(FEED_CAPACITY);
     let telemetry = Arc::new(Telemetry::default());
     let seen = Arc::new(SeenEvents::default());
@@ -197,8 +203,8 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Listen { address: config.listen.clone(), source })?;
     let address = listener.local_addr().map_err(|source| ServeError::Listen { address: config.listen.clone(), source })?;
     println!(
-        "convoflow serve: listening on http://{address} (data in {}); dashboard at http://{address}/, API described at /v1/openapi.json",
-        config.data.display()
+        "convoflow serve: listening on http://{address} (events go to {bus_described}, tables to {store_described})\n\
+         dashboard at http://{address}/, API described at http://{address}/v1/openapi.json"
     );
     tracing::info!(%address, data = %config.data.display(), workers = config.workers, nats = ?config.nats, clickhouse = ?config.clickhouse, "serving");
     if config.demo {
