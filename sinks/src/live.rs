@@ -4,7 +4,7 @@
 //!
 //! Derived tables are multisets `row → multiplicity`, so an epoch's updates apply in time
 //! proportional to the updates. Their Arrow form is rebuilt lazily, when a reader asks for a table
-//! that changed since its last rebuild. `events` and `rejected` only grow: each epoch's new rows
+//! that changed since its last rebuild, outside the lock (`read_table`). `events` and `rejected` only grow: each epoch's new rows
 //! are converted once and appended.
 
 use crate::convert::{table_batches, Rows, TableBatches};
@@ -15,27 +15,31 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A table's batches by tenant.
 pub type TenantBatches = HashMap<String, Vec<RecordBatch>>;
 
 struct Contents<R> {
     rows: HashMap<R, i64>,
-    dirty: bool,
-    cached: Option<Arc<TenantBatches>>,
+    /// Counts changes, so a rebuild made from an older copy of the rows is not kept.
+    generation: u64,
+    cached: Option<(u64, Arc<TenantBatches>)>,
 }
 
 impl<R> Default for Contents<R> {
     fn default() -> Self {
-        Contents { rows: HashMap::new(), dirty: false, cached: None }
+        Contents { rows: HashMap::new(), generation: 0, cached: None }
     }
 }
 
-impl<R: Hash + Eq + Clone + Ord> Contents<R> {
+impl<R: Hash + Eq + Clone + Ord + Send + 'static> Contents<R>
+where
+    TableSet: WithCollection<R>,
+{
     fn apply(&mut self, updates: Collection<R>) {
         for (row, diff) in updates.updates {
-            self.dirty = true;
+            self.generation += 1;
             let entry = self.rows.entry(row);
             match entry {
                 std::collections::hash_map::Entry::Occupied(mut occupied) => {
@@ -51,12 +55,52 @@ impl<R: Hash + Eq + Clone + Ord> Contents<R> {
         }
     }
 
-    fn collection(&self) -> Collection<R> {
-        let mut updates: Vec<(R, i64)> = self.rows.iter().map(|(row, count)| (row.clone(), *count)).collect();
-        // A stable order keeps snapshots and query results reproducible.
-        updates.sort_by(|a, b| a.0.cmp(&b.0));
-        Collection { updates }
+    /// The cached batches if current; else a copy of the rows and how to turn them into
+    /// batches, which the caller runs without holding the tables' lock.
+    fn lookup(&self, name: &'static str) -> Lookup {
+        if let Some((generation, cached)) = &self.cached {
+            if *generation == self.generation {
+                return Lookup::Ready(cached.clone());
+            }
+        }
+        let rows: Vec<(R, i64)> = self.rows.iter().map(|(row, count)| (row.clone(), *count)).collect();
+        Lookup::Stale { generation: self.generation, build: Box::new(move || build(name, rows)) }
     }
+
+    fn keep(&mut self, generation: u64, batches: Arc<TenantBatches>) {
+        if generation == self.generation {
+            self.cached = Some((generation, batches));
+        }
+    }
+}
+
+/// A table's rows as batches by tenant, in a stable order (reproducible snapshots and results).
+fn build<R: Ord>(name: &str, mut rows: Vec<(R, i64)>) -> Result<TenantBatches, ArrowError>
+where
+    TableSet: WithCollection<R>,
+{
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut tables = TableSet::default();
+    *tables.collection_mut() = Collection { updates: rows };
+    let mut by_tenant = TenantBatches::new();
+    for table in table_batches(&tables, &[], Rows::Contents)? {
+        if table.table != name {
+            continue;
+        }
+        for batch in &table.batches {
+            for (tenant, part) in split_by_tenant(batch)? {
+                by_tenant.entry(tenant).or_default().push(part);
+            }
+        }
+    }
+    Ok(by_tenant)
+}
+
+/// What a table's lookup under the lock found.
+enum Lookup {
+    Ready(Arc<TenantBatches>),
+    Stale { generation: u64, build: Box<dyn FnOnce() -> Result<TenantBatches, ArrowError> + Send> },
+    Unknown,
 }
 
 /// Every table held in memory; see the module doc.
@@ -147,55 +191,53 @@ impl LiveTables {
         self.event_count
     }
 
-    /// The table's current batches by tenant; `None` for an unknown table.
-    pub fn batches(&mut self, table: &str) -> Result<Option<Arc<TenantBatches>>, ArrowError> {
+    fn lookup(&mut self, table: &str) -> Lookup {
         match table {
-            "events" => return Ok(Some(Arc::new(self.events.clone()))),
-            "rejected" => return Ok(Some(Arc::new(self.rejected.clone()))),
+            "events" => return Lookup::Ready(Arc::new(self.events.clone())),
+            "rejected" => return Lookup::Ready(Arc::new(self.rejected.clone())),
             _ => {}
         }
-        let mut found = None;
+        let mut found = Lookup::Unknown;
         each_derived!(self, |name, contents| if name == table {
-            found = Some(refresh(name, contents)?);
+            found = contents.lookup(name);
         });
-        Ok(found)
+        found
     }
 
-    /// One table, all tenants, as the Parquet store writes it.
-    pub fn table_snapshot(&mut self, table: &'static str) -> Result<TableBatches, ArrowError> {
-        let by_tenant = self.batches(table)?.unwrap_or_default();
-        let mut tenants: Vec<&String> = by_tenant.keys().collect();
-        tenants.sort();
-        let batches: Vec<RecordBatch> = tenants.into_iter().flat_map(|tenant| by_tenant[tenant].iter().cloned()).collect();
-        Ok(TableBatches { table, batches, diffs: Vec::new() })
+    fn keep(&mut self, table: &str, generation: u64, batches: Arc<TenantBatches>) {
+        each_derived!(self, |name, contents| if name == table {
+            contents.keep(generation, batches.clone());
+        });
     }
 }
 
-/// The table's batches, rebuilt if it changed since the last call.
-fn refresh<R: Hash + Eq + Clone + Ord>(name: &str, contents: &mut Contents<R>) -> Result<Arc<TenantBatches>, ArrowError>
-where
-    TableSet: WithCollection<R>,
-{
-    if let (false, Some(cached)) = (contents.dirty, &contents.cached) {
-        return Ok(cached.clone());
-    }
-    let mut tables = TableSet::default();
-    *tables.collection_mut() = contents.collection();
-    let mut by_tenant = TenantBatches::new();
-    for table in table_batches(&tables, &[], Rows::Contents)? {
-        if table.table != name {
-            continue;
-        }
-        for batch in &table.batches {
-            for (tenant, part) in split_by_tenant(batch)? {
-                by_tenant.entry(tenant).or_default().push(part);
-            }
+fn lock(tables: &Mutex<LiveTables>) -> MutexGuard<'_, LiveTables> {
+    tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The table's current batches by tenant; `None` for an unknown table. A table that changed
+/// since it was last read is rebuilt from a copy of its rows taken under the lock, and converted
+/// after letting go of it, so epochs can be applied meanwhile.
+pub fn read_table(tables: &Mutex<LiveTables>, table: &str) -> Result<Option<Arc<TenantBatches>>, ArrowError> {
+    let lookup = lock(tables).lookup(table);
+    match lookup {
+        Lookup::Ready(batches) => Ok(Some(batches)),
+        Lookup::Unknown => Ok(None),
+        Lookup::Stale { generation, build } => {
+            let batches = Arc::new(build()?);
+            lock(tables).keep(table, generation, batches.clone());
+            Ok(Some(batches))
         }
     }
-    let by_tenant = Arc::new(by_tenant);
-    contents.cached = Some(by_tenant.clone());
-    contents.dirty = false;
-    Ok(by_tenant)
+}
+
+/// One table, all tenants, as the Parquet store writes it.
+pub fn snapshot_table(tables: &Mutex<LiveTables>, table: &'static str) -> Result<TableBatches, ArrowError> {
+    let by_tenant = read_table(tables, table)?.unwrap_or_default();
+    let mut tenants: Vec<&String> = by_tenant.keys().collect();
+    tenants.sort();
+    let batches: Vec<RecordBatch> = tenants.into_iter().flat_map(|tenant| by_tenant[tenant].iter().cloned()).collect();
+    Ok(TableBatches { table, batches, diffs: Vec::new() })
 }
 
 /// Access to the one collection of a `TableSet` holding rows of type `R`.
@@ -252,4 +294,59 @@ pub fn split_by_tenant(batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>
         .into_iter()
         .map(|(tenant, rows)| Ok((tenant.to_owned(), take_record_batch(batch, &UInt32Array::from(rows))?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoflow_operators::ContactRow;
+
+    fn contact(tenant: &str, id: &str, messages: i64) -> ContactRow {
+        ContactRow {
+            tenant_id: tenant.to_owned(),
+            contact_id: id.to_owned(),
+            first_seen_ts: 0,
+            first_inbound_ts: None,
+            last_inbound_ts: None,
+            inbound_messages: messages,
+            cohort_week: None,
+        }
+    }
+
+    fn epoch(updates: Vec<(ContactRow, i64)>) -> TableSet {
+        TableSet { contacts: Collection { updates }, ..TableSet::default() }
+    }
+
+    fn ids(tables: &Mutex<LiveTables>, tenant: &str) -> Vec<String> {
+        let batches = read_table(tables, "contacts").expect("read").expect("known table");
+        let mut ids = Vec::new();
+        for batch in batches.get(tenant).map(Vec::as_slice).unwrap_or_default() {
+            let column = batch.column_by_name("contact_id").expect("column").as_string::<i32>();
+            ids.extend(column.iter().flatten().map(str::to_owned));
+        }
+        ids
+    }
+
+    #[test]
+    fn reads_follow_every_change_and_never_keep_a_stale_rebuild() {
+        let tables = Mutex::new(LiveTables::default());
+        lock(&tables).apply(epoch(vec![(contact("a", "c2", 1), 1), (contact("a", "c1", 1), 1), (contact("b", "c9", 1), 1)]), &[]).expect("apply");
+        assert_eq!(ids(&tables, "a"), vec!["c1", "c2"]);
+        assert_eq!(ids(&tables, "b"), vec!["c9"]);
+        assert!(matches!(lock(&tables).lookup("contacts"), Lookup::Ready(_)), "unchanged since the last read");
+        // A rebuild started before a change must not be kept as current.
+        lock(&tables).apply(epoch(vec![(contact("b", "c8", 1), 1)]), &[]).expect("apply");
+        let Lookup::Stale { generation, build } = lock(&tables).lookup("contacts") else { panic!("changed, so stale") };
+        lock(&tables).apply(epoch(vec![(contact("a", "c1", 1), -1), (contact("a", "c1", 2), 1)]), &[]).expect("apply");
+        lock(&tables).keep("contacts", generation, Arc::new(build().expect("build")));
+        assert!(matches!(lock(&tables).lookup("contacts"), Lookup::Stale { .. }));
+        let batches = read_table(&tables, "contacts").expect("read").expect("known");
+        let messages: Vec<i64> = batches["a"]
+            .iter()
+            .flat_map(|batch| batch.column_by_name("inbound_messages").expect("column").as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(messages, vec![2, 1]);
+        assert!(matches!(lock(&tables).lookup("contacts"), Lookup::Ready(_)));
+        assert!(read_table(&tables, "no_such_table").expect("read").is_none());
+    }
 }

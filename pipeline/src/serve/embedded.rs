@@ -4,7 +4,7 @@
 use crate::bus::local::{LocalLog, LogError};
 use convoflow_api::{BoxFuture, Bus, BusError, Scope, Store, StoreError, TenantBatch};
 use convoflow_queries::{Dialect, SqlEngine};
-use convoflow_sinks::{LiveTables, TABLES};
+use convoflow_sinks::{read_table, LiveTables, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::{Arc, Mutex};
 
@@ -43,11 +43,9 @@ fn mentioned_tables(sql: &str) -> Vec<&'static str> {
 impl LiveStore {
     /// The batches of `scope`'s rows of the tables `sql` mentions.
     fn scoped_batches(&self, scope: &Scope, sql: &str) -> Result<Vec<(&'static str, Vec<RecordBatch>)>, StoreError> {
-        let mut tables = self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut out = Vec::new();
         for table in mentioned_tables(sql) {
-            let by_tenant = tables
-                .batches(table)
+            let by_tenant = read_table(&self.tables, table)
                 .map_err(|error| StoreError::Unavailable(format!("cannot read table {table}: {error}")))?
                 .unwrap_or_default();
             let batches = match scope {
@@ -67,8 +65,7 @@ impl LiveStore {
 impl Store for LiveStore {
     fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str) -> BoxFuture<'a, Result<Vec<RecordBatch>, StoreError>> {
         Box::pin(async move {
-            // Rebuilding a changed table's batches is CPU work under the tables' lock: keep it off
-            // the async workers.
+            // Rebuilding a changed table's batches is CPU work: keep it off the async workers.
             let batches = tokio::task::block_in_place(|| self.scoped_batches(scope, sql))?;
             let engine = SqlEngine::over_batches(batches).map_err(|error| StoreError::Unavailable(error.to_string()))?;
             engine.query(sql).await.map_err(|error| StoreError::Query(error.to_string()))

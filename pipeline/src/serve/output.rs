@@ -11,7 +11,7 @@ use crate::retry::until_done;
 use crate::serve::ServeError;
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
-use convoflow_sinks::{ClickHouseStore, Commit, EmbeddedStore, LiveTables, TABLES};
+use convoflow_sinks::{snapshot_table, ClickHouseStore, Commit, EmbeddedStore, LiveTables, TABLES};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -187,10 +187,11 @@ impl Snapshots {
         let (store, data_dir, tables) = (self.store.clone(), self.data_dir.clone(), tables.clone());
         let input = self.input.clone();
         self.writing = Some(std::thread::spawn(move || {
+            lower_priority();
             let started = Instant::now();
             let mut batches = Vec::with_capacity(TABLES.len());
             for &table in TABLES {
-                batches.push(lock(&tables).table_snapshot(table)?);
+                batches.push(snapshot_table(&tables, table)?);
             }
             store.write_batches(&batches)?;
             write_checkpoint(&data_dir, &Checkpoint { input: Some(input), position })?;
@@ -206,5 +207,15 @@ impl Snapshots {
             self.covered = writing.join().map_err(|_| ServeError::Snapshot("the snapshot writer panicked".to_owned()))??;
         }
         Ok(())
+    }
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19), so that a snapshot's Parquet
+/// encoding yields to epochs and requests on a busy machine. Best effort: a refusal is logged.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority only read their arguments; `who` is this thread's id.
+    let refused = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) } != 0;
+    if refused {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the snapshot thread's priority");
     }
 }
