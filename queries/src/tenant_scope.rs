@@ -16,7 +16,7 @@
 use datafusion::sql::sqlparser::ast::{Expr, ObjectName, Query, SetExpr, Spanned, Statement, TableFactor, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::ClickHouseDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserOptions};
-use datafusion::sql::sqlparser::tokenizer::{Location, Span};
+use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, Tokenizer, Whitespace};
 use std::ops::ControlFlow;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,11 +29,68 @@ pub enum ScopeError {
     Refused(String),
 }
 
-/// Scalar functions that read a table or dictionary named by a string argument.
-const TABLE_READING_FUNCTIONS: &[&str] = &["dictget", "dicthas", "dictisin", "joinget", "hascolumnintable"];
+/// Whether a function (name lower-cased) can read a table or dictionary by name: `dictGet*`,
+/// `joinGet`, `hasColumnInTable`, and the functional forms of `IN` (`in`, `notIn`, `globalIn`,
+/// `nullIn`, …), whose right side may name a table.
+fn reads_tables(function: &str) -> bool {
+    let rest = function.strip_prefix("global").unwrap_or(function);
+    let rest = rest.strip_prefix("not").unwrap_or(rest);
+    let rest = rest.strip_prefix("null").unwrap_or(rest);
+    function.starts_with("dict") || function.starts_with("joinget") || function == "hascolumnintable" || rest == "in" || rest == "inignoreset"
+}
+
+/// The query's text is kept, so the parser must read it exactly as ClickHouse will. Only tokens
+/// both read alike pass: words (a quoted one without backslashes, which ClickHouse would read as
+/// escapes), numbers, single-quoted strings, operators and plain whitespace. Comments are refused
+/// (ClickHouse also ends a line at `//` and does not nest `/* */`), as are other string forms.
+fn check_tokens(sql: &str) -> Result<(), ScopeError> {
+    let dialect = ClickHouseDialect {};
+    let tokens = Tokenizer::new(&dialect, sql).with_unescape(false).tokenize().map_err(|error| ScopeError::Parse(error.to_string()))?;
+    let refuse = |what: &str| Err(ScopeError::Refused(format!("{what} are not allowed in a tenant's query")));
+    for (index, token) in tokens.iter().enumerate() {
+        match token {
+            Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab) => {}
+            Token::Whitespace(_) => return refuse("comments"),
+            Token::Word(word) if word.quote_style.is_none() => {}
+            Token::Word(word) if matches!(word.quote_style, Some('"' | '`')) && !word.value.contains('\\') => {}
+            Token::Word(_) => return refuse("quoted names with backslashes"),
+            Token::Div if matches!(tokens.get(index + 1), Some(Token::Div)) => return refuse("`//` comments"),
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::Comma
+            | Token::SemiColon
+            | Token::Period
+            | Token::LParen
+            | Token::RParen
+            | Token::LBracket
+            | Token::RBracket
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::StringConcat
+            | Token::Arrow
+            | Token::Colon
+            | Token::DoubleColon
+            | Token::Question
+            | Token::EOF => {}
+            other => return Err(ScopeError::Refused(format!("`{other}` is not allowed in a tenant's query"))),
+        }
+    }
+    Ok(())
+}
 
 /// `sql` reading only `tenant`'s rows of `tables` in `database`.
 pub fn scope_to_tenant(sql: &str, tenant: &str, database: &str, tables: &[&str]) -> Result<String, ScopeError> {
+    check_tokens(sql)?;
     let query = parse_query(sql)?;
     let mut scoper = Scoper { database, tables, reads: Vec::new(), refusal: None };
     if let ControlFlow::Break(()) = query.visit(&mut scoper) {
@@ -144,7 +201,7 @@ impl Visitor for Scoper<'_> {
         if query.settings.is_some() || query.format_clause.is_some() {
             return self.refuse("SETTINGS and FORMAT clauses are not allowed; choose the format with `format`".to_owned());
         }
-        if !matches!(*query.body, SetExpr::Select(_) | SetExpr::Query(_) | SetExpr::SetOperation { .. } | SetExpr::Values(_)) {
+        if !only_selects(&query.body) {
             return self.refuse("only SELECT queries are allowed".to_owned());
         }
         ControlFlow::Continue(())
@@ -179,13 +236,30 @@ impl Visitor for Scoper<'_> {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(function) = expr {
-            let name = function.name.to_string().to_ascii_lowercase();
-            if TABLE_READING_FUNCTIONS.iter().any(|prefix| name.starts_with(prefix)) {
-                return self.refuse(format!("function `{}` is not allowed", function.name));
+        match expr {
+            Expr::Function(function) => {
+                let name: Vec<String> =
+                    function.name.0.iter().map(|part| part.as_ident().map_or_else(String::new, |ident| ident.value.to_ascii_lowercase())).collect();
+                if reads_tables(&name.join(".")) {
+                    return self.refuse(format!("function `{}` is not allowed", function.name));
+                }
             }
+            // ClickHouse reads `x IN (t)` as membership in table `t`.
+            Expr::InList { list, .. } if matches!(list.as_slice(), [Expr::Identifier(_) | Expr::CompoundIdentifier(_)]) => {
+                return self.refuse("`IN (name)` is not allowed; write `IN (SELECT column FROM table)`".to_owned());
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// SELECTs, parenthesized queries and set operations of them (`TABLE t` is refused anywhere).
+fn only_selects(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(_) | SetExpr::Query(_) | SetExpr::Values(_) => true,
+        SetExpr::SetOperation { left, right, .. } => only_selects(left) && only_selects(right),
+        _ => false,
     }
 }
 
@@ -216,7 +290,7 @@ mod tests {
 
     #[test]
     fn the_rest_of_the_query_is_kept_as_written() {
-        let sql = "SELECT CAST(x AS Nullable(Float64)), 'é\\'s', \"emoji\"\n  FROM \"events\" AS e\n  WHERE type = 'touch' -- ünïcode\n";
+        let sql = "SELECT CAST(x AS Nullable(Float64)), 'é\\'s', \"emoji\"\n  FROM \"events\" AS e\n  WHERE type = 'touch' AND contact_id <> 'ünïcode'\r\n";
         let out = scoped(sql).expect("scoped");
         assert_eq!(out, sql.replace("\"events\"", "(SELECT * FROM convoflow.events WHERE tenant_id = 'acme')"));
     }
@@ -251,6 +325,20 @@ mod tests {
             "SELECT * FROM events SETTINGS max_execution_time = 1000",
             "SELECT * FROM events FORMAT TabSeparated",
             "SELECT 1; SELECT 2",
+            // Where ClickHouse's lexer and the parser's would disagree: comments, backslashes in
+            // quoted names, `IN` a table.
+            "SELECT 1 //*\n, * FROM responses_log\n-- */ 2",
+            "SELECT 1 AS \"\\\",'\", * FROM responses_log -- '",
+            "SELECT 1 AS `\\`,'`, * FROM responses_log -- '",
+            "SELECT 1 /* /* */, * FROM responses_log -- */",
+            "SELECT 1 -- comment",
+            "SELECT count() FROM events WHERE ('beta', 1) IN (retention)",
+            "SELECT count() FROM events WHERE contact_id IN (convoflow.contacts)",
+            "SELECT notIn(contact_id, contacts) FROM events",
+            "SELECT \"globalIn\"(contact_id, contacts) FROM events",
+            "SELECT \"dictGet\"('d', 'v', toUInt64(1))",
+            "SELECT 1 UNION ALL TABLE events",
+            "SELECT $$x$$",
             "DROP TABLE events",
             "INSERT INTO rejected VALUES ('x')",
             "SELECT * FROM events WHERE",

@@ -224,6 +224,12 @@ impl JetStreamBus {
             .map_err(|error| BusError::Request { what: "read from the ordered consumer".to_owned(), reason: error.to_string() })
     }
 
+    /// When the stream was created (ms): a stream deleted and made again starts its sequences
+    /// over, so positions in it are only meaningful with this.
+    pub fn created_ms(&self) -> i64 {
+        self.stream.cached_info().created.timestamp_millis()
+    }
+
     /// The sequence of the stream's last message (0 when empty).
     pub async fn last_sequence(&self) -> Result<u64, BusError> {
         Ok(retry("read the stream", || self.stream.get_info()).await?.state.last_sequence)

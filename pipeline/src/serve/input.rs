@@ -46,7 +46,7 @@ impl Input {
 
     /// What a store records its position in the stream under.
     pub fn stream_id(bus: &JetStreamBus) -> String {
-        format!("nats:{}", bus.config().stream)
+        format!("nats:{}:{}", bus.config().stream, bus.created_ms())
     }
 
     /// How much input has been read: the log offset, or the last stream sequence.
@@ -101,9 +101,16 @@ async fn next_messages(messages: &mut Ordered, position: &mut u64, pending: &mut
         match next {
             Some(Ok(message)) => {
                 let (sequence, left) = message.info().map_or((*position + 1, 0), |info| (info.stream_sequence, info.pending));
-                (*position, *pending) = (sequence, left);
-                bytes += message.payload.len();
-                records.push(Record { position: sequence, payload: message.payload.clone() });
+                // (A consumer recreated before its first delivery starts over from the stream's
+                // beginning: what was read already is skipped.)
+                if sequence > *position {
+                    if sequence > *position + 1 {
+                        tracing::warn!(from = *position + 1, to = sequence - 1, "messages missing from the stream (removed by its limits or by hand)");
+                    }
+                    (*position, *pending) = (sequence, left);
+                    bytes += message.payload.len();
+                    records.push(Record { position: sequence, payload: message.payload.clone() });
+                }
             }
             // The ordered consumer recreates itself; what it missed comes again.
             Some(Err(error)) => {

@@ -180,20 +180,21 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         ready: ready.clone(),
         shutdown,
     });
-    let runtime = Runtime { tenants, workers: config.workers, output, feed, seen, telemetry, ready, stop: stop.clone() };
+    let runtime = Runtime { tenants, workers: config.workers, output, feed, seen, telemetry, ready: ready.clone(), stop: stop.clone() };
     let handle = tokio::runtime::Handle::current();
     // The runtime ending (an error) shuts the server down too: a server that no longer applies
     // events must not keep accepting them.
     let runtime_ended = Arc::new(tokio::sync::Notify::new());
     let ended = runtime_ended.clone();
+    let ended_guard = RuntimeEnded { ended, ready: ready.clone() };
     let processing = std::thread::Builder::new()
         .name("convoflow-runtime".to_owned())
         .spawn(move || {
+            let _ended = ended_guard;
             let result = runtime.run(input_id, open_input, handle);
             if let Err(error) = &result {
                 tracing::error!(%error, "the runtime stopped");
             }
-            ended.notify_one();
             result
         })
         .map_err(|source| ServeError::Io { what: "start the runtime thread".to_owned(), source })?;
@@ -215,6 +216,20 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let result = processing.join().map_err(|_| ServeError::Snapshot("the runtime thread panicked".to_owned()))?;
     served.map_err(|source| ServeError::Io { what: "HTTP server".to_owned(), source })?;
     result
+}
+
+/// Dropped when the runtime thread ends, even by a panic: the server stops being ready and shuts
+/// down rather than acknowledge events nobody will process.
+struct RuntimeEnded {
+    ended: Arc<tokio::sync::Notify>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeEnded {
+    fn drop(&mut self) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.ended.notify_one();
+    }
 }
 
 async fn shutdown_signal(runtime_ended: Arc<tokio::sync::Notify>, shutdown: tokio::sync::watch::Sender<bool>) {

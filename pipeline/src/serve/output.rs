@@ -49,7 +49,9 @@ impl Output {
                 lock(tables).apply(TableSet::default(), &rejected)?;
                 let checkpoint = read_checkpoint(&snapshots.data_dir);
                 // A snapshot of another input's tables is still right; only its position is not.
-                let position = if checkpoint.input.as_deref().is_none_or(|id| id == input) { checkpoint.position } else { 0 };
+                // (Checkpoints without an input were all of a local log.)
+                let same_input = checkpoint.input.as_deref().map_or(input.starts_with("log:"), |id| id == input);
+                let position = if same_input { checkpoint.position } else { 0 };
                 snapshots.input = input.to_owned();
                 snapshots.covered = position;
                 Ok(Restored { events, position })

@@ -23,6 +23,8 @@ use tokio::sync::broadcast;
 
 /// Stored events per epoch while restoring.
 const RESTORE_EPOCH_EVENTS: usize = 64 * 1024;
+/// Empty reads in a row after which catching up stops short of the input's end.
+const CATCH_UP_EMPTY_READS: u32 = 3;
 /// How long to wait for input before checking `stop` and the snapshot timer again.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
@@ -59,8 +61,13 @@ impl Runtime {
                 restored.position
             )));
         }
-        // (An empty read means the rest is gone: messages past a stream's limits.)
-        while input.position() < start_end && self.epoch(&mut live, &mut input, &input_id, start_end, true, &handle)? > 0 {}
+        // Several empty reads in a row (10 s each) mean the rest is gone: messages removed from
+        // a stream by its limits.
+        let mut empty_reads = 0;
+        while input.position() < start_end && empty_reads < CATCH_UP_EMPTY_READS {
+            let read = self.epoch(&mut live, &mut input, &input_id, start_end, true, &handle)?;
+            empty_reads = if read == 0 { empty_reads + 1 } else { 0 };
+        }
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(
             restored_events,

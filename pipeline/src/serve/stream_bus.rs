@@ -11,6 +11,9 @@ use std::time::Duration;
 /// a retry is absorbed as duplicates).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// NATS's default largest message (`max_payload`); a longer event line cannot be published.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
 pub struct StreamBus {
     pub bus: Arc<JetStreamBus>,
 }
@@ -21,6 +24,12 @@ impl Bus for StreamBus {
             let messages: Vec<_> = batches.iter().flat_map(|batch| split_batch(&batch.tenant, &batch.body)).collect();
             if messages.is_empty() {
                 return Ok(());
+            }
+            if let Some(message) = messages.iter().find(|message| message.body.len() > MAX_MESSAGE_BYTES) {
+                return Err(BusError::TooLarge(format!(
+                    "an event of {} bytes is more than a NATS message takes ({MAX_MESSAGE_BYTES} bytes)",
+                    message.body.len()
+                )));
             }
             match tokio::time::timeout(PUBLISH_TIMEOUT, self.bus.publish(&messages)).await {
                 Ok(Ok(_)) => Ok(()),

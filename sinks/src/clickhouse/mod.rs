@@ -244,7 +244,7 @@ impl ClickHouseStore {
     pub async fn last_epoch(&self) -> Result<u64, ClickHouseError> {
         let db = &self.config.database;
         let mut last = 0u64;
-        let sources = TABLES.iter().map(|table| format!("{table}_log")).chain(["commits".to_owned()]);
+        let sources = TABLES.iter().map(|table| format!("{table}_log")).chain(["commits".to_owned(), "positions".to_owned()]);
         for source in sources {
             let reply = self.fetch(&format!("SELECT max(epoch) FROM {db}.{source}"), "TabSeparated", "read the last epoch").await?;
             last = last.max(String::from_utf8_lossy(&reply).trim().parse().unwrap_or(0));
