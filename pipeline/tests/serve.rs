@@ -527,6 +527,7 @@ async fn tenant_isolation(scaled: Scaled) {
         "SELECT 1 /* /* */, tenant_id FROM events -- */",
         "SELECT 1 AS \"\\\",'\", tenant_id FROM events -- '",
         "SELECT tenant_id FROM events WHERE ('beta', contact_id) IN (contacts)",
+        "SELECT tenant_id FROM events WHERE 0 IN ((system.one))",
     ] {
         let (status, body) = sql(&client, &server, ACME_KEY, query).await;
         if server.scaled.database.is_some() {

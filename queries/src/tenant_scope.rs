@@ -111,7 +111,15 @@ pub fn scope_to_tenant(sql: &str, tenant: &str, database: &str, tables: &[&str])
     let mut out = sql.to_owned();
     for (start, end, read) in reads {
         let rows = format!("(SELECT * FROM {database}.{} WHERE tenant_id = {})", read.table, quote(tenant));
-        let replacement = if read.aliased { rows } else { format!("{rows} AS {}", read.table) };
+        let mut replacement = if read.aliased { rows } else { format!("{rows} AS {}", read.table) };
+        // `FROM "events"WHERE` must not become `… AS eventsWHERE`.
+        let joins_word = |c: char| c.is_alphanumeric() || matches!(c, '_' | '"' | '`');
+        if sql[end..].starts_with(joins_word) {
+            replacement.push(' ');
+        }
+        if sql[..start].ends_with(joins_word) {
+            replacement.insert(0, ' ');
+        }
         out.replace_range(start..end, &replacement);
     }
     Ok(out)
@@ -244,14 +252,23 @@ impl Visitor for Scoper<'_> {
                     return self.refuse(format!("function `{}` is not allowed", function.name));
                 }
             }
-            // ClickHouse reads `x IN (t)` as membership in table `t`.
-            Expr::InList { list, .. } if matches!(list.as_slice(), [Expr::Identifier(_) | Expr::CompoundIdentifier(_)]) => {
+            // ClickHouse reads `x IN (t)` and `x IN ((t))` as membership in table `t`.
+            Expr::InList { list, .. } if list.iter().any(|item| matches!(unnested(item), Expr::Identifier(_) | Expr::CompoundIdentifier(_))) => {
                 return self.refuse("`IN (name)` is not allowed; write `IN (SELECT column FROM table)`".to_owned());
             }
+            Expr::Position { .. } => return self.refuse("`POSITION(… IN …)` is not allowed; use position(haystack, needle)".to_owned()),
             _ => {}
         }
         ControlFlow::Continue(())
     }
+}
+
+/// The expression inside any number of parentheses.
+fn unnested(mut expr: &Expr) -> &Expr {
+    while let Expr::Nested(inner) = expr {
+        expr = inner;
+    }
+    expr
 }
 
 /// SELECTs, parenthesized queries and set operations of them (`TABLE t` is refused anywhere).
@@ -296,6 +313,12 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_name_stays_apart_from_the_next_word() {
+        let out = scoped("SELECT * FROM \"events\"WHERE 1").expect("scoped");
+        assert_eq!(out, "SELECT * FROM (SELECT * FROM convoflow.events WHERE tenant_id = 'acme') AS events WHERE 1");
+    }
+
+    #[test]
     fn tenant_names_are_escaped() {
         let out = scope_to_tenant("SELECT * FROM events", r"o'brien\", "convoflow", TABLES).expect("scoped");
         assert!(out.contains(r"tenant_id = 'o\'brien\\'"), "{out}");
@@ -334,6 +357,9 @@ mod tests {
             "SELECT 1 -- comment",
             "SELECT count() FROM events WHERE ('beta', 1) IN (retention)",
             "SELECT count() FROM events WHERE contact_id IN (convoflow.contacts)",
+            "SELECT count() FROM events WHERE 0 IN ((system.one))",
+            "SELECT count() FROM events WHERE 1 NOT IN (((contacts)))",
+            "SELECT POSITION('a' IN contacts) FROM events",
             "SELECT notIn(contact_id, contacts) FROM events",
             "SELECT \"globalIn\"(contact_id, contacts) FROM events",
             "SELECT \"dictGet\"('d', 'v', toUInt64(1))",
