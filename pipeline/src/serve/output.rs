@@ -132,7 +132,7 @@ fn lock(tables: &Mutex<LiveTables>) -> std::sync::MutexGuard<'_, LiveTables> {
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Checkpoint {
-    /// Which input `position` is in (`log:<id>`, `nats:<stream>`); absent in older checkpoints,
+    /// Which input `position` is in (`log:<id>`, `nats:<stream>:<created>`); absent in older checkpoints,
     /// which were all of the local log.
     #[serde(default)]
     input: Option<String>,
