@@ -38,7 +38,7 @@ impl Dialect {
     pub fn string(self, text: &str) -> String {
         match self {
             Dialect::DataFusion => format!("'{}'", text.replace('\'', "''")),
-            Dialect::ClickHouse { .. } => format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'")),
+            Dialect::ClickHouse { .. } => convoflow_sinks::clickhouse_string(text),
         }
     }
 

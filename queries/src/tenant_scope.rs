@@ -110,7 +110,7 @@ pub fn scope_to_tenant(sql: &str, tenant: &str, database: &str, tables: &[&str])
     reads.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
     let mut out = sql.to_owned();
     for (start, end, read) in reads {
-        let rows = format!("(SELECT * FROM {database}.{} WHERE tenant_id = {})", read.table, quote(tenant));
+        let rows = format!("(SELECT * FROM {database}.{} WHERE tenant_id = {})", read.table, convoflow_sinks::clickhouse_string(tenant));
         let mut replacement = if read.aliased { rows } else { format!("{rows} AS {}", read.table) };
         // `FROM "events"WHERE` must not become `… AS eventsWHERE`.
         let joins_word = |c: char| c.is_alphanumeric() || matches!(c, '_' | '"' | '`');
@@ -136,11 +136,6 @@ fn parse_query(sql: &str) -> Result<Box<Query>, ScopeError> {
         (Some(Statement::Query(query)), true) => Ok(query),
         _ => Err(ScopeError::NotOneQuery),
     }
-}
-
-/// A ClickHouse string literal: backslash and quote escaped.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Byte offsets of the parser's (line, column) locations, counted the way its tokenizer counts.

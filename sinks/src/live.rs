@@ -211,7 +211,8 @@ impl LiveTables {
     }
 }
 
-fn lock(tables: &Mutex<LiveTables>) -> MutexGuard<'_, LiveTables> {
+/// The tables, also when a thread panicked holding them (their contents are whole between calls).
+pub fn lock_tables(tables: &Mutex<LiveTables>) -> MutexGuard<'_, LiveTables> {
     tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -219,13 +220,13 @@ fn lock(tables: &Mutex<LiveTables>) -> MutexGuard<'_, LiveTables> {
 /// since it was last read is rebuilt from a copy of its rows taken under the lock, and converted
 /// after letting go of it, so epochs can be applied meanwhile.
 pub fn read_table(tables: &Mutex<LiveTables>, table: &str) -> Result<Option<Arc<TenantBatches>>, ArrowError> {
-    let lookup = lock(tables).lookup(table);
+    let lookup = lock_tables(tables).lookup(table);
     match lookup {
         Lookup::Ready(batches) => Ok(Some(batches)),
         Lookup::Unknown => Ok(None),
         Lookup::Stale { generation, build } => {
             let batches = Arc::new(build()?);
-            lock(tables).keep(table, generation, batches.clone());
+            lock_tables(tables).keep(table, generation, batches.clone());
             Ok(Some(batches))
         }
     }
@@ -330,23 +331,23 @@ mod tests {
     #[test]
     fn reads_follow_every_change_and_never_keep_a_stale_rebuild() {
         let tables = Mutex::new(LiveTables::default());
-        lock(&tables).apply(epoch(vec![(contact("a", "c2", 1), 1), (contact("a", "c1", 1), 1), (contact("b", "c9", 1), 1)]), &[]).expect("apply");
+        lock_tables(&tables).apply(epoch(vec![(contact("a", "c2", 1), 1), (contact("a", "c1", 1), 1), (contact("b", "c9", 1), 1)]), &[]).expect("apply");
         assert_eq!(ids(&tables, "a"), vec!["c1", "c2"]);
         assert_eq!(ids(&tables, "b"), vec!["c9"]);
-        assert!(matches!(lock(&tables).lookup("contacts"), Lookup::Ready(_)), "unchanged since the last read");
+        assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Ready(_)), "unchanged since the last read");
         // A rebuild started before a change must not be kept as current.
-        lock(&tables).apply(epoch(vec![(contact("b", "c8", 1), 1)]), &[]).expect("apply");
-        let Lookup::Stale { generation, build } = lock(&tables).lookup("contacts") else { panic!("changed, so stale") };
-        lock(&tables).apply(epoch(vec![(contact("a", "c1", 1), -1), (contact("a", "c1", 2), 1)]), &[]).expect("apply");
-        lock(&tables).keep("contacts", generation, Arc::new(build().expect("build")));
-        assert!(matches!(lock(&tables).lookup("contacts"), Lookup::Stale { .. }));
+        lock_tables(&tables).apply(epoch(vec![(contact("b", "c8", 1), 1)]), &[]).expect("apply");
+        let Lookup::Stale { generation, build } = lock_tables(&tables).lookup("contacts") else { panic!("changed, so stale") };
+        lock_tables(&tables).apply(epoch(vec![(contact("a", "c1", 1), -1), (contact("a", "c1", 2), 1)]), &[]).expect("apply");
+        lock_tables(&tables).keep("contacts", generation, Arc::new(build().expect("build")));
+        assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Stale { .. }));
         let batches = read_table(&tables, "contacts").expect("read").expect("known");
         let messages: Vec<i64> = batches["a"]
             .iter()
             .flat_map(|batch| batch.column_by_name("inbound_messages").expect("column").as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().to_vec())
             .collect();
         assert_eq!(messages, vec![2, 1]);
-        assert!(matches!(lock(&tables).lookup("contacts"), Lookup::Ready(_)));
+        assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Ready(_)));
         assert!(read_table(&tables, "no_such_table").expect("read").is_none());
     }
 }

@@ -11,7 +11,7 @@ use crate::retry::until_done;
 use crate::serve::ServeError;
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
-use convoflow_sinks::{snapshot_table, ClickHouseStore, Commit, EmbeddedStore, LiveTables, TABLES};
+use convoflow_sinks::{lock_tables, snapshot_table, ClickHouseStore, Commit, EmbeddedStore, LiveTables, TABLES};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ impl Output {
             Output::Embedded { tables, snapshots } => {
                 let events = snapshots.store.load_events()?;
                 let rejected = snapshots.store.load_rejected()?;
-                lock(tables).apply(TableSet::default(), &rejected)?;
+                lock_tables(tables).apply(TableSet::default(), &rejected)?;
                 let checkpoint = read_checkpoint(&snapshots.data_dir);
                 // A snapshot of another input's tables is still right; only its position is not.
                 // (Checkpoints without an input were all of a local log.)
@@ -68,7 +68,7 @@ impl Output {
     /// Takes in the tables' rows derived while restoring.
     pub fn restored(&mut self, tables: TableSet) -> Result<(), ServeError> {
         if let Output::Embedded { tables: live, .. } = self {
-            lock(live).apply(tables, &[])?;
+            lock_tables(live).apply(tables, &[])?;
         }
         Ok(())
     }
@@ -77,7 +77,7 @@ impl Output {
     /// retried until it takes the commit: meanwhile the bus keeps what comes in.
     pub fn apply(&mut self, tables: TableSet, rejected: &[RejectedRow], positions: (u64, u64), input: &str, handle: &Handle) -> Result<(), ServeError> {
         match self {
-            Output::Embedded { tables: live, .. } => lock(live).apply(tables, rejected)?,
+            Output::Embedded { tables: live, .. } => lock_tables(live).apply(tables, rejected)?,
             Output::ClickHouse { store, next_epoch } => {
                 let commit = Commit {
                     epoch: *next_epoch,
@@ -124,10 +124,6 @@ impl Output {
         }
         Ok(())
     }
-}
-
-fn lock(tables: &Mutex<LiveTables>) -> std::sync::MutexGuard<'_, LiveTables> {
-    tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]

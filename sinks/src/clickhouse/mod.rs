@@ -91,6 +91,11 @@ pub struct ClickHouseStore {
     instant_type: &'static str,
 }
 
+/// `text` as a ClickHouse string literal: backslashes and quotes escaped.
+pub fn string_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// Servers from 20.1 on have `DateTime64`.
 fn has_datetime64(version: &str) -> bool {
     let mut parts = version.split('.').map(|part| part.parse::<u32>().unwrap_or(0));
@@ -255,8 +260,8 @@ impl ClickHouseStore {
     /// How far into `input` (see [`Commit::input`]) the committed epochs reach; 0 if nowhere.
     pub async fn committed_position(&self, input: &str) -> Result<u64, ClickHouseError> {
         let db = &self.config.database;
-        let input = input.replace('\\', "\\\\").replace('\'', "\\'");
-        let sql = format!("SELECT max(position) FROM {db}.positions WHERE input = '{input}' AND epoch IN (SELECT epoch FROM {db}.commits)");
+        let input = string_literal(input);
+        let sql = format!("SELECT max(position) FROM {db}.positions WHERE input = {input} AND epoch IN (SELECT epoch FROM {db}.commits)");
         let reply = self.fetch(&sql, "TabSeparated", "read the committed position").await?;
         Ok(String::from_utf8_lossy(&reply).trim().parse().unwrap_or(0))
     }
