@@ -40,6 +40,8 @@ impl ApiKeys {
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub scope: Scope,
+    /// The API key, for per-key limits.
+    pub key: String,
 }
 
 impl Caller {
@@ -65,7 +67,7 @@ pub fn authenticate(state: &ApiState, method: &Method, headers: &HeaderMap, quer
     })?;
     let scope = state.keys.scope_of(&key).ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
     state.rate.charge(&key)?;
-    Ok(Caller { scope })
+    Ok(Caller { scope, key })
 }
 
 fn key_from(method: &Method, headers: &HeaderMap, query: Option<&str>) -> Option<String> {
@@ -179,10 +181,10 @@ mod tests {
 
     #[test]
     fn a_tenant_key_cannot_act_for_another_tenant() {
-        let caller = Caller { scope: Scope::Tenant("a".to_owned()) };
+        let caller = Caller { scope: Scope::Tenant("a".to_owned()), key: "k".to_owned() };
         assert_eq!(caller.tenant(None).expect("own"), "a");
         assert_eq!(caller.tenant(Some("b")).expect_err("other").status, StatusCode::FORBIDDEN);
-        let admin = Caller { scope: Scope::All };
+        let admin = Caller { scope: Scope::All, key: "admin".to_owned() };
         assert_eq!(admin.tenant(Some("b")).expect("admin"), "b");
         assert!(admin.tenant(None).is_err());
     }

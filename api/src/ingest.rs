@@ -316,13 +316,26 @@ fn admit_lines(
 fn parse_for(bytes: &[u8], own_tenant: Option<&str>) -> Result<Event, EventError> {
     match (parse_event(bytes), own_tenant) {
         (Err(error), Some(tenant)) if error.field == "tenant_id" && error.problem == "required" => {
-            match with_tenant(bytes, tenant) {
-                Some(filled) => parse_event(&filled),
+            match with_tenant(bytes, tenant).map(|filled| parse_event(&filled)) {
+                // `"tenant_id": null` in the line, now given twice: set it in place instead.
+                Some(Err(again)) if again.field == "tenant_id" => match null_tenant_set(bytes, tenant) {
+                    Some(filled) => parse_event(&filled),
+                    None => Err(error),
+                },
+                Some(result) => result,
                 None => Err(error),
             }
         }
         (result, _) => result,
     }
+}
+
+/// The line with its `"tenant_id": null` replaced by `tenant`.
+fn null_tenant_set(bytes: &[u8], tenant: &str) -> Option<Vec<u8>> {
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+    object.get("tenant_id").filter(|v| v.is_null())?;
+    object.insert("tenant_id".to_owned(), serde_json::Value::String(tenant.to_owned()));
+    serde_json::to_vec(&object).ok()
 }
 
 /// `{"tenant_id":"<tenant>", …rest of the object}`; `None` if the line is not a JSON object.
@@ -352,6 +365,8 @@ mod tests {
         let foreign = br#"{"event_id":"e1","tenant_id":"other","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#;
         assert_eq!(parse_for(foreign, Some("acme")).expect("parsed").tenant_id, "other");
         assert_eq!(parse_for(b"  {}", Some("acme")).expect_err("empty").field, "event_id");
+        let null = br#"{"event_id":"e1","tenant_id":null,"ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#;
+        assert_eq!(parse_for(null, Some("acme")).expect("a null tenant is the key's").tenant_id, "acme");
         assert_eq!(parse_for(b"[1]", Some("acme")).expect_err("not an object").field, "json");
     }
 

@@ -126,7 +126,7 @@ pub fn document() -> Value {
             }},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "{status: ok}"}}}},
             "/readyz": {"get": {"summary": "Readiness: state restored, bus caught up", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "restoring"}}}},
-            "/metrics": {"get": {"summary": "Prometheus text: events in, duplicates, rejected, lag, epoch latency", "security": [], "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
+            "/metrics": {"get": {"summary": "Prometheus text: events in, duplicates, rejected, lag, epoch latency (every tenant's: an admin key)", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/": {"get": {"summary": "Live dashboard (asks for an API key)", "security": [], "responses": {"200": {"description": "HTML"}}}}
         }

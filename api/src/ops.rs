@@ -1,10 +1,13 @@
-//! Operations: liveness, readiness and Prometheus counters. Unauthenticated: they reveal no
-//! tenant's data.
+//! Operations: liveness and readiness, unauthenticated (they reveal nothing), and Prometheus
+//! counters, which cover every tenant and so need an admin key (`Authorization: Bearer`, as
+//! Prometheus's `authorization` scrape setting sends it).
 
-use crate::state::ApiState;
+use crate::auth::{authenticate, Caller};
+use crate::error::ApiError;
+use crate::state::{ApiState, Scope};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
 
@@ -21,6 +24,10 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     }
 }
 
-pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.telemetry.render())
+pub async fn metrics(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap) -> Response {
+    match authenticate(&state, &method, &headers, None) {
+        Ok(Caller { scope: Scope::All, .. }) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.telemetry.render()).into_response(),
+        Ok(_) => ApiError::forbidden("/metrics counts every tenant's events: scrape it with an admin key").into_response(),
+        Err(error) => error.into_response(),
+    }
 }

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use convoflow_events::{parse_date32, date32_to_string};
-use convoflow_queries::{report_sql, Granularity, Report, ReportParams};
+use convoflow_queries::{report_sql, Collected, Granularity, Report, ReportParams};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
@@ -77,8 +77,7 @@ async fn sql(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Uri, 
         None => SqlFormat::from_accept(headers).unwrap_or(SqlFormat::Json),
     };
     wait_until_ready(state)?;
-    let batches = run_query(state, &scope, &query).await?;
-    let (batches, truncated) = limit_rows(batches, state.limits.sql_max_rows);
+    let Collected { batches, truncated } = run_query(state, &caller, scope, query).await?;
     let mut response = match format {
         SqlFormat::Json => {
             let schema = batches.first().map(|b| b.schema());
@@ -123,31 +122,16 @@ fn scope_for(caller: &Caller, requested: Option<String>) -> Result<Scope, ApiErr
     }
 }
 
-async fn run_query(state: &ApiState, scope: &Scope, query: &str) -> Result<Vec<RecordBatch>, ApiError> {
-    let timeout = state.limits.sql_timeout;
-    match tokio::time::timeout(timeout, state.store.query(scope, query)).await {
-        Err(_) => Err(ApiError::bad_request("query_timeout", format!("the query ran longer than the {} s limit", timeout.as_secs_f64()))),
-        Ok(Err(StoreError::Query(message))) => Err(ApiError::bad_request("bad_query", message)),
-        Ok(Err(StoreError::Unavailable(message))) => Err(ApiError::unavailable(message)),
-        Ok(Ok(batches)) => Ok(batches),
-    }
-}
-
-fn limit_rows(batches: Vec<RecordBatch>, max_rows: usize) -> (Vec<RecordBatch>, bool) {
-    let mut left = max_rows;
-    let mut out = Vec::with_capacity(batches.len());
-    let mut truncated = false;
-    for batch in batches {
-        if batch.num_rows() <= left {
-            left -= batch.num_rows();
-            out.push(batch);
-        } else {
-            truncated = true;
-            out.push(batch.slice(0, left));
-            left = 0;
-        }
-    }
-    (out, truncated)
+/// Runs the query on the query threads, within the time limit and the caller's share.
+async fn run_query(state: &ApiState, caller: &Caller, scope: Scope, query: String) -> Result<Collected, ApiError> {
+    let (store, limits) = (state.store.clone(), state.limits.clone());
+    let work = async move {
+        store.query(&scope, &query, &limits).await.map_err(|error| match error {
+            StoreError::Query(message) => ApiError::bad_request("bad_query", message),
+            StoreError::Unavailable(message) => ApiError::unavailable(message),
+        })
+    };
+    state.sql.run(&caller.key, state.limits.sql_timeout, work).await
 }
 
 fn arrow_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
@@ -205,7 +189,7 @@ async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Ur
     }
     wait_until_ready(state)?;
     let sql = report_sql(report, &params, state.store.dialect());
-    let batches = run_query(state, &Scope::Tenant(tenant.clone()), &sql).await?;
+    let Collected { batches, .. } = run_query(state, &caller, Scope::Tenant(tenant.clone()), sql).await?;
     let rows = json_array(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
     let rows = label_buckets(&rows, params.timezone, params.granularity)?;
     let head = serde_json::json!({
@@ -250,8 +234,6 @@ fn date_param(query: &str, name: &'static str) -> Result<Option<i32>, ApiError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::Int64Array;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     #[test]
     fn buckets_get_local_labels() {
@@ -263,17 +245,5 @@ mod tests {
         assert!(parsed[1].get("bucket").is_none());
         let hourly = label_buckets(rows, chrono_tz::Asia::Kolkata, Granularity::Hour).expect("labels");
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&hourly).expect("json")[0]["bucket"], "2026-03-02T00:00");
-    }
-
-    #[test]
-    fn row_limits_cut_across_batches() {
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        let batch = |n: i64| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..n))]).expect("batch");
-        let (limited, truncated) = limit_rows(vec![batch(3), batch(3)], 4);
-        assert!(truncated);
-        assert_eq!(limited.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![3, 1]);
-        let (all, truncated) = limit_rows(vec![batch(3)], 3);
-        assert!(!truncated);
-        assert_eq!(all[0].num_rows(), 3);
     }
 }

@@ -6,8 +6,8 @@ use crate::feed::FeedEpoch;
 use crate::ingest::SeenEvents;
 use crate::telemetry::Telemetry;
 use convoflow_events::Tenants;
-use convoflow_queries::Dialect;
-use datafusion::arrow::record_batch::RecordBatch;
+use crate::sql_runtime::SqlRuntime;
+use convoflow_queries::{Collected, Dialect};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -48,7 +48,7 @@ pub enum Scope {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The query itself is at fault (syntax, read-only rule, unknown column).
+    /// The query itself is at fault (syntax, read-only rule, unknown column, a limit).
     #[error("{0}")]
     Query(String),
     #[error("{0}")]
@@ -57,8 +57,9 @@ pub enum StoreError {
 
 /// The read side.
 pub trait Store: Send + Sync {
-    /// Runs one read-only query over the SPEC §5 tables, seeing only `scope`'s rows.
-    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str) -> BoxFuture<'a, Result<Vec<RecordBatch>, StoreError>>;
+    /// Runs one read-only query over the SPEC §5 tables, seeing only `scope`'s rows, returning
+    /// at most `limits.sql_max_rows` rows of at most `limits.sql_max_result_bytes`.
+    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str, limits: &'a Limits) -> BoxFuture<'a, Result<Collected, StoreError>>;
     /// The SQL dialect of the store, for the named reports.
     fn dialect(&self) -> Dialect;
 }
@@ -72,6 +73,11 @@ pub struct Limits {
     pub burst: f64,
     pub sql_timeout: Duration,
     pub sql_max_rows: usize,
+    /// Largest result of one query, as Arrow in memory; more fails the query.
+    pub sql_max_result_bytes: usize,
+    /// Queries running at once (over all keys), and for one key.
+    pub sql_concurrent: usize,
+    pub sql_per_key: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +88,9 @@ impl Default for Limits {
             burst: 100.0,
             sql_timeout: Duration::from_secs(10),
             sql_max_rows: 100_000,
+            sql_max_result_bytes: 64 << 20,
+            sql_concurrent: 4,
+            sql_per_key: 2,
         }
     }
 }
@@ -106,6 +115,8 @@ pub struct ApiState {
     pub telemetry: Arc<Telemetry>,
     pub seen: Arc<SeenEvents>,
     pub rate: RateLimiter,
+    /// Where queries run, apart from ingest.
+    pub sql: SqlRuntime,
     /// Set once state is restored and the bus caught up; ingest and reads wait for it.
     pub ready: Arc<AtomicBool>,
     /// Turns true when the server stops: open feeds end, so a graceful shutdown can finish.

@@ -34,16 +34,24 @@ pub fn verify_signature(app_secret: &str, header_value: Option<&str>, body: &[u8
     let expected = hex::decode(hex_digest).map_err(|_| "X-Hub-Signature-256 is not hex")?;
     let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()).map_err(|_| "unusable app secret")?;
     mac.update(body);
-    mac.verify_slice(&expected).map_err(|_| "X-Hub-Signature-256 does not match the body")
+    mac.verify_slice(&expected).map_err(|_| NO_MATCH)
 }
+
+const NO_MATCH: &str = "X-Hub-Signature-256 does not match the body";
 
 /// Equal in time independent of where the first difference is.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn app_for<'a>(state: &'a ApiState, tenant: &str) -> Result<&'a crate::state::WhatsAppApp, ApiError> {
-    state.whatsapp.get(tenant).ok_or_else(|| ApiError::not_found(format!("tenant `{tenant}` has no WhatsApp app configured ([whatsapp.{tenant}] in the config)")))
+/// The tenant's app. A tenant without one is answered exactly as a wrong token or signature is,
+/// so tenant names cannot be probed; the operator finds the cause in the log.
+fn app_for<'a>(state: &'a ApiState, tenant: &str) -> Option<&'a crate::state::WhatsAppApp> {
+    let app = state.whatsapp.get(tenant);
+    if app.is_none() {
+        tracing::warn!(tenant, "webhook request for a tenant with no WhatsApp app configured ([whatsapp.<tenant>] in the config)");
+    }
+    app
 }
 
 /// Meta's handshake: `hub.mode=subscribe`, `hub.verify_token`, `hub.challenge`.
@@ -54,17 +62,17 @@ pub async fn verify(State(state): State<Arc<ApiState>>, tenant: TenantPath, uri:
         Ok(Path(tenant)) => tenant,
         Err(rejection) => return ApiError::from(rejection).into_response(),
     };
-    let app = match app_for(&state, &tenant) {
-        Ok(app) => app,
-        Err(error) => return error.into_response(),
-    };
     let query = uri.query().unwrap_or("");
     let param = |name| crate::auth::url_query_value(query, name);
     if param("hub.mode").as_deref() != Some("subscribe") {
         return ApiError::bad_request("bad_handshake", "expected hub.mode=subscribe").into_response();
     }
     let token = param("hub.verify_token").unwrap_or_default();
-    if !constant_time_eq(token.as_bytes(), app.verify_token.as_bytes()) {
+    let matches = match app_for(&state, &tenant) {
+        Some(app) => !app.verify_token.is_empty() && constant_time_eq(token.as_bytes(), app.verify_token.as_bytes()),
+        None => false,
+    };
+    if !matches {
         return ApiError::forbidden("hub.verify_token does not match this tenant's verify token").into_response();
     }
     let challenge = param("hub.challenge").unwrap_or_default();
@@ -80,10 +88,14 @@ pub async fn receive(State(state): State<Arc<ApiState>>, tenant: TenantPath, hea
 }
 
 async fn ingest(state: &ApiState, tenant: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let app = app_for(state, tenant)?;
     let bytes = read_body(body, headers, state.limits.body_bytes).await?;
     let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
-    verify_signature(&app.app_secret, signature, &bytes).map_err(|problem| ApiError::unauthorized(format!("webhook signature refused: {problem}")))?;
+    let verified = match app_for(state, tenant) {
+        Some(app) => verify_signature(&app.app_secret, signature, &bytes),
+        // The same checks and the same answers as for a wrong signature; never accepted.
+        None => verify_signature("\0no app", signature, &bytes).and(Err(NO_MATCH)),
+    };
+    verified.map_err(|problem| ApiError::unauthorized(format!("webhook signature refused: {problem}")))?;
     if !state.is_ready() {
         return Err(ApiError::unavailable("convoflow is restoring its state; retry shortly"));
     }

@@ -15,6 +15,8 @@ use std::fmt;
 /// Upper bound of `properties`, serialized.
 pub const MAX_PROPERTIES_BYTES: usize = 16 * 1024;
 const MAX_ID_CHARS: usize = 200;
+/// An emoji is one grapheme, but a flag or a family is several code points.
+const MAX_EMOJI_CHARS: usize = 32;
 const MAX_TENANT_CHARS: usize = 64;
 /// Latest accepted instant: 2149-06-04T23:59:59.999Z, so every local date (even at +14:00)
 /// fits ClickHouse's `Date` (which ends 2149-06-06) as well as Arrow's `Date32`.
@@ -129,9 +131,13 @@ fn valid_tenant(tenant: &str) -> bool {
 }
 
 fn bounded(field: &'static str, value: Option<Cow<'_, str>>) -> Result<Option<String>, EventError> {
+    bounded_to(field, value, MAX_ID_CHARS)
+}
+
+fn bounded_to(field: &'static str, value: Option<Cow<'_, str>>, max: usize) -> Result<Option<String>, EventError> {
     match value {
-        Some(text) if text.chars().count() > MAX_ID_CHARS => {
-            Err(EventError::new(field, format!("longer than {MAX_ID_CHARS} characters")))
+        Some(text) if text.len() > max && text.chars().count() > max => {
+            Err(EventError::new(field, format!("longer than {max} characters")))
         }
         Some(text) => Ok(Some(text.into_owned())),
         None => Ok(None),
@@ -224,10 +230,10 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, EventError> {
         message_type,
         status,
         error_code: raw.error_code,
-        emoji: raw.emoji.map(Cow::into_owned),
+        emoji: bounded_to("emoji", raw.emoji, MAX_EMOJI_CHARS)?,
         channel: bounded("channel", raw.channel)?,
-        source: raw.source.map(Cow::into_owned),
-        medium: raw.medium.map(Cow::into_owned),
+        source: bounded("source", raw.source)?,
+        medium: bounded("medium", raw.medium)?,
         name: bounded("name", raw.name)?,
         value: raw.value,
         state,
@@ -297,13 +303,26 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 fn diagnose(bytes: &[u8], fast_error: serde_json::Error) -> EventError {
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(value) => value,
-        Err(error) => return EventError::new("json", format!("malformed JSON: {error}")),
+        Err(error) => {
+            // `1e400` is valid JSON but no f64: blame the field it is the value of.
+            return match field_before(bytes, &error).filter(|_| error.to_string().starts_with("number out of range")) {
+                Some(field) => EventError::new(field, "number out of range"),
+                None => EventError::new("json", format!("malformed JSON: {error}")),
+            };
+        }
     };
     let Some(object) = value.as_object() else {
         return EventError::new("json", format!("an event must be a JSON object, found {}", json_kind(&value)));
     };
     let tenant_id = object.get("tenant_id").and_then(|t| t.as_str()).filter(|t| valid_tenant(t)).map(str::to_owned);
     let blame = |field: &'static str, problem: String| EventError { field, problem, tenant_id: tenant_id.clone() };
+    // serde names a repeated key: `duplicate field `tenant_id``.
+    let fast_message = fast_error.to_string();
+    if let Some(rest) = fast_message.strip_prefix("duplicate field `") {
+        if let Some(field) = known_field(rest.split('`').next().unwrap_or_default()) {
+            return blame(field, "appears more than once".to_owned());
+        }
+    }
     for &field in STRING_FIELDS {
         if let Some(found) = object.get(field).filter(|v| !v.is_null() && !v.is_string()) {
             return blame(field, format!("expected a string, found {}", json_kind(found)));
@@ -311,12 +330,16 @@ fn diagnose(bytes: &[u8], fast_error: serde_json::Error) -> EventError {
     }
     if let Some(ts) = object.get("ts").filter(|v| !v.is_null()) {
         let problem = match ts {
-            serde_json::Value::String(text) => format!("`{text}` is not an RFC 3339 timestamp"),
-            serde_json::Value::Number(n) if n.is_f64() => "epoch milliseconds must be an integer".to_owned(),
-            serde_json::Value::Number(_) => "epoch milliseconds out of range".to_owned(),
-            other => format!("expected an RFC 3339 string or integer epoch milliseconds, found {}", json_kind(other)),
+            serde_json::Value::String(text) if rfc3339_to_ms(text).is_none() => Some(format!("`{text}` is not an RFC 3339 timestamp")),
+            serde_json::Value::String(_) => None,
+            serde_json::Value::Number(n) if n.is_f64() => Some("epoch milliseconds must be an integer".to_owned()),
+            serde_json::Value::Number(n) if n.as_i64().is_none() => Some("epoch milliseconds out of range".to_owned()),
+            serde_json::Value::Number(_) => None,
+            other => Some(format!("expected an RFC 3339 string or integer epoch milliseconds, found {}", json_kind(other))),
         };
-        return blame("ts", problem);
+        if let Some(problem) = problem {
+            return blame("ts", problem);
+        }
     }
     if let Some(code) = object.get("error_code").filter(|v| !v.is_null() && !v.is_i64()) {
         return blame("error_code", format!("expected an integer, found {}", json_kind(code)));
@@ -327,5 +350,24 @@ fn diagnose(bytes: &[u8], fast_error: serde_json::Error) -> EventError {
     if let Some(properties) = object.get("properties").filter(|v| !v.is_null() && !v.is_object()) {
         return blame("properties", format!("expected an object, found {}", json_kind(properties)));
     }
-    blame("json", fast_error.to_string())
+    blame("json", fast_message)
+}
+
+/// The field names of SPEC §2 this parser reads, as `'static` names to blame.
+fn known_field(name: &str) -> Option<&'static str> {
+    STRING_FIELDS.iter().chain(&["ts", "error_code", "value", "properties"]).copied().find(|field| *field == name)
+}
+
+/// The top-level field whose value `error` points into: the last `"name":` before the error.
+fn field_before(bytes: &[u8], error: &serde_json::Error) -> Option<&'static str> {
+    let mut offset = 0;
+    for _ in 1..error.line() {
+        offset += memchr::memchr(b'\n', &bytes[offset..])? + 1;
+    }
+    let end = (offset + error.column()).min(bytes.len());
+    let before = std::str::from_utf8(&bytes[..end]).ok()?;
+    let colon = before.rfind(':')?;
+    let key = before[..colon].trim_end().strip_suffix('"')?;
+    let start = key.rfind('"')?;
+    known_field(&key[start + 1..])
 }

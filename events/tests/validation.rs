@@ -62,3 +62,36 @@ fn lines_keep_their_numbers_and_skip_blanks() {
     let lines: Vec<_> = split_lines(input, 1).map(|l| (l.number, l.bytes.to_vec())).collect();
     assert_eq!(lines, vec![(1, b"a".to_vec()), (4, b"b".to_vec()), (5, b"c".to_vec())]);
 }
+
+/// The hardening issue, failure 6: with a valid `ts`, a line failing on another field was blamed
+/// on `ts`; an out-of-range number blamed no field.
+#[test]
+fn a_valid_ts_is_never_blamed_for_another_field() {
+    let base = r#""event_id":"e","tenant_id":"t","ts":"2026-02-02T09:00:00Z","type":"conversion","contact_id":"c","name":"buy""#;
+    let with = |extra: &str| reason(&format!("{{{base},{extra}}}"));
+    assert_eq!(with(r#""value":"NaN""#), "value: expected a number, found a string");
+    assert_eq!(with(r#""value":true"#), "value: expected a number, found a boolean");
+    assert_eq!(with(r#""error_code":1.5"#), "error_code: expected an integer, found a number");
+    assert_eq!(with(r#""tenant_id":"u""#), "tenant_id: appears more than once");
+    assert_eq!(with(r#""source":"a","source":"b""#), "source: appears more than once");
+    assert_eq!(with(r#""value":1e400"#), "value: number out of range");
+    assert_eq!(reason(r#"{"event_id":"e","tenant_id":"t","ts":1e400,"type":"touch"}"#), "ts: number out of range");
+    assert_eq!(reason("{\"event_id\":\"e\",\n\"tenant_id\":\"t\",\n\"ts\": 1e400}"), "ts: number out of range");
+    assert_eq!(reason(r#"{"event_id":"e","tenant_id":null,"ts":"2026-02-02T09:00:00Z","type":"touch"}"#), "tenant_id: required");
+}
+
+/// Every string field has a length limit (`emoji`, `source` and `medium` had none).
+#[test]
+fn every_string_field_is_bounded() {
+    let long = "x".repeat(201);
+    let touch = |field: &str| reason(&format!(r#"{{"event_id":"e","tenant_id":"t","ts":1,"type":"touch","contact_id":"c","channel":"ad","{field}":"{long}"}}"#));
+    for field in ["source", "medium", "campaign_id", "session_id"] {
+        assert_eq!(touch(field), format!("{field}: longer than 200 characters"));
+    }
+    let emoji = "😀".repeat(33);
+    let line = format!(r#"{{"event_id":"e","tenant_id":"t","ts":1,"type":"message.reaction","contact_id":"c","message_id":"m","emoji":"{emoji}"}}"#);
+    assert_eq!(reason(&line), "emoji: longer than 32 characters");
+    let family = "👨‍👩‍👧‍👦";
+    let line = line.replace(&emoji, family);
+    assert_eq!(parse_event(line.as_bytes()).expect("a family emoji is one reaction").emoji.as_deref(), Some(family));
+}

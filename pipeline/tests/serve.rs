@@ -330,7 +330,12 @@ async fn round_trip(scaled: Scaled) {
     assert_eq!(metric["rows"][0]["responses"], 1, "{metric}");
     assert_eq!(metric["rows"][0]["median_response_ms"], 600000.0, "{metric}");
 
-    let prometheus = client.get(server.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    // Every tenant's counters: an admin key only.
+    let anonymous = client.get(server.url("/metrics")).send().await.expect("metrics");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let tenant = client.get(server.url("/metrics")).bearer_auth(ACME_KEY).send().await.expect("metrics");
+    assert_eq!(tenant.status(), StatusCode::FORBIDDEN);
+    let prometheus = client.get(server.url("/metrics")).bearer_auth(ADMIN_KEY).send().await.expect("metrics").text().await.expect("text");
     assert!(prometheus.contains("convoflow_events_in_total 3\n"), "{prometheus}");
     assert!(prometheus.contains("convoflow_epoch_latency_seconds_count"), "{prometheus}");
 }
@@ -419,6 +424,13 @@ async fn whatsapp_webhooks_are_verified_and_normalized() {
     assert_eq!(answer.text().await.expect("text"), "1158201444");
     let wrong = client.get(handshake.replace(VERIFY_TOKEN, "guess")).send().await.expect("GET");
     assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    let wrong_body = wrong.text().await.expect("text");
+    // Tenants cannot be probed: one with no app, or none at all, is answered the same.
+    for other in ["beta", "no-such-tenant"] {
+        let probe = client.get(handshake.replace(VERIFY_TOKEN, "guess").replace("/acme?", &format!("/{other}?"))).send().await.expect("GET");
+        assert_eq!(probe.status(), StatusCode::FORBIDDEN, "{other}");
+        assert_eq!(probe.text().await.expect("text"), wrong_body, "{other}");
+    }
 
     let body = fixture("referral.json");
     let post = |body: Vec<u8>, signature: String| {
@@ -451,8 +463,16 @@ async fn whatsapp_webhooks_are_verified_and_normalized() {
     let rejected = rows_eventually(&client, &server, ACME_KEY, "SELECT reason FROM rejected", 1).await;
     assert!(rejected[0]["reason"].as_str().expect("reason").starts_with("webhook:"), "{rejected:?}");
 
-    let unknown = client.post(server.url("/v1/webhooks/whatsapp/beta")).body("{}").send().await.expect("POST");
-    assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "beta has no WhatsApp app");
+    // A tenant without an app, or none at all, is answered as a bad signature is.
+    let bad_signature = post(b"{}".to_vec(), "sha256=00".to_owned()).await.expect("POST");
+    assert_eq!(bad_signature.status(), StatusCode::UNAUTHORIZED);
+    let bad_signature = bad_signature.text().await.expect("text");
+    for other in ["beta", "no-such-tenant"] {
+        let url = server.url(&format!("/v1/webhooks/whatsapp/{other}"));
+        let probe = client.post(url).header("x-hub-signature-256", "sha256=00").body("{}").send().await.expect("POST");
+        assert_eq!(probe.status(), StatusCode::UNAUTHORIZED, "{other}");
+        assert_eq!(probe.text().await.expect("text"), bad_signature, "{other}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,4 +685,89 @@ async fn every_documented_path_is_served() {
     }
     let page = client.get(server.url("/")).send().await.expect("GET /").text().await.expect("html");
     assert!(page.contains("EventSource") && page.contains("/v1/metrics/"), "the dashboard page reads the feed and the metrics");
+}
+
+/// The server's peak resident memory so far (`VmHWM`), in bytes.
+fn peak_rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("/proc status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") * 1024
+}
+
+/// Statements an attacker with a tenant key sent (the hardening issue, failures 1 and 2): each
+/// killed the server with a stack overflow, a panic, or took it past 4 GB.
+fn hostile_queries() -> Vec<String> {
+    let chain = |n: usize, term: &str, op: &str| vec![term; n].join(op);
+    vec![
+        format!("SELECT {}", chain(1000, "1", "+")),
+        format!("SELECT 1 WHERE {}", chain(1000, "1 = 1", " AND ")),
+        format!("SELECT 1 WHERE {}", chain(1000, "1 = 2", " OR ")),
+        chain(500, "SELECT 1", " UNION ALL "),
+        format!("SELECT {}", chain(1000, "'a'", "||")),
+        format!("EXPLAIN SELECT {}", chain(2000, "1", "+")),
+        "SELECT a.event_id, b.event_id FROM events a CROSS JOIN events b CROSS JOIN events c CROSS JOIN events d".to_owned(),
+        "SELECT * FROM range(10000000000)".to_owned(),
+        "SELECT value FROM generate_series(1,1000000000)".to_owned(),
+        "SELECT repeat('x',1000000000)".to_owned(),
+        "SELECT repeat('x',100000000) FROM range(50)".to_owned(),
+        "SELECT lpad('x', 2000000000)".to_owned(),
+        "SELECT range(1000000000)".to_owned(),
+        "SELECT array_repeat('xxxxxxxxxx', 1000000000)".to_owned(),
+        "SELECT x || x || x || x || x || x || x || x FROM (SELECT repeat('y', 60000000) AS x)".to_owned(),
+        "SELECT count(*) FROM range(1000000000000)".to_owned(),
+        "SELECT string_agg(repeat('x', 1000), ',') FROM range(100000000)".to_owned(),
+        format!("SELECT {}", "(".repeat(5000) + "1" + &")".repeat(5000)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sql_is_refused_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = "[limits]\nsql_timeout = \"3s\"\nrequests_per_second = 1000\nburst = 1000\n";
+    let server = Server::start(&dir.path().join("data"), &config(limits));
+    let client = Client::new();
+    let events: Vec<Value> = (0..100).flat_map(|i| conversation(&format!("h{i}"), None)).collect();
+    post_events(&client, &server, ACME_KEY, ndjson(&events)).await;
+    rows_eventually(&client, &server, ACME_KEY, "SELECT event_id FROM events", 200).await;
+    let before = peak_rss(&server);
+
+    // /healthz is polled throughout: it must keep answering while the queries run.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health_url = server.url("/healthz");
+    let polling = tokio::spawn({
+        let (stop, client) = (stop.clone(), client.clone());
+        async move {
+            let mut slowest = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = Instant::now();
+                let response = client.get(&health_url).timeout(Duration::from_secs(10)).send().await.expect("/healthz answers");
+                assert_eq!(response.status(), StatusCode::OK);
+                slowest = slowest.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            slowest
+        }
+    });
+    for query in hostile_queries() {
+        let response = client.post(server.url("/v1/sql")).bearer_auth(ACME_KEY).body(query.clone()).send().await;
+        let shown: String = query.chars().take(80).collect();
+        let response = response.unwrap_or_else(|e| panic!("{shown}: no answer ({e})"));
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_else(|e| panic!("{shown}: not JSON ({e})"));
+        match status {
+            // Cut at sql_max_rows, never collected whole.
+            StatusCode::OK => assert_eq!(body["truncated"], true, "{shown}: {}", body["row_count"]),
+            StatusCode::BAD_REQUEST => assert!(!body["error"]["message"].as_str().unwrap_or_default().is_empty(), "{shown}: {body}"),
+            other => panic!("{shown}: {other} {body}"),
+        }
+        assert_eq!(get_status(&server.url("/healthz")), Some(200), "{shown}: the server is down");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let slowest = polling.await.expect("poller");
+    let grown = peak_rss(&server).saturating_sub(before);
+    eprintln!("slowest /healthz during hostile SQL: {slowest:?}; peak RSS grew {} MB", grown >> 20);
+    // DESIGN.md's bound for queries: the shared pool (512 MiB) plus what its accounting lags.
+    assert!(grown < 1 << 30, "peak RSS grew {} MB", grown >> 20);
+    let (status, _) = sql(&client, &server, ACME_KEY, "SELECT count(*) AS n FROM events").await;
+    assert_eq!(status, StatusCode::OK, "ordinary queries still run");
 }

@@ -39,6 +39,8 @@ pub struct ReadLimits {
     pub time: Duration,
     /// The server stops reading past this many rows (at a block boundary, so a few more may come).
     pub rows: usize,
+    /// The server stops reading past this many bytes of result (also at a block boundary).
+    pub result_bytes: usize,
     pub memory_bytes: u64,
 }
 
@@ -47,6 +49,7 @@ pub async fn clickhouse_batches(store: &ClickHouseStore, sql: &str, limits: Read
     let settings = [
         ("max_execution_time", limits.time.as_secs().max(1).to_string()),
         ("max_result_rows", (limits.rows + 1).to_string()),
+        ("max_result_bytes", limits.result_bytes.to_string()),
         ("result_overflow_mode", "break".to_owned()),
         ("max_memory_usage", limits.memory_bytes.to_string()),
     ];

@@ -2,13 +2,17 @@
 //!
 //! Only queries run: the statement is parsed first and anything but a `SELECT`-style query, an
 //! `EXPLAIN` of one or a `DESCRIBE` of a table is refused with a message naming the statement, and DataFusion's own
-//! DDL/DML/statement switches are off as a second guard.
+//! DDL/DML/statement switches are off as a second guard. Queries are held to the limits of
+//! `guards` (text, nesting, function output, shared memory pool, result size).
 
+use crate::guards::{bounded_context, check_nesting, collect_bounded, query_runtime, Collected, LimitError, SQL_MAX_BYTES};
 use convoflow_sinks::{schema, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::SessionConfig;
 use datafusion::prelude::ParquetReadOptions;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -24,6 +28,8 @@ pub enum QueryError {
     MultipleStatements(usize),
     #[error("SQL syntax error: {0}")]
     Syntax(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     /// DataFusion's message already carries its causes, so it is not chained as a source.
     #[error("{0}")]
     DataFusion(DataFusionError),
@@ -35,8 +41,9 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
-/// Memory one query over in-memory tables may take for its operators (joins, sorts, groups).
-pub const QUERY_MEMORY_BYTES: usize = 1 << 30;
+/// Memory the queries running at once may take together for their operators (joins, sorts,
+/// groups).
+pub const QUERY_MEMORY_BYTES: usize = 512 << 20;
 
 pub struct SqlEngine {
     context: SessionContext,
@@ -45,7 +52,7 @@ pub struct SqlEngine {
 impl SqlEngine {
     /// Registers every table of the store in `data_dir`; a table never written is empty.
     pub async fn open(data_dir: &Path) -> Result<Self, QueryError> {
-        let context = SessionContext::new();
+        let context = bounded_context(SessionConfig::new(), query_runtime(QUERY_MEMORY_BYTES)?);
         for &table in TABLES {
             let path = data_dir.join("tables").join(format!("{table}.parquet"));
             let Some(table_schema) = schema(table) else { continue };
@@ -61,11 +68,10 @@ impl SqlEngine {
 
     /// Registers in-memory tables: each named table gets its batches, every other table of
     /// SPEC §5 is empty. The batches must have the table's schema (as the store builds them).
-    pub fn over_batches(tables: Vec<(&str, Vec<RecordBatch>)>) -> Result<Self, QueryError> {
-        // Queries share the server's memory: one (a cross join, say) must fail rather than take
-        // the process down.
-        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new().with_memory_limit(QUERY_MEMORY_BYTES, 1.0).build_arc()?;
-        let context = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
+    /// Queries share `runtime`'s memory pool (`guards::query_runtime`): one (a cross join, say)
+    /// must fail rather than take the process down.
+    pub fn over_batches(tables: Vec<(&str, Vec<RecordBatch>)>, runtime: Arc<RuntimeEnv>) -> Result<Self, QueryError> {
+        let context = bounded_context(SessionConfig::new(), runtime);
         let mut given: std::collections::HashMap<&str, Vec<RecordBatch>> = tables.into_iter().collect();
         for &table in TABLES {
             let Some(table_schema) = schema(table) else { continue };
@@ -75,26 +81,31 @@ impl SqlEngine {
         Ok(SqlEngine { context })
     }
 
-    /// Runs one read-only query.
+    /// Runs one read-only query and returns all its rows.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        Ok(self.query_limited(sql, usize::MAX, usize::MAX).await?.batches)
+    }
+
+    /// Runs one read-only query, returning at most `max_rows` rows and failing once they would
+    /// take more than `max_bytes`. Planning and walking the query recurse: call this on a thread
+    /// with a large stack (the API's query threads).
+    pub async fn query_limited(&self, sql: &str, max_rows: usize, max_bytes: usize) -> Result<Collected, QueryError> {
         check_read_only(sql)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let frame = self.context.sql_with_options(sql, options).await?;
-        let schema = Arc::new(frame.schema().as_arrow().clone());
-        let mut batches = frame.collect().await?;
-        if batches.is_empty() {
-            // Keep the columns of an empty result, so CSV still gets its header line.
-            batches.push(RecordBatch::new_empty(schema));
-        }
-        Ok(batches)
+        Ok(collect_bounded(frame, max_rows, max_bytes).await?)
     }
 }
 
 fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    if sql.len() > SQL_MAX_BYTES {
+        return Err(LimitError::TooLong(sql.len()).into());
+    }
     let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| QueryError::Syntax(e.to_string()))?;
     if statements.len() != 1 {
         return Err(QueryError::MultipleStatements(statements.len()));
     }
+    check_nesting(&statements[0])?;
     match &statements[0] {
         Statement::Query(_) | Statement::ExplainTable { .. } => Ok(()),
         Statement::Explain { statement, .. } if matches!(**statement, Statement::Query(_)) => Ok(()),

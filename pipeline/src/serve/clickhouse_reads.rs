@@ -2,27 +2,33 @@
 //! reads holds only the tenant's rows (`convoflow_queries::scope_to_tenant`; 18.16 has no row
 //! policies); the server runs it read-only with time, row and memory limits.
 
-use convoflow_api::{BoxFuture, Scope, Store, StoreError};
-use convoflow_queries::{clickhouse_batches, clickhouse_dialect, scope_to_tenant, Dialect, ReadLimits};
+use convoflow_api::{BoxFuture, Limits, Scope, Store, StoreError};
+use convoflow_queries::{clickhouse_batches, clickhouse_dialect, scope_to_tenant, Collected, Dialect, ReadLimits};
 use convoflow_sinks::{ClickHouseError, ClickHouseStore, TABLES};
-use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
 pub struct ClickHouseReads {
     pub store: Arc<ClickHouseStore>,
-    pub limits: ReadLimits,
+    /// Memory one query may take on the server.
+    pub memory_bytes: u64,
 }
 
 impl Store for ClickHouseReads {
-    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str) -> BoxFuture<'a, Result<Vec<RecordBatch>, StoreError>> {
+    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str, limits: &'a Limits) -> BoxFuture<'a, Result<Collected, StoreError>> {
         Box::pin(async move {
             let sql = match scope {
                 Scope::All => sql.to_owned(),
                 Scope::Tenant(tenant) => scope_to_tenant(sql, tenant, &self.store.config().database, TABLES)
                     .map_err(|error| StoreError::Query(error.to_string()))?,
             };
-            match clickhouse_batches(&self.store, &sql, self.limits).await {
-                Ok(batch) => Ok(vec![batch]),
+            let read = ReadLimits {
+                time: limits.sql_timeout,
+                rows: limits.sql_max_rows,
+                result_bytes: limits.sql_max_result_bytes,
+                memory_bytes: self.memory_bytes,
+            };
+            match clickhouse_batches(&self.store, &sql, read).await {
+                Ok(batch) => Ok(Collected::cut(vec![batch], limits.sql_max_rows)),
                 Err(ClickHouseError::Request { source: clickhouse::error::Error::BadResponse(message), .. }) => {
                     Err(StoreError::Query(server_message(&message)))
                 }

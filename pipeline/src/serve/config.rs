@@ -17,6 +17,9 @@
 //! burst = 100
 //! sql_timeout = "10s"
 //! sql_max_rows = 100000
+//! sql_max_result_bytes = 67108864   # a larger result fails the query
+//! sql_concurrent = 4                 # queries running at once
+//! sql_per_key = 2                    # and for one API key
 //!
 //! [[api_keys]]
 //! key = "a long random string"
@@ -70,6 +73,9 @@ struct FileLimits {
     burst: Option<f64>,
     sql_timeout: Option<String>,
     sql_max_rows: Option<usize>,
+    sql_max_result_bytes: Option<usize>,
+    sql_concurrent: Option<usize>,
+    sql_per_key: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +144,9 @@ impl ServeConfig {
             burst: file.limits.burst.unwrap_or(defaults.burst),
             sql_timeout: file.limits.sql_timeout.as_deref().map(|t| duration("limits.sql_timeout", t)).transpose()?.unwrap_or(defaults.sql_timeout),
             sql_max_rows: file.limits.sql_max_rows.unwrap_or(defaults.sql_max_rows),
+            sql_max_result_bytes: file.limits.sql_max_result_bytes.unwrap_or(defaults.sql_max_result_bytes),
+            sql_concurrent: file.limits.sql_concurrent.unwrap_or(defaults.sql_concurrent).max(1),
+            sql_per_key: file.limits.sql_per_key.unwrap_or(defaults.sql_per_key).max(1),
         };
         if limits.requests_per_second <= 0.0 || limits.burst < 1.0 {
             return Err(ConfigError::Invalid("limits: requests_per_second must be > 0 and burst ≥ 1".to_owned()));

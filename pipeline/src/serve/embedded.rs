@@ -2,8 +2,9 @@
 //! tables (snapshotted to Parquet) as the store.
 
 use crate::bus::local::{LocalLog, LogError};
-use convoflow_api::{BoxFuture, Bus, BusError, Scope, Store, StoreError, TenantBatch};
-use convoflow_queries::{Dialect, SqlEngine};
+use convoflow_api::{BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch};
+use convoflow_queries::{Collected, Dialect, SqlEngine};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use convoflow_sinks::{read_table, LiveTables, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,8 @@ impl Bus for LocalLogBus {
 
 pub struct LiveStore {
     pub tables: Arc<Mutex<LiveTables>>,
+    /// The memory pool every query shares (`convoflow_queries::query_runtime`).
+    pub runtime: Arc<RuntimeEnv>,
 }
 
 /// Tables whose name occurs as a word in `sql`. Only those are materialized for the query; a table
@@ -63,12 +66,12 @@ impl LiveStore {
 }
 
 impl Store for LiveStore {
-    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str) -> BoxFuture<'a, Result<Vec<RecordBatch>, StoreError>> {
+    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str, limits: &'a Limits) -> BoxFuture<'a, Result<Collected, StoreError>> {
         Box::pin(async move {
             // Rebuilding a changed table's batches is CPU work: keep it off the async workers.
             let batches = tokio::task::block_in_place(|| self.scoped_batches(scope, sql))?;
-            let engine = SqlEngine::over_batches(batches).map_err(|error| StoreError::Unavailable(error.to_string()))?;
-            engine.query(sql).await.map_err(|error| StoreError::Query(error.to_string()))
+            let engine = SqlEngine::over_batches(batches, self.runtime.clone()).map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            engine.query_limited(sql, limits.sql_max_rows, limits.sql_max_result_bytes).await.map_err(|error| StoreError::Query(error.to_string()))
         })
     }
 

@@ -26,9 +26,9 @@ use crate::serve::input::Input;
 use crate::serve::output::Output;
 use crate::serve::runtime::{OpenInput, Runtime};
 use crate::serve::stream_bus::StreamBus;
-use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, RateLimiter, SeenEvents, Store, Telemetry, FEED_CAPACITY};
+use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, RateLimiter, SeenEvents, ServerLimits, SqlRuntime, Store, Telemetry, FEED_CAPACITY};
 use convoflow_events::{Tenants, TenantsError};
-use convoflow_queries::{ReadLimits, QUERY_MEMORY_BYTES};
+use convoflow_queries::{query_runtime, QUERY_MEMORY_BYTES};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, LiveTables};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +61,8 @@ pub enum ServeError {
     ClickHouse(#[from] convoflow_sinks::ClickHouseError),
     #[error("input: {0}")]
     Input(String),
+    #[error("query engine: {0}")]
+    Query(String),
 }
 
 impl From<std::io::Error> for ServeError {
@@ -125,18 +127,16 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, St
             let tables = Arc::new(Mutex::new(LiveTables::default()));
             let output = Output::embedded(&config.data, tables.clone(), config.snapshot_interval)?;
             let described = format!("the embedded store {}", config.data.join("tables").display());
-            Ok((Arc::new(LiveStore { tables }), output, described))
+            let runtime = query_runtime(QUERY_MEMORY_BYTES).map_err(|error| ServeError::Query(error.to_string()))?;
+            Ok((Arc::new(LiveStore { tables, runtime }), output, described))
         }
         Some(url) => {
             let clickhouse = ClickHouseConfig::parse(url)?;
             let store = Arc::new(retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(&clickhouse)).await?);
-            let limits = ReadLimits {
-                time: config.limits.sql_timeout,
-                rows: config.limits.sql_max_rows,
-                memory_bytes: QUERY_MEMORY_BYTES as u64,
-            };
+
             let described = format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
-            Ok((Arc::new(ClickHouseReads { store: store.clone(), limits }), Output::clickhouse(store), described))
+            let reads = ClickHouseReads { store: store.clone(), memory_bytes: QUERY_MEMORY_BYTES as u64 };
+            Ok((Arc::new(reads), Output::clickhouse(store), described))
         }
     }
 }
@@ -166,6 +166,9 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let ready = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
+    // One query thread: the other core stays with ingest and the dataflow.
+    let sql = SqlRuntime::new(1, config.limits.sql_concurrent, config.limits.sql_per_key)
+        .map_err(|source| ServeError::Io { what: "start the query threads".to_owned(), source })?;
     let state = Arc::new(ApiState {
         bus,
         store,
@@ -173,6 +176,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         tenants: tenants.clone(),
         keys: ApiKeys::new(keys),
         rate: RateLimiter::new(config.limits.requests_per_second, config.limits.burst),
+        sql,
         limits: config.limits.clone(),
         whatsapp: config.whatsapp.clone(),
         telemetry: telemetry.clone(),
@@ -211,7 +215,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     if config.demo {
         tokio::spawn(demo::feed(state.clone(), 42));
     }
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal(runtime_ended, shutdown_sender)).await;
+    let served = convoflow_api::serve(listener, router(state), ServerLimits::default(), shutdown_signal(runtime_ended, shutdown_sender)).await;
     stop.store(true, Ordering::SeqCst);
     let result = processing.join().map_err(|_| ServeError::Snapshot("the runtime thread panicked".to_owned()))?;
     served.map_err(|source| ServeError::Io { what: "HTTP server".to_owned(), source })?;

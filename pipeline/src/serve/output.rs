@@ -185,7 +185,7 @@ impl Snapshots {
         let (store, data_dir, tables) = (self.store.clone(), self.data_dir.clone(), tables.clone());
         let input = self.input.clone();
         self.writing = Some(std::thread::spawn(move || {
-            lower_priority();
+            convoflow_api::lower_priority();
             let started = Instant::now();
             let mut batches = Vec::with_capacity(TABLES.len());
             for &table in TABLES {
@@ -208,12 +208,3 @@ impl Snapshots {
     }
 }
 
-/// Gives the calling thread the lowest CPU priority (nice 19), so that a snapshot's Parquet
-/// encoding yields to epochs and requests on a busy machine. Best effort: a refusal is logged.
-fn lower_priority() {
-    // SAFETY: gettid and setpriority only read their arguments; `who` is this thread's id.
-    let refused = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) } != 0;
-    if refused {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the snapshot thread's priority");
-    }
-}
