@@ -3,8 +3,11 @@
 //! filtered to the caller's tenant. `?tables=responses,message_volume` chooses tables (default:
 //! all); an admin key sees every tenant or the one named by `?tenant=`.
 //!
-//! A subscriber too slow to keep up with the last `FEED_CAPACITY` epochs gets a `lagged` event
-//! naming how many it missed, and should re-read the tables (the feed has no replay).
+//! Epochs are published in chunks of about `FEED_CHUNK_BYTES`, and the feed holds the last
+//! `FEED_CAPACITY` chunks: however many subscribers stall, it holds at most
+//! `FEED_CAPACITY × FEED_CHUNK_BYTES` (plus one row over per chunk). A subscriber that falls
+//! further behind gets a `lagged` event naming how many chunks it missed, and its feed ends: it
+//! should re-read the tables and subscribe again (the feed has no replay).
 
 use crate::auth::{authenticate, url_query_value};
 use crate::error::ApiError;
@@ -26,8 +29,10 @@ use std::sync::Arc;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-/// Epochs the feed holds for slow subscribers.
+/// Chunks the feed holds for slow subscribers.
 pub const FEED_CAPACITY: usize = 1024;
+/// An epoch's changes are published in chunks of about this many bytes.
+pub const FEED_CHUNK_BYTES: usize = 256 << 10;
 
 /// One change, ready to send.
 pub struct FeedChange {
@@ -43,9 +48,11 @@ pub struct FeedEpoch {
     pub changes: Vec<FeedChange>,
 }
 
-/// Renders an epoch's updates (consolidated) and new rejections as feed changes.
-pub fn feed_epoch(epoch: u64, tables: &TableSet, rejected: &[RejectedRow]) -> Result<FeedEpoch, ArrowError> {
-    let mut changes = Vec::new();
+/// Renders an epoch's updates (consolidated) and new rejections as feed changes, in chunks of
+/// about `FEED_CHUNK_BYTES`.
+pub fn feed_epoch(epoch: u64, tables: &TableSet, rejected: &[RejectedRow]) -> Result<Vec<FeedEpoch>, ArrowError> {
+    let mut chunks = Vec::new();
+    let (mut changes, mut bytes) = (Vec::new(), 0);
     for table in table_batches(tables, rejected, Rows::Updates)? {
         let mut diffs = table.diffs.iter();
         for batch in &table.batches {
@@ -55,11 +62,19 @@ pub fn feed_epoch(epoch: u64, tables: &TableSet, rejected: &[RejectedRow]) -> Re
                 let diff = diffs.next().copied().unwrap_or(1);
                 let tenant_id = tenants.as_ref().filter(|t| !t.is_null(index)).map_or("", |t| t.value(index)).to_owned();
                 let data = format!(r#"{{"table":"{}","row":{row},"diff":{diff},"epoch":{epoch}}}"#, table.table);
+                bytes += data.len() + tenant_id.len();
                 changes.push(FeedChange { tenant_id, table: table.table, data });
+                if bytes >= FEED_CHUNK_BYTES {
+                    chunks.push(FeedEpoch { epoch, changes: std::mem::take(&mut changes) });
+                    bytes = 0;
+                }
             }
         }
     }
-    Ok(FeedEpoch { epoch, changes })
+    if !changes.is_empty() || chunks.is_empty() {
+        chunks.push(FeedEpoch { epoch, changes });
+    }
+    Ok(chunks)
 }
 
 /// Each row of `batch` as a JSON object, nulls written out.
@@ -128,7 +143,13 @@ pub async fn get_feed(
     let mut chosen: Vec<&str> = tables.iter().copied().collect();
     chosen.sort();
     let hello = SseEvent::default().event("ready").data(serde_json::json!({"tables": chosen, "tenant": tenant}).to_string());
-    let changes = BroadcastStream::new(receiver).flat_map(move |item| {
+    // A subscriber that lagged gets the `lagged` event, then its feed ends.
+    let until_lagged = BroadcastStream::new(receiver).scan(false, |lagged, item| {
+        let next = (!*lagged).then_some(item);
+        *lagged |= matches!(next, Some(Err(BroadcastStreamRecvError::Lagged(_))));
+        futures::future::ready(next)
+    });
+    let changes = until_lagged.flat_map(move |item| {
         let _alive = &subscribed;
         let events: Vec<Result<SseEvent, Infallible>> = match item {
             Ok(epoch) => epoch
@@ -138,7 +159,7 @@ pub async fn get_feed(
                 .map(|change| Ok(SseEvent::default().event("change").data(change.data.clone())))
                 .collect(),
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                vec![Ok(SseEvent::default().event("lagged").data(format!(r#"{{"missed_epochs":{missed}}}"#)))]
+                vec![Ok(SseEvent::default().event("lagged").data(format!(r#"{{"missed_chunks":{missed}}}"#)))]
             }
         };
         futures::stream::iter(events)

@@ -78,6 +78,8 @@ pub struct Limits {
     /// Queries running at once (over all keys), and for one key.
     pub sql_concurrent: usize,
     pub sql_per_key: usize,
+    /// Chunks (of about `FEED_CHUNK_BYTES`) the feed holds for slow subscribers.
+    pub feed_chunks: usize,
 }
 
 impl Default for Limits {
@@ -91,6 +93,7 @@ impl Default for Limits {
             sql_max_result_bytes: 64 << 20,
             sql_concurrent: 4,
             sql_per_key: 2,
+            feed_chunks: crate::feed::FEED_CAPACITY,
         }
     }
 }

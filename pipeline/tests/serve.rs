@@ -771,3 +771,94 @@ async fn hostile_sql_is_refused_and_the_server_stays_up() {
     let (status, _) = sql(&client, &server, ACME_KEY, "SELECT count(*) AS n FROM events").await;
     assert_eq!(status, StatusCode::OK, "ordinary queries still run");
 }
+
+/// Failures 4 and 8 of the hardening issue: connections with unfinished headers or a half-sent
+/// body stayed open forever, and a gzip body was read as plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_are_closed_and_compressed_bodies_are_read() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config("[limits]\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"\n"));
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut stream = std::net::TcpStream::connect(&host).expect("connect");
+        let text = if i % 2 == 0 {
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Ty".to_owned()
+        } else {
+            format!("POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME_KEY}\r\nContent-Length: 1000\r\n\r\n{{\"event_id\":")
+        };
+        stream.write_all(text.as_bytes()).expect("write");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, mut stream) in stalled.into_iter().enumerate() {
+        // Closed by the server: the read ends (after an error answer, for a half-sent body)
+        // instead of waiting out its own 10 s.
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        assert!(read.is_ok() && started.elapsed() < Duration::from_secs(5), "connection {i} still open: {read:?}");
+    }
+
+    let client = Client::new();
+    let plain = ndjson(&conversation("gz", None));
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(plain.as_bytes()).expect("gzip");
+    let gzipped = encoder.finish().expect("gzip");
+    let response = client
+        .post(server.url("/v1/events"))
+        .bearer_auth(ACME_KEY)
+        .header("content-encoding", "gzip")
+        .body(gzipped)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.expect("JSON")["accepted"], 2);
+    let unknown = client.post(server.url("/v1/events")).bearer_auth(ACME_KEY).header("content-encoding", "br").body(plain).send().await.expect("POST");
+    assert_eq!(unknown.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+/// Failure 3: a stalled feed subscriber held the whole feed buffer and was never cut. Now the
+/// feed holds `feed_chunks` chunks; a subscriber further behind gets `lagged` and its feed ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_feed_subscriber_is_cut_with_lagged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config("[limits]\nfeed_chunks = 4\nrequests_per_second = 1000\nburst = 1000\n"));
+    let client = Client::new();
+    let mut feed = Sse::open(&client, &server.url(&format!("/v1/feed?api_key={ACME_KEY}"))).await;
+    assert_eq!(feed.next().await.0, "ready");
+    // The subscriber stops reading while the server publishes far more than 4 chunks, and more
+    // than the loopback socket's buffers take (~40 MB of changes).
+    for i in 0..100 {
+        let events: Vec<Value> = (0..500).flat_map(|j| conversation(&format!("s{i}-{j}"), None)).collect();
+        let (status, _) = post_events(&client, &server, ACME_KEY, ndjson(&events)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, counted) = sql(&client, &server, ACME_KEY, "SELECT count(*) AS n FROM events").await;
+    eprintln!("events stored when reading resumes: {}", counted["rows"][0]["n"]);
+    let mut lagged = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the feed neither lagged nor ended");
+        if !feed.buffer.contains("\n\n") {
+            match tokio::time::timeout(Duration::from_secs(20), feed.stream.next()).await.expect("the feed ends, not hangs") {
+                None => break,
+                Some(chunk) => {
+                    feed.buffer.push_str(&String::from_utf8_lossy(&chunk.expect("bytes")));
+                    continue;
+                }
+            }
+        }
+        let (name, data) = feed.next().await;
+        if name == "lagged" {
+            assert!(data.contains("missed_chunks"), "{data}");
+            lagged = true;
+        } else {
+            assert!(!lagged, "nothing after `lagged`: {name} {data}");
+        }
+    }
+    assert!(lagged, "the subscriber was told it lagged");
+}

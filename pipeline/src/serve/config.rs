@@ -20,6 +20,11 @@
 //! sql_max_result_bytes = 67108864   # a larger result fails the query
 //! sql_concurrent = 4                 # queries running at once
 //! sql_per_key = 2                    # and for one API key
+//! feed_chunks = 1024                # ~256 KiB chunks the feed holds for slow subscribers
+//! header_timeout = "10s"             # a request's headers must arrive within this
+//! body_timeout = "10s"               # longest pause inside a request body
+//! request_timeout = "60s"            # longest time to answer a request
+//! max_connections = 1024             # more wait to be accepted
 //!
 //! [[api_keys]]
 //! key = "a long random string"
@@ -30,7 +35,7 @@
 //! verify_token = "…"       # answered in the GET handshake
 //! ```
 
-use convoflow_api::{ApiKey, Limits, WhatsAppApp};
+use convoflow_api::{ApiKey, Limits, ServerLimits, WhatsAppApp};
 use convoflow_events::parse_duration_ms;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -76,6 +81,11 @@ struct FileLimits {
     sql_max_result_bytes: Option<usize>,
     sql_concurrent: Option<usize>,
     sql_per_key: Option<usize>,
+    feed_chunks: Option<usize>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +127,7 @@ pub struct ServeConfig {
     pub workers: usize,
     pub snapshot_interval: Duration,
     pub limits: Limits,
+    pub server: ServerLimits,
     pub api_keys: Vec<ApiKey>,
     pub whatsapp: HashMap<String, WhatsAppApp>,
     pub demo: bool,
@@ -147,6 +158,7 @@ impl ServeConfig {
             sql_max_result_bytes: file.limits.sql_max_result_bytes.unwrap_or(defaults.sql_max_result_bytes),
             sql_concurrent: file.limits.sql_concurrent.unwrap_or(defaults.sql_concurrent).max(1),
             sql_per_key: file.limits.sql_per_key.unwrap_or(defaults.sql_per_key).max(1),
+            feed_chunks: file.limits.feed_chunks.unwrap_or(defaults.feed_chunks).max(1),
         };
         if limits.requests_per_second <= 0.0 || limits.burst < 1.0 {
             return Err(ConfigError::Invalid("limits: requests_per_second must be > 0 and burst ≥ 1".to_owned()));
@@ -174,7 +186,18 @@ impl ServeConfig {
             .or(file.workers)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
+        let server_defaults = ServerLimits::default();
+        let timeout = |field: &str, text: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            text.as_deref().map(|t| duration(field, t)).transpose().map(|d| d.unwrap_or(default))
+        };
+        let server = ServerLimits {
+            header_timeout: timeout("limits.header_timeout", &file.limits.header_timeout, server_defaults.header_timeout)?,
+            body_timeout: timeout("limits.body_timeout", &file.limits.body_timeout, server_defaults.body_timeout)?,
+            request_timeout: timeout("limits.request_timeout", &file.limits.request_timeout, server_defaults.request_timeout)?,
+            max_connections: file.limits.max_connections.unwrap_or(server_defaults.max_connections).max(1),
+        };
         Ok(ServeConfig {
+            server,
             listen: overrides.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
             data: overrides.data.or(file.data.map(relative)).unwrap_or_else(|| PathBuf::from("./data")),
             nats: overrides.nats.or(file.nats),

@@ -26,7 +26,7 @@ use crate::serve::input::Input;
 use crate::serve::output::Output;
 use crate::serve::runtime::{OpenInput, Runtime};
 use crate::serve::stream_bus::StreamBus;
-use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, RateLimiter, SeenEvents, ServerLimits, SqlRuntime, Store, Telemetry, FEED_CAPACITY};
+use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, RateLimiter, SeenEvents, SqlRuntime, Store, Telemetry};
 use convoflow_events::{Tenants, TenantsError};
 use convoflow_queries::{query_runtime, QUERY_MEMORY_BYTES};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, LiveTables};
@@ -160,7 +160,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     }
     let BusParts { bus, described: bus_described, input_id, open_input } = bus_parts(&config).await?;
     let (store, output, store_described) = store_parts(&config).await?;
-    let (feed, _) = tokio::sync::broadcast::channel(FEED_CAPACITY);
+    let (feed, _) = tokio::sync::broadcast::channel(config.limits.feed_chunks);
     let telemetry = Arc::new(Telemetry::default());
     let seen = Arc::new(SeenEvents::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -215,7 +215,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     if config.demo {
         tokio::spawn(demo::feed(state.clone(), 42));
     }
-    let served = convoflow_api::serve(listener, router(state), ServerLimits::default(), shutdown_signal(runtime_ended, shutdown_sender)).await;
+    let served = convoflow_api::serve(listener, router(state), config.server.clone(), shutdown_signal(runtime_ended, shutdown_sender)).await;
     stop.store(true, Ordering::SeqCst);
     let result = processing.join().map_err(|_| ServeError::Snapshot("the runtime thread panicked".to_owned()))?;
     served.map_err(|source| ServeError::Io { what: "HTTP server".to_owned(), source })?;

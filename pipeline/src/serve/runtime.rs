@@ -135,11 +135,11 @@ impl Runtime {
             self.seen.remember(tables.events.iter().map(|event| &**event));
         }
         let processed = tables.events.len() as u64;
-        let feed = if self.feed.receiver_count() > 0 { Some(feed_epoch(epoch, &tables, &rejected)?) } else { None };
+        let feed = if self.feed.receiver_count() > 0 { feed_epoch(epoch, &tables, &rejected)? } else { Vec::new() };
         let positions = (records.first().map_or(0, |r| r.position), input.position());
         self.output.apply(tables, &rejected, positions, input_id, handle)?;
-        if let Some(feed) = feed {
-            let _ = self.feed.send(Arc::new(feed));
+        for chunk in feed {
+            let _ = self.feed.send(Arc::new(chunk));
         }
         let telemetry = &self.telemetry;
         telemetry.events_processed.fetch_add(processed, Ordering::Relaxed);
