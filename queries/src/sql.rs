@@ -121,6 +121,22 @@ fn check_read_only(sql: &str) -> Result<(), QueryError> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn string_concatenation_keeps_its_meaning_through_the_bounded_concat() {
+        let engine = SqlEngine::over_batches(vec![], query_runtime(64 << 20).expect("runtime")).expect("engine");
+        let cells = |batches: Vec<RecordBatch>| -> Vec<String> {
+            let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
+            let row = table.lines().nth(3).expect("one row").to_owned();
+            row.split('|').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect()
+        };
+        let values = engine.query("SELECT 'a' || 'b', 1 || 'x', 'a' || 'b' || 'c'").await.expect("query");
+        assert_eq!(cells(values), vec!["ab", "1x", "abc"]);
+        let nulls = engine.query("SELECT (NULL || 'x') IS NULL, ('x' || CAST(NULL AS VARCHAR)) IS NULL").await.expect("query");
+        assert_eq!(cells(nulls), vec!["true", "true"], "either side NULL makes NULL, as `||` does");
+        let refused = engine.query("SELECT repeat('x', 100000000)").await.expect_err("over the function limit");
+        assert!(refused.to_string().contains("repeat() would make"), "{refused}");
+    }
+
     #[test]
     fn only_queries_pass_the_read_only_check() {
         assert!(check_read_only("SELECT 1").is_ok());
