@@ -38,7 +38,7 @@ use datafusion::logical_expr::{when, ExprSchemable};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::optimizer::{Analyzer, AnalyzerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, SetExpr, Statement, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, SetExpr, Visit, Visitor};
 use futures::StreamExt;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -65,8 +65,17 @@ pub enum LimitError {
     TooManySetOperations,
 }
 
-/// Checks the statement's nesting. Runs on a query thread: walking the tree recurses too.
-pub fn check_nesting(statement: &Statement) -> Result<(), LimitError> {
+/// Refuses SQL over `SQL_MAX_BYTES`, before it is parsed.
+pub fn check_length(sql: &str) -> Result<(), LimitError> {
+    if sql.len() > SQL_MAX_BYTES {
+        return Err(LimitError::TooLong(sql.len()));
+    }
+    Ok(())
+}
+
+/// Checks the nesting of a statement (or query). Runs on a query thread: walking the tree recurses
+/// too.
+pub fn check_nesting(statement: &impl Visit) -> Result<(), LimitError> {
     struct Depth {
         depth: usize,
         set_operations: usize,
@@ -193,7 +202,7 @@ impl Bound {
         let number = |i: usize| args.get(i).map_or(Ok(vec![0; rows]), |a| numbers(a, rows));
         let sum = |values: Vec<u128>| values.into_iter().sum::<u128>();
         Ok(match self {
-            Bound::Inputs => args.iter().map(|a| sizes(a, rows).map(|s| s.iter().sum::<u128>())).sum::<DfResult<u128>>()?,
+            Bound::Inputs => args.iter().map(|a| total_size(a, rows)).sum::<DfResult<u128>>()?,
             Bound::Repeat => sum(zip(&size(0)?, &number(1)?, |len, n| len * n)),
             Bound::Pad => sum(number(1)?.iter().map(|n| n * 4 + 4).collect()),
             Bound::Replace => {
@@ -218,6 +227,26 @@ impl Bound {
 
 fn zip(a: &[u128], b: &[u128], f: impl Fn(u128, u128) -> u128) -> Vec<u128> {
     a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect()
+}
+
+/// The bytes of all of `arg`'s values over `rows` rows. Every call of most functions comes here,
+/// so the common types are summed without a value per row.
+fn total_size(arg: &ColumnarValue, rows: usize) -> DfResult<u128> {
+    let ColumnarValue::Array(array) = arg else { return Ok(sizes(arg, 1)?[0] * rows as u128) };
+    let span = |first: i64, last: i64| (last - first).max(0) as u128;
+    Ok(match array.data_type() {
+        DataType::Utf8 => {
+            let offsets = array.as_string::<i32>().value_offsets();
+            span(offsets[0].into(), offsets[offsets.len() - 1].into())
+        }
+        DataType::LargeUtf8 => {
+            let offsets = array.as_string::<i64>().value_offsets();
+            span(offsets[0], offsets[offsets.len() - 1])
+        }
+        DataType::Utf8View => array.as_string_view().views().iter().map(|view| u128::from(*view as u32)).sum(),
+        other if other.is_primitive() => (other.primitive_width().unwrap_or(8) * array.len()) as u128,
+        _ => sizes(arg, rows)?.iter().sum(),
+    })
 }
 
 /// The byte size of each row's value of `arg`.
@@ -476,6 +505,7 @@ impl Collected {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::sql::sqlparser::ast::Statement;
     use datafusion::sql::sqlparser::dialect::GenericDialect;
     use datafusion::sql::sqlparser::parser::Parser;
 
@@ -510,8 +540,12 @@ mod tests {
 
     #[test]
     fn bounds_follow_what_functions_multiply() {
+        use datafusion::arrow::array::{ArrayRef, StringArray};
         let text = |s: &str| ColumnarValue::Scalar(ScalarValue::Utf8(Some(s.to_owned())));
         let int = |n: i64| ColumnarValue::Scalar(ScalarValue::Int64(Some(n)));
+        // A slice counts only its own values, not the buffer it shares.
+        let texts: ArrayRef = Arc::new(StringArray::from(vec!["abc"; 1000]));
+        assert_eq!(Bound::Inputs.bytes(&[ColumnarValue::Array(texts.slice(10, 5))], 5).expect("bound"), 15);
         let repeat = Bound::Repeat.bytes(&[text("ab"), int(1_000)], 1).expect("bound");
         assert_eq!(repeat, ScalarValue::Utf8(Some("ab".to_owned())).size() as u128 * 1_000);
         assert!(Bound::Series.bytes(&[int(0), int(1_000_000_000)], 1).expect("bound") > u128::from(FUNCTION_OUTPUT_BYTES));

@@ -5,7 +5,7 @@
 //! DDL/DML/statement switches are off as a second guard. Queries are held to the limits of
 //! `guards` (text, nesting, function output, shared memory pool, result size).
 
-use crate::guards::{bounded_context, check_nesting, collect_bounded, query_runtime, Collected, LimitError, SQL_MAX_BYTES};
+use crate::guards::{bounded_context, check_length, check_nesting, collect_bounded, Collected, LimitError};
 use convoflow_sinks::{schema, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
@@ -52,7 +52,8 @@ pub struct SqlEngine {
 impl SqlEngine {
     /// Registers every table of the store in `data_dir`; a table never written is empty.
     pub async fn open(data_dir: &Path) -> Result<Self, QueryError> {
-        let context = bounded_context(SessionConfig::new(), query_runtime(QUERY_MEMORY_BYTES)?);
+        // The command line's own process: its queries may take the machine's memory, as before.
+        let context = bounded_context(SessionConfig::new(), Arc::new(RuntimeEnv::default()));
         for &table in TABLES {
             let path = data_dir.join("tables").join(format!("{table}.parquet"));
             let Some(table_schema) = schema(table) else { continue };
@@ -98,9 +99,7 @@ impl SqlEngine {
 }
 
 fn check_read_only(sql: &str) -> Result<(), QueryError> {
-    if sql.len() > SQL_MAX_BYTES {
-        return Err(LimitError::TooLong(sql.len()).into());
-    }
+    check_length(sql)?;
     let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| QueryError::Syntax(e.to_string()))?;
     if statements.len() != 1 {
         return Err(QueryError::MultipleStatements(statements.len()));
@@ -123,7 +122,7 @@ mod tests {
 
     #[tokio::test]
     async fn string_concatenation_keeps_its_meaning_through_the_bounded_concat() {
-        let engine = SqlEngine::over_batches(vec![], query_runtime(64 << 20).expect("runtime")).expect("engine");
+        let engine = SqlEngine::over_batches(vec![], crate::guards::query_runtime(64 << 20).expect("runtime")).expect("engine");
         let cells = |batches: Vec<RecordBatch>| -> Vec<String> {
             let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
             let row = table.lines().nth(3).expect("one row").to_owned();

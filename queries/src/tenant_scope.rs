@@ -92,12 +92,10 @@ fn check_tokens(sql: &str) -> Result<(), ScopeError> {
 
 /// `sql` reading only `tenant`'s rows of `tables` in `database`.
 pub fn scope_to_tenant(sql: &str, tenant: &str, database: &str, tables: &[&str]) -> Result<String, ScopeError> {
-    if sql.len() > crate::guards::SQL_MAX_BYTES {
-        return Err(crate::guards::LimitError::TooLong(sql.len()).into());
-    }
+    crate::guards::check_length(sql)?;
     check_tokens(sql)?;
     let query = parse_query(sql)?;
-    crate::guards::check_nesting(&Statement::Query(query.clone()))?;
+    crate::guards::check_nesting(&query)?;
     let mut scoper = Scoper { database, tables, reads: Vec::new(), refusal: None };
     if let ControlFlow::Break(()) = query.visit(&mut scoper) {
         return Err(ScopeError::Refused(scoper.refusal.unwrap_or_default()));

@@ -62,7 +62,7 @@ pub enum ServeError {
     #[error("input: {0}")]
     Input(String),
     #[error("query engine: {0}")]
-    Query(String),
+    Query(#[from] datafusion::error::DataFusionError),
 }
 
 impl From<std::io::Error> for ServeError {
@@ -127,7 +127,7 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, St
             let tables = Arc::new(Mutex::new(LiveTables::default()));
             let output = Output::embedded(&config.data, tables.clone(), config.snapshot_interval)?;
             let described = format!("the embedded store {}", config.data.join("tables").display());
-            let runtime = query_runtime(QUERY_MEMORY_BYTES).map_err(|error| ServeError::Query(error.to_string()))?;
+            let runtime = query_runtime(QUERY_MEMORY_BYTES)?;
             Ok((Arc::new(LiveStore { tables, runtime }), output, described))
         }
         Some(url) => {
@@ -135,8 +135,7 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, St
             let store = Arc::new(retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(&clickhouse)).await?);
 
             let described = format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
-            let reads = ClickHouseReads { store: store.clone(), memory_bytes: QUERY_MEMORY_BYTES as u64 };
-            Ok((Arc::new(reads), Output::clickhouse(store), described))
+            Ok((Arc::new(ClickHouseReads { store: store.clone() }), Output::clickhouse(store), described))
         }
     }
 }
