@@ -75,6 +75,9 @@ pub struct Limits {
     pub sql_max_rows: usize,
     /// Largest result of one query, as Arrow in memory; more fails the query.
     pub sql_max_result_bytes: usize,
+    /// Memory the queries running at once may take together for joins, sorts, groups and
+    /// aggregates (the embedded store's pool; ClickHouse's `max_memory_usage` per query).
+    pub sql_memory_bytes: usize,
     /// Queries running at once (over all keys), and for one key.
     pub sql_concurrent: usize,
     pub sql_per_key: usize,
@@ -91,6 +94,7 @@ impl Default for Limits {
             sql_timeout: Duration::from_secs(10),
             sql_max_rows: 100_000,
             sql_max_result_bytes: 64 << 20,
+            sql_memory_bytes: 256 << 20,
             sql_concurrent: 4,
             sql_per_key: 2,
             feed_chunks: crate::feed::FEED_CAPACITY,

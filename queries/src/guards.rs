@@ -18,7 +18,8 @@
 //! - **Results**: `collect_bounded` puts the row cap into the plan as a `LIMIT` and stops once the
 //!   rows collected hold more than the byte cap, so nothing piles up before it is cut.
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{make_array, Array, AsArray};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::length::length;
 use datafusion::arrow::datatypes::{DataType, Int64Type, IntervalMonthDayNanoType, TimeUnit};
@@ -34,7 +35,7 @@ use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Documentation, Expr, LogicalPlan, Operator, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
-use datafusion::logical_expr::{when, ExprSchemable};
+use datafusion::logical_expr::ExprSchemable;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::optimizer::{Analyzer, AnalyzerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -50,7 +51,7 @@ pub const MAX_EXPRESSION_DEPTH: usize = 256;
 /// Most `UNION`/`INTERSECT`/`EXCEPT` in one statement.
 pub const MAX_SET_OPERATIONS: usize = 256;
 /// Most bytes one function call may produce.
-pub const FUNCTION_OUTPUT_BYTES: u64 = 64 << 20;
+pub const FUNCTION_OUTPUT_BYTES: u64 = 16 << 20;
 
 /// Why a query was refused before or while it ran for being too costly.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -136,7 +137,8 @@ pub fn query_runtime(memory_bytes: usize) -> DfResult<Arc<RuntimeEnv>> {
 /// A session whose every scalar function checks its output bound first, which plans string
 /// `||` as the bounded `concat`, and which runs on `runtime`.
 pub fn bounded_context(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
-    let concat = Arc::new(ScalarUDF::new_from_impl(Bounded { inner: datafusion::functions::string::concat(), bound: Bound::Inputs }));
+    let strict = Arc::new(ScalarUDF::new_from_impl(StrictConcat { concat: datafusion::functions::string::concat() }));
+    let concat = Arc::new(ScalarUDF::new_from_impl(Bounded { inner: strict, bound: Bound::Inputs }));
     // Before type coercion, which then types the rewritten expression like any other.
     let mut rules: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(BoundedConcatOperator { concat })];
     rules.extend(Analyzer::new().rules);
@@ -232,7 +234,10 @@ fn zip(a: &[u128], b: &[u128], f: impl Fn(u128, u128) -> u128) -> Vec<u128> {
 /// The bytes of all of `arg`'s values over `rows` rows. Every call of most functions comes here,
 /// so the common types are summed without a value per row.
 fn total_size(arg: &ColumnarValue, rows: usize) -> DfResult<u128> {
-    let ColumnarValue::Array(array) = arg else { return Ok(sizes(arg, 1)?[0] * rows as u128) };
+    let array = match arg {
+        ColumnarValue::Scalar(value) => return Ok(scalar_size(value) * rows as u128),
+        ColumnarValue::Array(array) => array,
+    };
     let span = |first: i64, last: i64| (last - first).max(0) as u128;
     Ok(match array.data_type() {
         DataType::Utf8 => {
@@ -249,10 +254,19 @@ fn total_size(arg: &ColumnarValue, rows: usize) -> DfResult<u128> {
     })
 }
 
+/// The bytes of a scalar's value: a text's or binary's own bytes, anything else's size in memory.
+fn scalar_size(value: &ScalarValue) -> u128 {
+    match value {
+        ScalarValue::Utf8(text) | ScalarValue::LargeUtf8(text) | ScalarValue::Utf8View(text) => text.as_ref().map_or(0, String::len) as u128,
+        ScalarValue::Binary(bytes) | ScalarValue::LargeBinary(bytes) | ScalarValue::BinaryView(bytes) => bytes.as_ref().map_or(0, Vec::len) as u128,
+        other => other.size() as u128,
+    }
+}
+
 /// The byte size of each row's value of `arg`.
 fn sizes(arg: &ColumnarValue, rows: usize) -> DfResult<Vec<u128>> {
     match arg {
-        ColumnarValue::Scalar(value) => Ok(vec![value.size() as u128; rows]),
+        ColumnarValue::Scalar(value) => Ok(vec![scalar_size(value); rows]),
         ColumnarValue::Array(array) => match array.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
                 let lengths = cast(&length(array)?, &DataType::Int64)?;
@@ -414,8 +428,7 @@ impl ScalarUDFImpl for Bounded {
     }
 }
 
-/// Plans `a || b` on strings as `CASE WHEN a IS NULL OR b IS NULL THEN NULL ELSE concat(a, b)
-/// END`: the same result, through the bounded `concat`.
+/// Plans `a || b` on strings as the bounded `StrictConcat(a, b)`: the same result, bounded.
 #[derive(Debug)]
 struct BoundedConcatOperator {
     concat: Arc<ScalarUDF>,
@@ -430,10 +443,7 @@ impl AnalyzerRule for BoundedConcatOperator {
                     Expr::BinaryExpr(BinaryExpr { left, op: Operator::StringConcat, right })
                         if left.get_type(&schema).is_ok_and(|t| !t.is_nested()) && right.get_type(&schema).is_ok_and(|t| !t.is_nested()) =>
                     {
-                        let either_null = left.clone().is_null().or(right.clone().is_null());
-                        let concat = Expr::ScalarFunction(ScalarFunction::new_udf(self.concat.clone(), vec![*left, *right]));
-                        let case = when(either_null, Expr::Literal(ScalarValue::Null, None)).otherwise(concat)?;
-                        Ok(Transformed::yes(case))
+                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(self.concat.clone(), vec![*left, *right]))))
                     }
                     other => Ok(Transformed::no(other)),
                 })
@@ -444,6 +454,43 @@ impl AnalyzerRule for BoundedConcatOperator {
 
     fn name(&self) -> &str {
         "bounded_concat_operator"
+    }
+}
+
+/// `concat` as `||` means it: NULL where any argument is NULL (`concat` skips NULLs).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StrictConcat {
+    concat: Arc<ScalarUDF>,
+}
+
+impl ScalarUDFImpl for StrictConcat {
+    fn name(&self) -> &str {
+        "strict_concat"
+    }
+    fn signature(&self) -> &Signature {
+        self.concat.signature()
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        self.concat.inner().return_type(arg_types)
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        self.concat.inner().coerce_types(arg_types)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if args.args.iter().any(|a| matches!(a, ColumnarValue::Scalar(value) if value.is_null())) {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from(args.return_type())?));
+        }
+        let nulls = args.args.iter().fold(None, |nulls, arg| match arg {
+            ColumnarValue::Array(array) => NullBuffer::union(nulls.as_ref(), array.logical_nulls().as_ref()),
+            ColumnarValue::Scalar(_) => nulls,
+        });
+        match (self.concat.invoke_with_args(args)?, nulls) {
+            (ColumnarValue::Array(array), Some(nulls)) => {
+                let nulls = NullBuffer::union(Some(&nulls), array.nulls());
+                Ok(ColumnarValue::Array(make_array(array.to_data().into_builder().nulls(nulls).build()?)))
+            }
+            (output, _) => Ok(output),
+        }
     }
 }
 
@@ -547,7 +594,9 @@ mod tests {
         let texts: ArrayRef = Arc::new(StringArray::from(vec!["abc"; 1000]));
         assert_eq!(Bound::Inputs.bytes(&[ColumnarValue::Array(texts.slice(10, 5))], 5).expect("bound"), 15);
         let repeat = Bound::Repeat.bytes(&[text("ab"), int(1_000)], 1).expect("bound");
-        assert_eq!(repeat, ScalarValue::Utf8(Some("ab".to_owned())).size() as u128 * 1_000);
+        assert_eq!(repeat, 2_000, "a text counts its bytes, not the ScalarValue around them");
+        // 3 MB of output is well within the limit.
+        assert!(Bound::Repeat.bytes(&[text("abc"), int(1_000_000)], 1).expect("bound") < u128::from(FUNCTION_OUTPUT_BYTES));
         assert!(Bound::Series.bytes(&[int(0), int(1_000_000_000)], 1).expect("bound") > u128::from(FUNCTION_OUTPUT_BYTES));
         assert!(Bound::Series.bytes(&[int(0), int(100)], 1).expect("bound") < 10_000);
         assert!(Bound::Pad.bytes(&[text("x"), int(1 << 30)], 1).expect("bound") > u128::from(FUNCTION_OUTPUT_BYTES));

@@ -14,5 +14,5 @@ pub use dialect::{Dialect, Granularity};
 pub use format::{format_batches, OutputFormat};
 pub use guards::{check_nesting, query_runtime, Collected, LimitError, FUNCTION_OUTPUT_BYTES, MAX_EXPRESSION_DEPTH, SQL_MAX_BYTES};
 pub use reports::{report_sql, Report, ReportParams};
-pub use sql::{QueryError, SqlEngine, QUERY_MEMORY_BYTES};
+pub use sql::{QueryError, SqlEngine};
 pub use tenant_scope::{scope_to_tenant, ScopeError};

@@ -41,9 +41,6 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
-/// Memory the queries running at once may take together for their operators (joins, sorts,
-/// groups).
-pub const QUERY_MEMORY_BYTES: usize = 512 << 20;
 
 pub struct SqlEngine {
     context: SessionContext,
@@ -132,6 +129,8 @@ mod tests {
         assert_eq!(cells(values), vec!["ab", "1x", "abc"]);
         let nulls = engine.query("SELECT (NULL || 'x') IS NULL, ('x' || CAST(NULL AS VARCHAR)) IS NULL").await.expect("query");
         assert_eq!(cells(nulls), vec!["true", "true"], "either side NULL makes NULL, as `||` does");
+        let column = "SELECT count(*), count(c || 'x'), max(c || 'x') FROM (VALUES ('a'), (NULL)) AS t(c)";
+        assert_eq!(cells(engine.query(column).await.expect("query")), vec!["2", "1", "ax"], "a NULL row stays NULL");
         let refused = engine.query("SELECT repeat('x', 100000000)").await.expect_err("over the function limit");
         assert!(refused.to_string().contains("repeat() would make"), "{refused}");
     }

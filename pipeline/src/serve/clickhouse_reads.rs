@@ -3,7 +3,7 @@
 //! policies); the server runs it read-only with time, row and memory limits.
 
 use convoflow_api::{BoxFuture, Limits, Scope, Store, StoreError};
-use convoflow_queries::{clickhouse_batches, clickhouse_dialect, scope_to_tenant, Collected, Dialect, ReadLimits, QUERY_MEMORY_BYTES};
+use convoflow_queries::{clickhouse_batches, clickhouse_dialect, scope_to_tenant, Collected, Dialect, ReadLimits};
 use convoflow_sinks::{ClickHouseError, ClickHouseStore, TABLES};
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ impl Store for ClickHouseReads {
                 time: limits.sql_timeout,
                 rows: limits.sql_max_rows,
                 result_bytes: limits.sql_max_result_bytes,
-                memory_bytes: QUERY_MEMORY_BYTES as u64,
+                memory_bytes: limits.sql_memory_bytes as u64,
             };
             match clickhouse_batches(&self.store, &sql, read).await {
                 Ok(batch) => Ok(Collected::cut(vec![batch], limits.sql_max_rows)),

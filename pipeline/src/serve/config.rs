@@ -18,6 +18,7 @@
 //! sql_timeout = "10s"
 //! sql_max_rows = 100000
 //! sql_max_result_bytes = 67108864   # a larger result fails the query
+//! sql_memory_bytes = 268435456      # what the queries running at once may take together
 //! sql_concurrent = 4                 # queries running at once
 //! sql_per_key = 2                    # and for one API key
 //! feed_chunks = 1024                # ~256 KiB chunks the feed holds for slow subscribers
@@ -79,6 +80,7 @@ struct FileLimits {
     sql_timeout: Option<String>,
     sql_max_rows: Option<usize>,
     sql_max_result_bytes: Option<usize>,
+    sql_memory_bytes: Option<usize>,
     sql_concurrent: Option<usize>,
     sql_per_key: Option<usize>,
     feed_chunks: Option<usize>,
@@ -156,6 +158,7 @@ impl ServeConfig {
             sql_timeout: file.limits.sql_timeout.as_deref().map(|t| duration("limits.sql_timeout", t)).transpose()?.unwrap_or(defaults.sql_timeout),
             sql_max_rows: file.limits.sql_max_rows.unwrap_or(defaults.sql_max_rows),
             sql_max_result_bytes: file.limits.sql_max_result_bytes.unwrap_or(defaults.sql_max_result_bytes),
+            sql_memory_bytes: file.limits.sql_memory_bytes.unwrap_or(defaults.sql_memory_bytes),
             sql_concurrent: file.limits.sql_concurrent.unwrap_or(defaults.sql_concurrent).max(1),
             sql_per_key: file.limits.sql_per_key.unwrap_or(defaults.sql_per_key).max(1),
             feed_chunks: file.limits.feed_chunks.unwrap_or(defaults.feed_chunks).max(1),

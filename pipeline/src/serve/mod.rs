@@ -28,7 +28,7 @@ use crate::serve::runtime::{OpenInput, Runtime};
 use crate::serve::stream_bus::StreamBus;
 use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, RateLimiter, SeenEvents, SqlRuntime, Store, Telemetry};
 use convoflow_events::{Tenants, TenantsError};
-use convoflow_queries::{query_runtime, QUERY_MEMORY_BYTES};
+use convoflow_queries::query_runtime;
 use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, LiveTables};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,7 +127,7 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, St
             let tables = Arc::new(Mutex::new(LiveTables::default()));
             let output = Output::embedded(&config.data, tables.clone(), config.snapshot_interval)?;
             let described = format!("the embedded store {}", config.data.join("tables").display());
-            let runtime = query_runtime(QUERY_MEMORY_BYTES)?;
+            let runtime = query_runtime(config.limits.sql_memory_bytes)?;
             Ok((Arc::new(LiveStore { tables, runtime }), output, described))
         }
         Some(url) => {
