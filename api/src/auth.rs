@@ -5,9 +5,11 @@
 use crate::error::ApiError;
 use crate::state::{ApiState, Scope};
 use axum::http::{HeaderMap, Method, StatusCode};
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota};
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct ApiKey {
@@ -118,35 +120,52 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A token bucket per key: `rate` tokens a second up to `burst`; a request takes one.
+/// Requests per second per key, with bursts: governor's GCRA keyed by API key. Only known keys
+/// are charged (after authentication), so the number of keys it remembers is bounded by the
+/// configuration.
 pub struct RateLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
     rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    burst: NonZeroU32,
 }
 
 impl RateLimiter {
     pub fn new(rate: f64, burst: f64) -> Self {
-        RateLimiter { rate: rate.max(0.001), burst: burst.max(1.0), buckets: Mutex::new(HashMap::new()) }
+        let rate = rate.max(0.001);
+        let burst = NonZeroU32::new(burst.clamp(1.0, u32::MAX as f64) as u32).unwrap_or(NonZeroU32::MIN);
+        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
+        RateLimiter { limiter: DefaultKeyedRateLimiter::keyed(quota), rate, burst }
     }
 
+    /// Charges one request to `key`.
     pub fn charge(&self, key: &str) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (tokens, last) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            return Ok(());
+        self.check(key, NonZeroU32::MIN, "too many requests for this API key")
+    }
+
+    /// Charges `cost` more requests to `key`, whose request was charged one already: all or
+    /// nothing, and at most a burst less one, so a key with a full bucket can pay for any request.
+    /// `what` starts the message of the 429.
+    pub fn charge_more(&self, key: &str, cost: u64, what: &str) -> Result<(), ApiError> {
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX).min(self.burst.get() - 1);
+        match NonZeroU32::new(cost) {
+            Some(cost) => self.check(key, cost, what),
+            None => Ok(()),
         }
-        let wait = ((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64;
+    }
+
+    fn check(&self, key: &str, cost: NonZeroU32, what: &str) -> Result<(), ApiError> {
+        let Ok(Err(not_until)) = self.limiter.check_key_n(&key.to_owned(), cost) else {
+            // `cost` is at most the burst, so the check never finds it beyond capacity.
+            return Ok(());
+        };
+        let wait = not_until.wait_time_from(self.limiter.clock().now()).as_secs_f64().ceil().max(1.0) as u64;
         Err(ApiError {
             retry_after: Some(wait),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("too many requests for this API key (limit {} per second, bursts of {}); retry in {wait} s", self.rate, self.burst),
+                format!("{what} (limit {} per second, bursts of {}); retry in {wait} s", self.rate, self.burst),
             )
         })
     }
@@ -167,6 +186,19 @@ mod tests {
         limiter.charge("other").expect("buckets are per key");
         std::thread::sleep(std::time::Duration::from_millis(5));
         limiter.charge("k").expect("refilled");
+    }
+
+    #[test]
+    fn a_charge_of_many_takes_them_all_or_none_and_never_more_than_a_burst() {
+        let limiter = RateLimiter::new(0.001, 10.0);
+        limiter.charge("k").expect("1 of 10");
+        limiter.charge_more("k", 3, "x").expect("4 of 10");
+        limiter.charge_more("k", 7, "x").expect_err("6 left");
+        limiter.charge_more("k", 6, "x").expect("the refused charge took nothing");
+        limiter.charge("k").expect_err("spent");
+        limiter.charge("fresh").expect("1 of 10");
+        limiter.charge_more("fresh", 1_000, "x").expect("a full bucket pays for any request");
+        limiter.charge("fresh").expect_err("the whole burst was taken");
     }
 
     #[test]

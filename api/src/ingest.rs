@@ -161,7 +161,8 @@ async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Bo
     let request_id = request_id(received_at);
     let mut admission = Admission::default();
     let results = admit_lines(state, &caller, &lines, received_at, &request_id, &mut admission);
-    let counts = admission.commit(state).await?;
+    let first_rejected = results.iter().find(|line| line.status == "rejected");
+    let counts = admission.charge(state, &caller, first_rejected)?.commit(state).await?;
     // A request that did nothing but fail is a client error; a partly good one succeeds and says
     // line by line what became of each event.
     let status = if counts.rejected > 0 && counts.accepted == 0 && counts.duplicates == 0 {
@@ -173,10 +174,20 @@ async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Bo
     Ok((status, Json(response)).into_response())
 }
 
+/// Rejections a request stores one by one; the rest are counted in one row per tenant (the
+/// request's answer still gives every line's reason).
+pub const REJECTED_ROWS_PER_REQUEST: usize = 100;
+/// Rejected lines that cost one more request of the key's rate limit.
+pub const REJECTED_LINES_PER_REQUEST: u64 = 100;
+
 /// What one request admits: new events and rejections by tenant, answered only once durable.
 #[derive(Default)]
 pub struct Admission {
     bodies: BTreeMap<String, Vec<u8>>,
+    /// Rejections stored one by one so far.
+    rejections_kept: usize,
+    /// Per tenant, the rejections past [`REJECTED_ROWS_PER_REQUEST`]: how many, and the first.
+    rejections_counted: BTreeMap<String, (u64, RejectedRow)>,
     /// Events this request claimed first.
     claimed: Vec<u128>,
     /// Events this request stores (its claims and copies of pending ones).
@@ -217,16 +228,55 @@ impl Admission {
         claim
     }
 
-    /// Stores `row` in `rejected`.
+    /// Stores `row` in `rejected`, or counts it once the request has stored
+    /// [`REJECTED_ROWS_PER_REQUEST`].
     pub fn reject(&mut self, row: RejectedRow) {
+        self.counts.rejected += 1;
+        if self.rejections_kept < REJECTED_ROWS_PER_REQUEST {
+            self.rejections_kept += 1;
+            self.store_rejection(&row);
+        } else if let Some((lines, _)) = self.rejections_counted.get_mut(&row.tenant_id) {
+            *lines += 1;
+        } else {
+            self.rejections_counted.insert(row.tenant_id.clone(), (1, row));
+        }
+    }
+
+    fn store_rejection(&mut self, row: &RejectedRow) {
         let body = self.bodies.entry(row.tenant_id.clone()).or_default();
         body.extend_from_slice(row.to_bus_line().as_bytes());
         body.push(b'\n');
-        self.counts.rejected += 1;
+    }
+
+    /// Charges the request's rejected lines to `caller`'s rate limit (one request per
+    /// [`REJECTED_LINES_PER_REQUEST`], at most a burst less the request's own); if the key cannot
+    /// pay, nothing of the request is admitted.
+    pub fn charge(self, state: &ApiState, caller: &Caller, first: Option<&LineResult>) -> Result<Self, ApiError> {
+        let cost = self.counts.rejected.div_ceil(REJECTED_LINES_PER_REQUEST);
+        if cost == 0 {
+            return Ok(self);
+        }
+        let first = first.map(|line| format!(" (line {}: {})", line.line, line.reason.as_deref().unwrap_or_default())).unwrap_or_default();
+        let what = format!(
+            "this request's {} rejected lines cost {cost} requests of this API key's rate limit (one per {REJECTED_LINES_PER_REQUEST}), \
+             more than it has left; nothing was stored{first}",
+            self.counts.rejected
+        );
+        match state.rate.charge_more(&caller.key, cost, &what) {
+            Ok(()) => Ok(self),
+            Err(error) => {
+                state.seen.release(&self.claimed);
+                Err(error)
+            }
+        }
     }
 
     /// Appends everything to the bus in one durable write; on failure nothing was admitted.
-    pub async fn commit(self, state: &ApiState) -> Result<Counts, ApiError> {
+    pub async fn commit(mut self, state: &ApiState) -> Result<Counts, ApiError> {
+        for (_, (lines, first)) in std::mem::take(&mut self.rejections_counted) {
+            let reason = format!("{lines} more rejected lines of this request, counted here and not stored one by one; the first: {}", first.reason);
+            self.store_rejection(&RejectedRow { reason, ..first });
+        }
         let batches = self.bodies.into_iter().map(|(tenant, body)| TenantBatch { tenant, body }).collect();
         // Dropped mid-append (the client went away), the claims stay pending: a retry stores the
         // events again rather than trusting them.

@@ -288,22 +288,31 @@ pub struct RejectedRow {
     pub tenant_id: String,
     pub received_at: i64,
     pub reason: String,
-    /// The offending input, cut to [`MAX_RAW_BYTES`].
+    /// The offending input, cut to [`MAX_RAW_BYTES`] as written in JSON.
     pub raw: String,
     /// `file:line` (or another origin) of the input.
     pub source: String,
 }
 
-/// Bound on `rejected.raw`, so one huge bad line cannot bloat the table.
+/// Bound on `rejected.raw` once escaped in JSON (the bus line's form), so one huge bad line, or
+/// one of control bytes that take 6 bytes each escaped, cannot bloat the table.
 pub const MAX_RAW_BYTES: usize = 4096;
 
 impl RejectedRow {
     pub fn new(tenant_id: Option<&str>, received_at: i64, reason: String, raw: &[u8], source: String) -> Self {
-        let text = String::from_utf8_lossy(raw);
-        let mut end = text.len().min(MAX_RAW_BYTES);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
+        let text = String::from_utf8_lossy(&raw[..raw.len().min(MAX_RAW_BYTES)]);
+        let mut escaped = 0;
+        let end = text
+            .char_indices()
+            .find_map(|(at, c)| {
+                escaped += match c {
+                    '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+                    c if c < ' ' => 6,
+                    c => c.len_utf8(),
+                };
+                (escaped > MAX_RAW_BYTES).then_some(at)
+            })
+            .unwrap_or(text.len());
         RejectedRow { tenant_id: tenant_id.unwrap_or_default().to_owned(), received_at, reason, raw: text[..end].to_owned(), source }
     }
 }
@@ -348,4 +357,25 @@ pub enum Update {
     MessageStatus(MessageStatusRow, i64),
     Reaction(ReactionRow, i64),
     SessionHealth(SessionHealthRow, i64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_is_bounded_as_written_on_the_bus() {
+        let line = |raw: &[u8]| RejectedRow::new(Some("t"), 0, "r".to_owned(), raw, "s".to_owned());
+        let control = line(&[1u8; 10_000]);
+        assert_eq!(control.raw.len(), MAX_RAW_BYTES / 6, "each control byte is 6 bytes escaped");
+        assert_eq!(line(&[b'x'; 10_000]).raw.len(), MAX_RAW_BYTES);
+        let mut text = "x".to_owned() + &"ä".repeat(3_000);
+        assert_eq!(line(text.as_bytes()).raw.len(), MAX_RAW_BYTES - 1, "cut on a char boundary");
+        text.replace_range(1..3, "\"");
+        assert!(line(text.as_bytes()).raw.starts_with("x\"ä"), "a quote is 2 bytes escaped");
+        assert_eq!(line(b"{\"a\":1}").raw, "{\"a\":1}");
+        let bus = control.to_bus_line();
+        assert!(bus.len() < MAX_RAW_BYTES + 100, "{}", bus.len());
+        assert_eq!(RejectedRow::from_bus_line(bus.as_bytes()), Some(control));
+    }
 }
