@@ -8,6 +8,9 @@
 //! `FEED_CAPACITY × FEED_CHUNK_BYTES` (plus one row over per chunk). A subscriber that falls
 //! further behind gets a `lagged` event naming how many chunks it missed, and its feed ends: it
 //! should re-read the tables and subscribe again (the feed has no replay).
+//!
+//! Epochs are rendered to JSON by a [`FeedPublisher`] on a thread of its own, not on the
+//! dataflow's: the runtime hands over what it stored and goes on with the next epoch.
 
 use crate::auth::{authenticate, url_query_value};
 use crate::error::ApiError;
@@ -25,7 +28,9 @@ use futures::{Stream, StreamExt};
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -75,6 +80,63 @@ pub fn feed_epoch(epoch: u64, tables: &TableSet, rejected: &[RejectedRow]) -> Re
         chunks.push(FeedEpoch { epoch, changes });
     }
     Ok(chunks)
+}
+
+/// Epochs the runtime may hand over before the renderer has taken them; further ahead, it waits.
+const RENDER_QUEUE: usize = 2;
+
+struct Stored {
+    epoch: u64,
+    tables: TableSet,
+    rejected: Vec<RejectedRow>,
+}
+
+/// Renders stored epochs for the feed on the `convoflow-feed` thread and publishes their chunks,
+/// in the order they were handed over. The hand-over holds at most [`RENDER_QUEUE`] epochs: a
+/// runtime further ahead waits for the renderer (ingest slows) rather than the feed skipping
+/// changes. Dropping it lets the renderer finish what it holds.
+pub struct FeedPublisher {
+    feed: broadcast::Sender<Arc<FeedEpoch>>,
+    queue: Option<mpsc::SyncSender<Stored>>,
+    renderer: Option<JoinHandle<()>>,
+}
+
+impl FeedPublisher {
+    pub fn start(feed: broadcast::Sender<Arc<FeedEpoch>>) -> std::io::Result<FeedPublisher> {
+        let (queue, stored) = mpsc::sync_channel::<Stored>(RENDER_QUEUE);
+        let publish_to = feed.clone();
+        let renderer = std::thread::Builder::new().name("convoflow-feed".to_owned()).spawn(move || {
+            for Stored { epoch, tables, rejected } in stored {
+                match feed_epoch(epoch, &tables, &rejected) {
+                    Ok(chunks) => chunks.into_iter().for_each(|chunk| drop(publish_to.send(Arc::new(chunk)))),
+                    Err(error) => tracing::error!(epoch, %error, "an epoch could not be rendered for the feed; subscribers miss its changes"),
+                }
+            }
+        })?;
+        Ok(FeedPublisher { feed, queue: Some(queue), renderer: Some(renderer) })
+    }
+
+    /// Whether anyone reads the feed now: if not, epochs need not be handed over.
+    pub fn has_subscribers(&self) -> bool {
+        self.feed.receiver_count() > 0
+    }
+
+    /// Hands over an epoch's stored changes to be rendered and published.
+    pub fn publish(&self, epoch: u64, tables: TableSet, rejected: Vec<RejectedRow>) {
+        if let Some(queue) = &self.queue {
+            // The renderer only stops once the queue is dropped.
+            let _ = queue.send(Stored { epoch, tables, rejected });
+        }
+    }
+}
+
+impl Drop for FeedPublisher {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(renderer) = self.renderer.take() {
+            let _ = renderer.join();
+        }
+    }
 }
 
 /// Each row of `batch` as a JSON object, nulls written out.

@@ -26,7 +26,7 @@ use crate::serve::input::Input;
 use crate::serve::output::Output;
 use crate::serve::runtime::{OpenInput, Runtime};
 use crate::serve::stream_bus::StreamBus;
-use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, RateLimiter, SeenEvents, SqlRuntime, Store, Telemetry};
+use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, FeedPublisher, RateLimiter, SeenEvents, SqlRuntime, Store, Telemetry};
 use convoflow_events::{Tenants, TenantsError};
 use convoflow_queries::query_runtime;
 use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, LiveTables};
@@ -183,6 +183,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         ready: ready.clone(),
         shutdown,
     });
+    let feed = FeedPublisher::start(feed).map_err(|source| ServeError::Io { what: "start the feed thread".to_owned(), source })?;
     let runtime = Runtime { tenants, workers: config.workers, output, feed, seen, telemetry, ready: ready.clone(), stop: stop.clone() };
     let handle = tokio::runtime::Handle::current();
     // The runtime ending (an error) shuts the server down too: a server that no longer applies

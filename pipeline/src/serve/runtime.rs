@@ -12,14 +12,13 @@ use crate::replay::now_ms;
 use crate::serve::input::Input;
 use crate::serve::output::Output;
 use crate::serve::ServeError;
-use convoflow_api::{feed_epoch, FeedEpoch, SeenEvents, Telemetry};
+use convoflow_api::{FeedPublisher, SeenEvents, Telemetry};
 use convoflow_events::{Event, Tenants};
 use convoflow_operators::{EpochOutput, LiveDataflow};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
-use tokio::sync::broadcast;
 
 /// Stored events per epoch while restoring.
 const RESTORE_EPOCH_EVENTS: usize = 64 * 1024;
@@ -32,7 +31,7 @@ pub struct Runtime {
     pub tenants: Arc<Tenants>,
     pub workers: usize,
     pub output: Output,
-    pub feed: broadcast::Sender<Arc<FeedEpoch>>,
+    pub feed: FeedPublisher,
     pub seen: Arc<SeenEvents>,
     pub telemetry: Arc<Telemetry>,
     pub ready: Arc<AtomicBool>,
@@ -135,11 +134,12 @@ impl Runtime {
             self.seen.remember(tables.events.iter().map(|event| &**event));
         }
         let processed = tables.events.len() as u64;
-        let feed = if self.feed.receiver_count() > 0 { feed_epoch(epoch, &tables, &rejected)? } else { Vec::new() };
+        // The store takes the changes; the feed renders its own copy on its thread, once stored.
+        let for_feed = self.feed.has_subscribers().then(|| tables.clone());
         let positions = (records.first().map_or(0, |r| r.position), input.position());
         self.output.apply(tables, &rejected, positions, input_id, handle)?;
-        for chunk in feed {
-            let _ = self.feed.send(Arc::new(chunk));
+        if let Some(tables) = for_feed {
+            self.feed.publish(epoch, tables, rejected);
         }
         let telemetry = &self.telemetry;
         telemetry.events_processed.fetch_add(processed, Ordering::Relaxed);
