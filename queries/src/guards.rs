@@ -18,7 +18,7 @@
 //! - **Results**: `collect_bounded` puts the row cap into the plan as a `LIMIT` and stops once the
 //!   rows collected hold more than the byte cap, so nothing piles up before it is cut.
 
-use datafusion::arrow::array::{make_array, Array, AsArray};
+use datafusion::arrow::array::{make_array, new_empty_array, Array, ArrayRef, AsArray};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::length::length;
@@ -358,6 +358,15 @@ fn series_elements(args: &[ColumnarValue], rows: usize) -> DfResult<u128> {
     Ok(total)
 }
 
+/// `lengths` with negative values as 0. DataFusion's `lpad`/`rpad` over a column of lengths sizes
+/// its buffer from them and panics (`capacity overflow`) on a negative one, while a negative
+/// literal gives `''`, as in PostgreSQL; 0 gives `''` in both.
+fn no_negatives(lengths: &ArrayRef) -> DfResult<ArrayRef> {
+    let as_i64 = cast(lengths, &DataType::Int64)?;
+    let clamped: ArrayRef = Arc::new(as_i64.as_primitive::<Int64Type>().unary::<_, Int64Type>(|v| v.max(0)));
+    Ok(cast(&clamped, lengths.data_type())?)
+}
+
 /// A scalar function that refuses a call whose output could exceed `FUNCTION_OUTPUT_BYTES`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Bounded {
@@ -400,8 +409,18 @@ impl ScalarUDFImpl for Bounded {
     fn is_strict(&self) -> bool {
         self.inner.inner().is_strict()
     }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         self.check(&args)?;
+        // Over an empty batch some functions read their first row anyway (`to_char` panics): no
+        // rows in, no rows out.
+        if args.number_rows == 0 && args.args.iter().any(|arg| matches!(arg, ColumnarValue::Array(_))) {
+            return Ok(ColumnarValue::Array(new_empty_array(args.return_field.data_type())));
+        }
+        if self.bound == Bound::Pad {
+            if let Some(ColumnarValue::Array(lengths)) = args.args.get_mut(1) {
+                *lengths = no_negatives(lengths)?;
+            }
+        }
         self.inner.invoke_with_args(args)
     }
     fn simplify(

@@ -135,6 +135,39 @@ mod tests {
         assert!(refused.to_string().contains("repeat() would make"), "{refused}");
     }
 
+    /// Found by the SQL fuzz target: DataFusion's `lpad`/`rpad` over a column of lengths panicked
+    /// (`capacity overflow`) on a negative one; for a literal it gives `''`, as PostgreSQL does.
+    #[tokio::test]
+    async fn padding_to_a_negative_length_gives_an_empty_text() {
+        let engine = SqlEngine::over_batches(vec![], crate::guards::query_runtime(64 << 20).expect("runtime")).expect("engine");
+        for pad in ["lpad('a', n)", "rpad('a', n, 'xy')"] {
+            let sql = format!("SELECT coalesce(CAST(length({pad}) AS VARCHAR), 'null') AS len FROM (VALUES (-5), (2), (NULL)) AS t(n) ORDER BY n NULLS LAST");
+            let batches = engine.query(&sql).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
+            let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
+            let cells: Vec<&str> = table.lines().skip(3).filter(|l| l.starts_with('|')).map(|l| l.trim_matches('|').trim()).collect();
+            assert_eq!(cells, vec!["0", "2", "null"], "{sql}: negative is '', NULL stays NULL");
+        }
+    }
+
+    /// Found by the SQL fuzz target: over an empty table DataFusion calls a function on an empty
+    /// batch, and its `to_char` then read the first format of the empty column (a panic).
+    #[tokio::test]
+    async fn a_function_called_on_no_rows_makes_no_rows() {
+        use convoflow_operators::{RejectedRow, TableSet};
+        let engine = |reasons: &[&str]| {
+            let rows: Vec<RejectedRow> = reasons.iter().map(|reason| RejectedRow::new(Some("t"), 0, (*reason).to_owned(), b"", String::new())).collect();
+            let tables = convoflow_sinks::table_batches(&TableSet::default(), &rows, convoflow_sinks::Rows::Contents).expect("batches");
+            let tables = tables.into_iter().map(|table| (table.table, table.batches)).collect();
+            SqlEngine::over_batches(tables, crate::guards::query_runtime(64 << 20).expect("runtime")).expect("engine")
+        };
+        let sql = "SELECT CASE WHEN reason = '%Y' THEN to_char(TIMESTAMP '2026-02-02 09:00:00', reason) ELSE 'b' END AS c FROM rejected";
+        let empty = engine(&[]).query(sql).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
+        assert_eq!(empty.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+        let two = engine(&["a", "%Y"]).query(sql).await.expect("query");
+        let table = datafusion::arrow::util::pretty::pretty_format_batches(&two).expect("format").to_string();
+        assert!(table.contains("2026") && table.contains("| b"), "over rows it still runs: {table}");
+    }
+
     #[test]
     fn only_queries_pass_the_read_only_check() {
         assert!(check_read_only("SELECT 1").is_ok());
