@@ -27,7 +27,10 @@ pub mod targets;
 use convoflow_fixtures::Rng;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A fuzz target: makes inputs and checks what the code under test does with them.
 pub trait Target {
@@ -82,14 +85,44 @@ fn outcome_class(outcome: &str) -> String {
     outcome.chars().take(60).collect()
 }
 
-/// Runs `cases` cases of `target` from `seed`; stops early after `max_findings` findings.
-pub fn run(target: &mut dyn Target, seed: u64, cases: u64, max_findings: usize) -> Report {
+/// The case being checked, for the watchdog.
+type Running = Arc<Mutex<Option<(u64, Instant, Vec<u8>)>>>;
+
+/// Watches for a case that runs longer than `limit` (a hang: a check stuck in a loop cannot be
+/// stopped from outside): writes its input to `hang_file`, says so, and ends the process.
+fn watchdog(target: &'static str, running: Running, done: Arc<AtomicBool>, limit: Duration, hang_file: PathBuf) {
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            let guard = running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some((case, started, input)) = guard.as_ref().filter(|(_, started, _)| started.elapsed() > limit) {
+                let written = std::fs::write(&hang_file, input);
+                eprintln!(
+                    "{target}: case {case} has run for {:?}, more than {limit:?}: a hang; its input is in {} ({written:?})",
+                    started.elapsed(),
+                    hang_file.display()
+                );
+                std::process::exit(3);
+            }
+        }
+    });
+}
+
+/// Runs `cases` cases of `target` from `seed`; stops early after `max_findings` findings. A case
+/// running longer than `hang_limit` ends the process after writing its input to `hang_file`.
+pub fn run(target: &mut dyn Target, seed: u64, cases: u64, max_findings: usize, hang_limit: Duration, hang_file: PathBuf) -> Report {
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let mut report = Report { target: target.name(), ..Report::default() };
+    let running: Running = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    watchdog(target.name(), running.clone(), done.clone(), hang_limit, hang_file);
+    let set_running = |now: Option<(u64, Instant, Vec<u8>)>| *running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = now;
     for case in 0..cases {
         let input = target.input(&mut rng);
+        set_running(Some((case, Instant::now(), input.clone())));
         let result = catch_unwind(AssertUnwindSafe(|| target.check(&input)));
+        set_running(None);
         report.cases += 1;
         let problem = match result {
             Ok(Ok(outcome)) => {
@@ -107,6 +140,7 @@ pub fn run(target: &mut dyn Target, seed: u64, cases: u64, max_findings: usize) 
             break;
         }
     }
+    done.store(true, Ordering::Relaxed);
     report.seconds = started.elapsed().as_secs_f64();
     report
 }
@@ -140,11 +174,12 @@ mod tests {
 
     #[test]
     fn the_driver_finds_planted_panics_and_broken_properties() {
-        let report = run(&mut Planted, 7, 20_000, usize::MAX);
+        let hang = std::env::temp_dir().join("planted.hang");
+        let report = run(&mut Planted, 7, 20_000, usize::MAX, Duration::from_secs(60), hang.clone());
         assert!(report.findings.iter().any(|f| f.problem == "panicked: a NUL byte" && f.input.contains(&0)), "{}", report.summary());
         assert!(report.findings.iter().any(|f| f.problem == "too long"), "{}", report.summary());
         assert!(report.outcomes["fine"] > 0);
-        let again = run(&mut Planted, 7, 20_000, usize::MAX);
+        let again = run(&mut Planted, 7, 20_000, usize::MAX, Duration::from_secs(60), hang);
         assert_eq!(again.findings.len(), report.findings.len(), "a seed gives the same cases");
     }
 }

@@ -5,6 +5,7 @@ use clap::Parser;
 use convoflow_fuzz::targets::{Canonical, Scoper, Sql, WhatsApp};
 use convoflow_fuzz::{run, Target};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(about = "Fuzz convoflow's parsers, tenant scoper and SQL endpoint (see FUZZING.md)")]
@@ -18,6 +19,9 @@ struct Args {
     /// The same seed gives the same cases.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// A case running longer is a hang: its input is kept and the run ends.
+    #[arg(long, default_value_t = 30)]
+    hang_seconds: u64,
     /// Where each finding's input and problem are written.
     #[arg(long, default_value = "fuzz/findings")]
     findings: PathBuf,
@@ -38,10 +42,11 @@ fn main() -> anyhow::Result<()> {
             "sql" => Box::new(Sql::new().context("set up the SQL target")?),
             other => anyhow::bail!("no target `{other}`: choose canonical, whatsapp, scoper, sql or all"),
         };
-        let report = run(target.as_mut(), args.seed, args.cases, 100);
+        std::fs::create_dir_all(&args.findings).with_context(|| format!("create {}", args.findings.display()))?;
+        let hang_file = args.findings.join(format!("{name}-seed{}-hang.input", args.seed));
+        let report = run(target.as_mut(), args.seed, args.cases, 100, Duration::from_secs(args.hang_seconds), hang_file);
         println!("{}", report.summary());
         for finding in &report.findings {
-            std::fs::create_dir_all(&args.findings).with_context(|| format!("create {}", args.findings.display()))?;
             let stem = args.findings.join(format!("{name}-seed{}-case{}", args.seed, finding.case));
             std::fs::write(stem.with_extension("input"), &finding.input)?;
             std::fs::write(stem.with_extension("problem"), &finding.problem)?;

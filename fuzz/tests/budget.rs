@@ -3,9 +3,11 @@
 
 use convoflow_fuzz::targets::{Canonical, Scoper, Sql, WhatsApp};
 use convoflow_fuzz::{run, Target};
+use std::time::Duration;
 
 fn fuzz(target: &mut dyn Target, cases: u64) {
-    let report = run(target, 20261127, cases, 5);
+    let hang = std::env::temp_dir().join(format!("convoflow-fuzz-{}.hang", target.name()));
+    let report = run(target, 20261127, cases, 5, Duration::from_secs(60), hang);
     eprintln!("{}", report.summary());
     let shown: Vec<String> = report
         .findings

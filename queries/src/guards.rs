@@ -40,6 +40,9 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::optimizer::{Analyzer, AnalyzerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, SetExpr, Visit, Visitor};
+use datafusion::sql::sqlparser::dialect::Dialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::StreamExt;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -64,12 +67,54 @@ pub enum LimitError {
     TooDeep,
     #[error("the query has more than {MAX_SET_OPERATIONS} UNION, INTERSECT or EXCEPT operations")]
     TooManySetOperations,
+    #[error(
+        "special forms (CAST, FLOOR, CEIL, POSITION, SUBSTRING, TRIM, EXTRACT, ARRAY, …) nest more than {MAX_SPECIAL_FORM_NESTING} deep inside each other; compute inner parts in a subquery"
+    )]
+    TooManySpecialForms,
 }
 
-/// Refuses SQL over `SQL_MAX_BYTES`, before it is parsed.
-pub fn check_length(sql: &str) -> Result<(), LimitError> {
+/// How deep special forms may nest in each other.
+pub const MAX_SPECIAL_FORM_NESTING: usize = 10;
+
+/// Words that open a special form when followed by `(` or `[`. When such a form does not parse,
+/// sqlparser (0.62) tries the word again as a plain function call, so the work doubles or
+/// triples with each level of them nested in a query that fails deep inside: 20 × `position(` ran
+/// for hours. The list is the keywords of `Parser::parse_expr_prefix_by_reserved_word`.
+const SPECIAL_FORMS: &[Keyword] = &[
+    Keyword::ARRAY, Keyword::BOX, Keyword::CASE, Keyword::CAST, Keyword::CEIL, Keyword::CIRCLE, Keyword::CONVERT,
+    Keyword::EXISTS, Keyword::EXTRACT, Keyword::FLOOR, Keyword::INTERVAL, Keyword::LAMBDA, Keyword::LINE, Keyword::LSEG,
+    Keyword::MAP, Keyword::MATCH, Keyword::NOT, Keyword::OVERLAY, Keyword::PATH, Keyword::POINT, Keyword::POLYGON,
+    Keyword::POSITION, Keyword::PRIOR, Keyword::SAFE_CAST, Keyword::STRUCT, Keyword::SUBSTR, Keyword::SUBSTRING,
+    Keyword::TRIM, Keyword::TRY_CAST, Keyword::TRY_CONVERT, Keyword::CURRENT_DATE, Keyword::CURRENT_TIME,
+    Keyword::CURRENT_TIMESTAMP, Keyword::LOCALTIME, Keyword::LOCALTIMESTAMP,
+];
+
+/// Checks SQL text before it is parsed (by us or by DataFusion): at most `SQL_MAX_BYTES`, and
+/// special forms nested at most `MAX_SPECIAL_FORM_NESTING` deep (see [`SPECIAL_FORMS`]), counted
+/// on `dialect`'s tokens, which take linear time.
+pub fn check_text(sql: &str, dialect: &dyn Dialect) -> Result<(), LimitError> {
     if sql.len() > SQL_MAX_BYTES {
         return Err(LimitError::TooLong(sql.len()));
+    }
+    // Text that does not tokenize fails the parser at once too.
+    let Ok(tokens) = Tokenizer::new(dialect, sql).tokenize() else { return Ok(()) };
+    let mut open: Vec<bool> = Vec::new();
+    let (mut special, mut previous): (usize, Option<&Token>) = (0, None);
+    for token in &tokens {
+        match token {
+            Token::Whitespace(_) => continue,
+            Token::LParen | Token::LBracket => {
+                let form = matches!(previous, Some(Token::Word(word)) if SPECIAL_FORMS.contains(&word.keyword));
+                special += usize::from(form);
+                open.push(form);
+                if special > MAX_SPECIAL_FORM_NESTING {
+                    return Err(LimitError::TooManySpecialForms);
+                }
+            }
+            Token::RParen | Token::RBracket => special = special.saturating_sub(usize::from(open.pop().unwrap_or(false))),
+            _ => {}
+        }
+        previous = Some(token);
     }
     Ok(())
 }

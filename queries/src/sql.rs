@@ -5,7 +5,7 @@
 //! DDL/DML/statement switches are off as a second guard. Queries are held to the limits of
 //! `guards` (text, nesting, function output, shared memory pool, result size).
 
-use crate::guards::{bounded_context, check_length, check_nesting, collect_bounded, Collected, LimitError};
+use crate::guards::{bounded_context, check_nesting, check_text, collect_bounded, Collected, LimitError};
 use convoflow_sinks::{schema, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
@@ -96,7 +96,7 @@ impl SqlEngine {
 }
 
 fn check_read_only(sql: &str) -> Result<(), QueryError> {
-    check_length(sql)?;
+    check_text(sql, &GenericDialect {})?;
     let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| QueryError::Syntax(e.to_string()))?;
     if statements.len() != 1 {
         return Err(QueryError::MultipleStatements(statements.len()));
@@ -133,6 +133,21 @@ mod tests {
         assert_eq!(cells(engine.query(column).await.expect("query")), vec!["2", "1", "ax"], "a NULL row stays NULL");
         let refused = engine.query("SELECT repeat('x', 100000000)").await.expect_err("over the function limit");
         assert!(refused.to_string().contains("repeat() would make"), "{refused}");
+    }
+
+    /// Found by the scoper fuzz target: sqlparser retries a failed special form (`POSITION(… IN
+    /// …)`, `FLOOR(… TO …)`, `CAST`, …) as a plain function call, so each nested level that fails
+    /// doubles or triples the work: 20 bytes of `position(` kept a query thread busy for hours.
+    #[tokio::test]
+    async fn nested_special_forms_are_refused_before_parsing() {
+        let engine = SqlEngine::over_batches(vec![], crate::guards::query_runtime(64 << 20).expect("runtime")).expect("engine");
+        for shape in ["position(", "floor((", "CAST(", "substring("] {
+            let sql = format!("SELECT {}1", shape.repeat(40));
+            let refused = engine.query(&sql).await.expect_err("refused");
+            assert!(refused.to_string().contains("nest more than"), "{shape}: {refused}");
+        }
+        let fine = "SELECT CAST(floor(CAST(1.5 AS DOUBLE)) AS BIGINT) AS n, position('b' IN 'abc') AS p, substring('abc' FROM 2) AS s";
+        engine.query(fine).await.expect("a few nested special forms are fine");
     }
 
     /// Found by the SQL fuzz target: DataFusion's `lpad`/`rpad` over a column of lengths panicked

@@ -92,7 +92,7 @@ fn check_tokens(sql: &str) -> Result<(), ScopeError> {
 
 /// `sql` reading only `tenant`'s rows of `tables` in `database`.
 pub fn scope_to_tenant(sql: &str, tenant: &str, database: &str, tables: &[&str]) -> Result<String, ScopeError> {
-    crate::guards::check_length(sql)?;
+    crate::guards::check_text(sql, &ClickHouseDialect {})?;
     check_tokens(sql)?;
     let query = parse_query(sql)?;
     crate::guards::check_nesting(&query)?;
@@ -287,6 +287,12 @@ mod tests {
 
     fn scoped(sql: &str) -> Result<String, ScopeError> {
         scope_to_tenant(sql, "acme", "convoflow", TABLES)
+    }
+
+    #[test]
+    fn nested_special_forms_are_refused_before_parsing() {
+        let refused = scoped(&format!("SELECT {}1 FROM events", "position(".repeat(40)));
+        assert!(matches!(refused, Err(ScopeError::Limit(_))), "{refused:?}");
     }
 
     #[test]
