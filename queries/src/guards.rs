@@ -403,9 +403,9 @@ fn series_elements(args: &[ColumnarValue], rows: usize) -> DfResult<u128> {
     Ok(total)
 }
 
-/// `lengths` with negative values as 0. DataFusion's `lpad`/`rpad` over a column of lengths sizes
-/// its buffer from them and panics (`capacity overflow`) on a negative one, while a negative
-/// literal gives `''`, as in PostgreSQL; 0 gives `''` in both.
+/// `lengths` with negative values as 0. DataFusion's `lpad`/`rpad` over columns sizes its buffer
+/// from the lengths and panics (`capacity overflow`) on a negative one, while over literals a
+/// negative length gives `''`, as in PostgreSQL; 0 gives `''` in both.
 fn no_negatives(lengths: &ArrayRef) -> DfResult<ArrayRef> {
     let as_i64 = cast(lengths, &DataType::Int64)?;
     let clamped: ArrayRef = Arc::new(as_i64.as_primitive::<Int64Type>().unary::<_, Int64Type>(|v| v.max(0)));
@@ -462,8 +462,10 @@ impl ScalarUDFImpl for Bounded {
             return Ok(ColumnarValue::Array(new_empty_array(args.return_field.data_type())));
         }
         if self.bound == Bound::Pad {
-            if let Some(ColumnarValue::Array(lengths)) = args.args.get_mut(1) {
-                *lengths = no_negatives(lengths)?;
+            match args.args.get_mut(1) {
+                Some(ColumnarValue::Array(lengths)) => *lengths = no_negatives(lengths)?,
+                Some(ColumnarValue::Scalar(length)) => *length = ScalarValue::try_from_array(&no_negatives(&length.to_array()?)?, 0)?,
+                None => {}
             }
         }
         self.inner.invoke_with_args(args)

@@ -155,13 +155,18 @@ mod tests {
     #[tokio::test]
     async fn padding_to_a_negative_length_gives_an_empty_text() {
         let engine = SqlEngine::over_batches(vec![], crate::guards::query_runtime(64 << 20).expect("runtime")).expect("engine");
-        for pad in ["lpad('a', n)", "rpad('a', n, 'xy')"] {
+        for pad in ["lpad('a', n)", "rpad('a', n, 'xy')", "rpad('a', n, 'xy' || CAST(-n AS VARCHAR))"] {
             let sql = format!("SELECT coalesce(CAST(length({pad}) AS VARCHAR), 'null') AS len FROM (VALUES (-5), (2), (NULL)) AS t(n) ORDER BY n NULLS LAST");
             let batches = engine.query(&sql).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
             let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
             let cells: Vec<&str> = table.lines().skip(3).filter(|l| l.starts_with('|')).map(|l| l.trim_matches('|').trim()).collect();
             assert_eq!(cells, vec!["0", "2", "null"], "{sql}: negative is '', NULL stays NULL");
         }
+        // A negative literal length with a column of fills.
+        let sql = "SELECT CAST(sum(length(rpad('a', -9223372036854775808, f))) AS VARCHAR) AS n FROM (VALUES ('x'), ('y')) AS t(f)";
+        let batches = engine.query(sql).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
+        let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string();
+        assert!(table.contains("| 0 "), "{table}");
     }
 
     /// Found by the SQL fuzz target: over an empty table DataFusion calls a function on an empty
