@@ -22,6 +22,9 @@ struct Args {
     /// A case running longer is a hang: its input is kept and the run ends.
     #[arg(long, default_value_t = 30)]
     hang_seconds: u64,
+    /// Run one input (a finding's `.input` file) through the target and print what it gives.
+    #[arg(long)]
+    replay: Option<PathBuf>,
     /// Where each finding's input and problem are written.
     #[arg(long, default_value = "fuzz/findings")]
     findings: PathBuf,
@@ -44,6 +47,11 @@ fn main() -> anyhow::Result<()> {
         };
         std::fs::create_dir_all(&args.findings).with_context(|| format!("create {}", args.findings.display()))?;
         let hang_file = args.findings.join(format!("{name}-seed{}-hang.input", args.seed));
+        if let Some(path) = &args.replay {
+            let input = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+            println!("{name}: {:?}", target.check(&input));
+            continue;
+        }
         let report = run(target.as_mut(), args.seed, args.cases, 100, Duration::from_secs(args.hang_seconds), hang_file);
         println!("{}", report.summary());
         for finding in &report.findings {

@@ -150,6 +150,16 @@ mod tests {
         engine.query(fine).await.expect("a few nested special forms are fine");
     }
 
+    /// Found by the SQL fuzz target: DataFusion's grouped top-k aggregation (`GROUP BY x ORDER BY
+    /// x LIMIT n`, and every query gets a LIMIT) panicked (`unreachable`) on NaN group keys.
+    #[tokio::test]
+    async fn grouping_and_ordering_nan_keys_under_a_limit() {
+        let engine = SqlEngine::over_batches(vec![], crate::guards::query_runtime(64 << 20).expect("runtime")).expect("engine");
+        let sql = "SELECT x / y AS k FROM (SELECT CAST(a AS DOUBLE) AS x, CAST(b AS DOUBLE) AS y FROM (VALUES (0, 0), (-0.0, 0), (1, 0), (-1, 0), (2, 1), (3, 1), (4, 1), (5, 1), ('NaN', 1), ('-NaN', 1), ('inf', 0), (6, 1), (7, 1)) AS v(a, b)) AS t GROUP BY 1 ORDER BY 1 DESC";
+        let collected = engine.query_limited(sql, 2, 1 << 20).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
+        assert!(collected.truncated);
+    }
+
     /// Found by the SQL fuzz target: DataFusion's `lpad`/`rpad` over a column of lengths panicked
     /// (`capacity overflow`) on a negative one; for a literal it gives `''`, as PostgreSQL does.
     #[tokio::test]
