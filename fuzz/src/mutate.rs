@@ -216,7 +216,7 @@ pub fn sql(rng: &mut Rng, text: &mut Vec<u8>, donors: &[Vec<u8>]) {
         let len = text.len();
         let at = rng.below(len as u64 + 1) as usize;
         match rng.below(6) {
-            0 | 1 | 2 => {
+            0..=2 => {
                 text.splice(at..at, rng.pick(SQL_PIECES).bytes());
             }
             3 => {
