@@ -178,7 +178,7 @@ async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Bo
 /// request's answer still gives every line's reason).
 pub const REJECTED_ROWS_PER_REQUEST: usize = 100;
 /// Rejected lines that cost one more request of the key's rate limit.
-pub const REJECTED_LINES_PER_REQUEST: u64 = 100;
+pub const REJECTED_LINES_PER_CHARGE: u64 = 100;
 
 /// What one request admits: new events and rejections by tenant, answered only once durable.
 #[derive(Default)]
@@ -249,16 +249,16 @@ impl Admission {
     }
 
     /// Charges the request's rejected lines to `caller`'s rate limit (one request per
-    /// [`REJECTED_LINES_PER_REQUEST`], at most a burst less the request's own); if the key cannot
+    /// [`REJECTED_LINES_PER_CHARGE`], at most a burst less the request's own); if the key cannot
     /// pay, nothing of the request is admitted.
     pub fn charge(self, state: &ApiState, caller: &Caller, first: Option<&LineResult>) -> Result<Self, ApiError> {
-        let cost = self.counts.rejected.div_ceil(REJECTED_LINES_PER_REQUEST);
+        let cost = self.counts.rejected.div_ceil(REJECTED_LINES_PER_CHARGE);
         if cost == 0 {
             return Ok(self);
         }
         let first = first.map(|line| format!(" (line {}: {})", line.line, line.reason.as_deref().unwrap_or_default())).unwrap_or_default();
         let what = format!(
-            "this request's {} rejected lines cost {cost} requests of this API key's rate limit (one per {REJECTED_LINES_PER_REQUEST}), \
+            "this request's {} rejected lines cost {cost} requests of this API key's rate limit (one per {REJECTED_LINES_PER_CHARGE}), \
              more than it has left; nothing was stored{first}",
             self.counts.rejected
         );

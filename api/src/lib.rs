@@ -18,7 +18,7 @@ mod webhooks;
 
 pub use auth::{ApiKey, ApiKeys, RateLimiter};
 pub use error::ApiError;
-pub use feed::{feed_epoch, FeedChange, FeedEpoch, FeedPublisher, FEED_CAPACITY, FEED_CHUNK_BYTES};
+pub use feed::{FeedEpoch, FeedPublisher};
 pub use ingest::{Admission, Claim, Counts, SeenEvents};
 pub use state::{ApiState, BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
 pub use server::{serve, ServerLimits};
