@@ -803,6 +803,10 @@ async fn send_hostile_sql(client: &Client, server: &Server, key: &str) {
     assert!(grown < 1 << 30, "peak RSS grew {} MB", grown >> 20);
     let (status, _) = sql(client, server, key, "SELECT count(*) AS n FROM events").await;
     assert_eq!(status, StatusCode::OK, "ordinary queries still run");
+    let (status, answer) = post_events(client, server, ACME_KEY, ndjson(&conversation("after-hostile-sql", None))).await;
+    assert_eq!((status, &answer["accepted"]), (StatusCode::OK, &json!(2)), "ingest goes on: {answer}");
+    let found = rows_eventually(client, server, ACME_KEY, "SELECT event_id FROM events WHERE event_id LIKE 'after-hostile-sql%'", 2).await;
+    assert_eq!(found.len(), 2, "and reaches the tables");
 }
 
 /// Failures 4 and 8 of the hardening issue: connections with unfinished headers or a half-sent
@@ -894,6 +898,36 @@ async fn a_stalled_feed_subscriber_is_cut_with_lagged() {
         }
     }
     assert!(lagged, "the subscriber was told it lagged");
+}
+
+/// Failures 6 and 8 over HTTP: with a valid `ts`, lines failing on another field were blamed on
+/// `ts`, a number out of range named no field, and `source`/`medium`/`emoji` took megabytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rejection_names_the_field_at_fault() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config(""));
+    let client = Client::new();
+    let base = r#""event_id":"f1","ts":"2026-02-02T09:00:00Z","type":"conversion","contact_id":"c","name":"buy""#;
+    let long = "x".repeat(1 << 20);
+    let lines = [
+        (format!(r#"{{{base},"value":"NaN"}}"#), "value: expected a number, found a string"),
+        (format!(r#"{{{base},"value":true}}"#), "value: expected a number, found a boolean"),
+        (format!(r#"{{{base},"error_code":1.5}}"#), "error_code: expected an integer, found a number"),
+        (format!(r#"{{{base},"tenant_id":"acme","tenant_id":"acme"}}"#), "tenant_id: appears more than once"),
+        (format!(r#"{{{base},"value":1e400}}"#), "value: number out of range"),
+        (r#"{"event_id":"f2","ts":1e400,"type":"touch","contact_id":"c","channel":"ad"}"#.to_owned(), "ts: number out of range"),
+        (format!(r#"{{"event_id":"f3","ts":1,"type":"touch","contact_id":"c","channel":"ad","source":"{long}"}}"#), "source: longer than 200 characters"),
+        (format!(r#"{{"event_id":"f4","ts":1,"type":"touch","contact_id":"c","channel":"ad","medium":"{long}"}}"#), "medium: longer than 200 characters"),
+        (format!(r#"{{"event_id":"f5","ts":1,"type":"message.reaction","contact_id":"c","message_id":"m","emoji":"{}"}}"#, "😀".repeat(33)), "emoji: longer than 32 characters"),
+    ];
+    let body: String = lines.iter().map(|(line, _)| format!("{line}\n")).collect();
+    let (status, answer) = post_events(&client, &server, ACME_KEY, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for (i, (_, reason)) in lines.iter().enumerate() {
+        assert_eq!(answer["results"][i]["reason"], json!(reason), "line {}", i + 1);
+    }
+    let (status, answer) = post_events(&client, &server, ACME_KEY, format!(r#"{{"tenant_id":null,{base}}}"#)).await;
+    assert_eq!((status, &answer["accepted"]), (StatusCode::OK, &json!(1)), "a null tenant is the key's: {answer}");
 }
 
 /// Bytes under `dir`, recursively.
