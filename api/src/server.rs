@@ -5,7 +5,10 @@
 //! response starts at once).
 
 use axum::body::Body;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use crate::error::ApiError;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -42,12 +45,31 @@ impl Default for ServerLimits {
     }
 }
 
+/// tower-http answers an unknown `Content-Encoding` (415) and a request past its time (408) with
+/// an empty body; these say what to do, in JSON like every other error.
+async fn explain(response: Response) -> Response {
+    let json = response.headers().get(CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    match response.status() {
+        _ if json => response,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", "the body's Content-Encoding is not supported: send it plain, gzip or zstd")
+                .into_response()
+        }
+        StatusCode::REQUEST_TIMEOUT => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took longer than the server allows (request_timeout); send smaller bodies, or retry")
+                .into_response()
+        }
+        _ => response,
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
 pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let router = router
         .layer(RequestDecompressionLayer::new())
         .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(axum::middleware::map_response(explain))
         // One span per request (at debug), and 5xx answers logged as errors. The span names the
         // path only: a query string may carry `api_key`.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {

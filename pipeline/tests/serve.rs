@@ -856,6 +856,8 @@ async fn stalled_connections_are_closed_and_compressed_bodies_are_read() {
     assert_eq!(response.json::<Value>().await.expect("JSON")["accepted"], 2);
     let unknown = client.post(server.url("/v1/events")).bearer_auth(ACME_KEY).header("content-encoding", "br").body(plain).send().await.expect("POST");
     assert_eq!(unknown.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let answer: Value = unknown.json().await.expect("a JSON error, like every other");
+    assert_eq!(answer["error"]["code"], "unsupported_encoding", "{answer}");
 }
 
 /// Failure 3: a stalled feed subscriber held the whole feed buffer and was never cut. Now the
