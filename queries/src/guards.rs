@@ -1,7 +1,9 @@
 //! What keeps one SQL request from taking the server down (the hardening issue): every query is
 //! checked before DataFusion plans it, and every function call is checked before it runs.
 //!
-//! - **Text**: at most `SQL_MAX_BYTES` of SQL.
+//! - **Text**: at most `SQL_MAX_BYTES` of SQL, and special forms (`CAST(`, `FLOOR(`,
+//!   `POSITION(`, …) nested at most `MAX_SPECIAL_FORM_NESTING` deep, checked on the tokens before
+//!   anything parses it (`check_text`): the parser's work grows exponentially with them.
 //! - **Nesting**: expressions at most `MAX_EXPRESSION_DEPTH` deep and at most
 //!   `MAX_SET_OPERATIONS` `UNION`/`INTERSECT`/`EXCEPT` in one statement. A left-deep chain such as
 //!   `1+1+…+1` parses in a loop but every later pass (planning, optimizing, dropping the tree)
@@ -12,7 +14,8 @@
 //!   `rpad`, `replace`, `regexp_replace`, `array_repeat`, `array_resize`, `range` and
 //!   `generate_series` by what they multiply, every other function by the size of its inputs.
 //!   `a || b` on strings is planned as the same bounded `concat` (NULL if either side is NULL,
-//!   as `||` is). So `repeat('x', 1000000000)` is an error, not a gigabyte.
+//!   as `||` is). So `repeat('x', 1000000000)` is an error, not a gigabyte. The wrapper also
+//!   mends two DataFusion panics the fuzzer found (negative pad lengths, calls on empty batches).
 //! - **Operators**: joins, sorts and groups take memory from one pool shared by every query
 //!   (`query_runtime`), without spilling; a query that needs more fails with "Resources exhausted".
 //! - **Results**: `collect_bounded` puts the row cap into the plan as a `LIMIT` and stops once the
