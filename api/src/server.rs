@@ -1,14 +1,14 @@
 //! The HTTP server around the router: hyper's HTTP/1.1 connections with a header read timeout
 //! (axum's `serve` sets no timer, so hyper's never fired), a cap on open connections, and
 //! tower-http for the rest: request bodies decompressed (gzip, zstd; another encoding gets 415),
-//! a timeout between a body's chunks, and one for a whole request (the feed's stream excepted: its
-//! response starts at once).
+//! a timeout between a body's chunks, one for a whole request (the feed's stream excepted: its
+//! response starts at once), and a span per request.
 
+use crate::error::ApiError;
 use axum::body::Body;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use crate::error::ApiError;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;

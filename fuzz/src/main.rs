@@ -39,9 +39,9 @@ fn main() -> anyhow::Result<()> {
     let mut found = 0;
     for name in names {
         let mut target: Box<dyn Target> = match name {
-            "canonical" => Box::new(Canonical::new()),
-            "whatsapp" => Box::new(WhatsApp::new()),
-            "scoper" => Box::new(Scoper::new()),
+            "canonical" => Box::new(Canonical::default()),
+            "whatsapp" => Box::new(WhatsApp::default()),
+            "scoper" => Box::new(Scoper::default()),
             "sql" => Box::new(Sql::new().context("set up the SQL target")?),
             other => anyhow::bail!("no target `{other}`: choose canonical, whatsapp, scoper, sql or all"),
         };

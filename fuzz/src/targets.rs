@@ -25,22 +25,35 @@ fn traffic(lines: u64) -> Vec<Vec<u8>> {
     out.split(|b| *b == b'\n').filter(|line| !line.is_empty()).map(<[u8]>::to_vec).collect()
 }
 
-/// A corpus entry mutated: as JSON most of the time, then sometimes as bytes.
-fn mutated_json(rng: &mut Rng, corpus: &[Vec<u8>], values: &[Value]) -> Vec<u8> {
-    let index = rng.below(corpus.len() as u64) as usize;
-    let mut input = match serde_json::from_slice::<Value>(&corpus[index]) {
-        Ok(mut value) if rng.chance(0.8) => {
-            for _ in 0..=rng.below(3) {
-                mutate::json(rng, &mut value, values);
-            }
-            mutate::json_text(rng, &value)
-        }
-        _ => corpus[index].clone(),
-    };
-    if rng.chance(0.3) {
-        mutate::bytes(rng, &mut input, corpus);
+/// JSON inputs and their parsed values (donors of subtrees for the mutations).
+struct JsonCorpus {
+    inputs: Vec<Vec<u8>>,
+    values: Vec<Value>,
+}
+
+impl JsonCorpus {
+    fn new(inputs: Vec<Vec<u8>>) -> Self {
+        let values = inputs.iter().filter_map(|input| serde_json::from_slice(input).ok()).collect();
+        JsonCorpus { inputs, values }
     }
-    input
+
+    /// An entry mutated: as JSON most of the time, then sometimes as bytes.
+    fn mutated(&self, rng: &mut Rng) -> Vec<u8> {
+        let entry = rng.pick(&self.inputs);
+        let mut input = match serde_json::from_slice::<Value>(entry) {
+            Ok(mut value) if rng.chance(0.8) => {
+                for _ in 0..=rng.below(3) {
+                    mutate::json(rng, &mut value, &self.values);
+                }
+                mutate::json_text(rng, &value)
+            }
+            _ => entry.clone(),
+        };
+        if rng.chance(0.3) {
+            mutate::bytes(rng, &mut input, &self.inputs);
+        }
+        input
+    }
 }
 
 /// An accepted event must survive being written back and read again.
@@ -54,22 +67,11 @@ fn round_trip(event: &Event) -> Result<(), String> {
 }
 
 /// The canonical parser (SPEC §2).
-pub struct Canonical {
-    corpus: Vec<Vec<u8>>,
-    values: Vec<Value>,
-}
-
-impl Canonical {
-    pub fn new() -> Self {
-        let corpus = traffic(3_000);
-        let values = corpus.iter().filter_map(|line| serde_json::from_slice(line).ok()).collect();
-        Canonical { corpus, values }
-    }
-}
+pub struct Canonical(JsonCorpus);
 
 impl Default for Canonical {
     fn default() -> Self {
-        Self::new()
+        Canonical(JsonCorpus::new(traffic(3_000)))
     }
 }
 
@@ -79,7 +81,7 @@ impl Target for Canonical {
     }
 
     fn input(&mut self, rng: &mut Rng) -> Vec<u8> {
-        mutated_json(rng, &self.corpus, &self.values)
+        self.0.mutated(rng)
     }
 
     fn check(&mut self, input: &[u8]) -> Result<String, String> {
@@ -108,22 +110,11 @@ const WEBHOOKS: &[&str] = &[
 ];
 
 /// The WhatsApp webhook normalizer (SPEC §3).
-pub struct WhatsApp {
-    corpus: Vec<Vec<u8>>,
-    values: Vec<Value>,
-}
-
-impl WhatsApp {
-    pub fn new() -> Self {
-        let corpus: Vec<Vec<u8>> = WEBHOOKS.iter().map(|body| body.as_bytes().to_vec()).collect();
-        let values = corpus.iter().filter_map(|body| serde_json::from_slice(body).ok()).collect();
-        WhatsApp { corpus, values }
-    }
-}
+pub struct WhatsApp(JsonCorpus);
 
 impl Default for WhatsApp {
     fn default() -> Self {
-        Self::new()
+        WhatsApp(JsonCorpus::new(WEBHOOKS.iter().map(|body| body.as_bytes().to_vec()).collect()))
     }
 }
 
@@ -138,7 +129,7 @@ impl Target for WhatsApp {
     }
 
     fn input(&mut self, rng: &mut Rng) -> Vec<u8> {
-        mutated_json(rng, &self.corpus, &self.values)
+        self.0.mutated(rng)
     }
 
     fn check(&mut self, input: &[u8]) -> Result<String, String> {
@@ -198,15 +189,9 @@ pub struct Scoper {
     corpus: Vec<Vec<u8>>,
 }
 
-impl Scoper {
-    pub fn new() -> Self {
-        Scoper { corpus: sql_corpus(Dialect::ClickHouse { datetime64: true }) }
-    }
-}
-
 impl Default for Scoper {
     fn default() -> Self {
-        Self::new()
+        Scoper { corpus: sql_corpus(Dialect::ClickHouse { datetime64: true }) }
     }
 }
 

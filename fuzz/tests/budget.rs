@@ -23,17 +23,17 @@ fn fuzz(target: &mut dyn Target, cases: u64) {
 
 #[test]
 fn canonical_parser() {
-    fuzz(&mut Canonical::new(), 50_000);
+    fuzz(&mut Canonical::default(), 50_000);
 }
 
 #[test]
 fn whatsapp_normalizer() {
-    fuzz(&mut WhatsApp::new(), 10_000);
+    fuzz(&mut WhatsApp::default(), 10_000);
 }
 
 #[test]
 fn clickhouse_tenant_scoper() {
-    fuzz(&mut Scoper::new(), 50_000);
+    fuzz(&mut Scoper::default(), 50_000);
 }
 
 #[test]
