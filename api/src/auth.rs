@@ -53,17 +53,24 @@ impl Caller {
         match (&self.scope, requested) {
             (Scope::Tenant(own), None) => Ok(own.clone()),
             (Scope::Tenant(own), Some(other)) if other == own => Ok(own.clone()),
-            (Scope::Tenant(own), Some(other)) => {
-                Err(ApiError::forbidden(format!("this API key belongs to tenant `{own}` and cannot act for tenant `{other}`")))
-            }
+            (Scope::Tenant(own), Some(other)) => Err(ApiError::forbidden(format!(
+                "this API key belongs to tenant `{own}` and cannot act for tenant `{other}`"
+            ))),
             (Scope::All, Some(tenant)) => Ok(tenant.to_owned()),
-            (Scope::All, None) => Err(ApiError::bad_request("missing_tenant", "an admin key must name the tenant: add ?tenant=…")),
+            (Scope::All, None) => {
+                Err(ApiError::bad_request("missing_tenant", "an admin key must name the tenant: add ?tenant=…"))
+            }
         }
     }
 }
 
 /// Finds the caller's key and charges the rate limit.
-pub fn authenticate(state: &ApiState, method: &Method, headers: &HeaderMap, query: Option<&str>) -> Result<Caller, ApiError> {
+pub fn authenticate(
+    state: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Caller, ApiError> {
     let key = key_from(method, headers, query).ok_or_else(|| {
         ApiError::unauthorized("missing API key: send `Authorization: Bearer <key>` or `X-Api-Key: <key>`")
     })?;

@@ -65,7 +65,8 @@ pub fn feed_epoch(epoch: u64, tables: &TableSet, rejected: &[RejectedRow]) -> Re
             let tenants = batch.column_by_name("tenant_id").and_then(|c| c.as_string_opt::<i32>().cloned());
             for (index, row) in rows.into_iter().enumerate() {
                 let diff = diffs.next().copied().unwrap_or(1);
-                let tenant_id = tenants.as_ref().filter(|t| !t.is_null(index)).map_or("", |t| t.value(index)).to_owned();
+                let tenant_id =
+                    tenants.as_ref().filter(|t| !t.is_null(index)).map_or("", |t| t.value(index)).to_owned();
                 let data = format!(r#"{{"table":"{}","row":{row},"diff":{diff},"epoch":{epoch}}}"#, table.table);
                 bytes += data.len() + tenant_id.len();
                 changes.push(FeedChange { tenant_id, table: table.table, data });
@@ -194,7 +195,10 @@ pub async fn get_feed(
             .split(',')
             .map(|name| {
                 TABLES.iter().copied().find(|t| *t == name.trim()).ok_or_else(|| {
-                    ApiError::bad_request("unknown_table", format!("no table `{name}`; the tables are {}", TABLES.join(", ")))
+                    ApiError::bad_request(
+                        "unknown_table",
+                        format!("no table `{name}`; the tables are {}", TABLES.join(", ")),
+                    )
                 })
             })
             .collect::<Result<_, _>>()?,
@@ -204,7 +208,8 @@ pub async fn get_feed(
     let subscribed = Subscribed(state.telemetry.clone());
     let mut chosen: Vec<&str> = tables.iter().copied().collect();
     chosen.sort();
-    let hello = SseEvent::default().event("ready").data(serde_json::json!({"tables": chosen, "tenant": tenant}).to_string());
+    let hello =
+        SseEvent::default().event("ready").data(serde_json::json!({"tables": chosen, "tenant": tenant}).to_string());
     // A subscriber that lagged gets the `lagged` event, then its feed ends.
     let until_lagged = BroadcastStream::new(receiver).scan(false, |lagged, item| {
         let next = (!*lagged).then_some(item);
@@ -217,7 +222,9 @@ pub async fn get_feed(
             Ok(epoch) => epoch
                 .changes
                 .iter()
-                .filter(|change| tables.contains(change.table) && tenant.as_ref().is_none_or(|t| *t == change.tenant_id))
+                .filter(|change| {
+                    tables.contains(change.table) && tenant.as_ref().is_none_or(|t| *t == change.tenant_id)
+                })
                 .map(|change| Ok(SseEvent::default().event("change").data(change.data.clone())))
                 .collect(),
             Err(BroadcastStreamRecvError::Lagged(missed)) => {

@@ -136,7 +136,12 @@ pub(crate) fn request_id(received_at: i64) -> String {
     format!("{received_at}-{}", REQUESTS.fetch_add(1, Ordering::Relaxed))
 }
 
-pub async fn post_events(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap, body: Body) -> Response {
+pub async fn post_events(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match ingest(&state, &method, &headers, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -170,7 +175,13 @@ async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Bo
     } else {
         StatusCode::OK
     };
-    let response = IngestResponse { request_id, accepted: counts.accepted, duplicates: counts.duplicates, rejected: counts.rejected, results };
+    let response = IngestResponse {
+        request_id,
+        accepted: counts.accepted,
+        duplicates: counts.duplicates,
+        rejected: counts.rejected,
+        results,
+    };
     Ok((status, Json(response)).into_response())
 }
 
@@ -204,7 +215,13 @@ pub struct Counts {
 
 impl Admission {
     /// Admits `event` unless this tenant already has it; a different copy is rejected.
-    pub fn event(&mut self, seen: &SeenEvents, event: &Event, received_at: i64, source: impl FnOnce() -> String) -> Claim {
+    pub fn event(
+        &mut self,
+        seen: &SeenEvents,
+        event: &Event,
+        received_at: i64,
+        source: impl FnOnce() -> String,
+    ) -> Claim {
         let (key, claim) = seen.claim(event);
         match claim {
             Claim::New | Claim::DuplicatePending => {
@@ -222,7 +239,13 @@ impl Admission {
             Claim::Duplicate => self.counts.duplicates += 1,
             Claim::Conflicting => {
                 let reason = conflict_reason(&event.event_id);
-                self.reject(RejectedRow::new(Some(&event.tenant_id), received_at, reason, event.to_json().as_bytes(), source()));
+                self.reject(RejectedRow::new(
+                    Some(&event.tenant_id),
+                    received_at,
+                    reason,
+                    event.to_json().as_bytes(),
+                    source(),
+                ));
             }
         }
         claim
@@ -256,7 +279,9 @@ impl Admission {
         if cost == 0 {
             return Ok(self);
         }
-        let first = first.map(|line| format!(" (line {}: {})", line.line, line.reason.as_deref().unwrap_or_default())).unwrap_or_default();
+        let first = first
+            .map(|line| format!(" (line {}: {})", line.line, line.reason.as_deref().unwrap_or_default()))
+            .unwrap_or_default();
         let what = format!(
             "this request's {} rejected lines cost {cost} requests of this API key's rate limit (one per {REJECTED_LINES_PER_CHARGE}), \
              more than it has left; nothing was stored{first}",
@@ -274,7 +299,10 @@ impl Admission {
     /// Appends everything to the bus in one durable write; on failure nothing was admitted.
     pub async fn commit(mut self, state: &ApiState) -> Result<Counts, ApiError> {
         for (_, (lines, first)) in std::mem::take(&mut self.rejections_counted) {
-            let reason = format!("{lines} more rejected lines of this request, counted here and not stored one by one; the first: {}", first.reason);
+            let reason = format!(
+                "{lines} more rejected lines of this request, counted here and not stored one by one; the first: {}",
+                first.reason
+            );
             self.store_rejection(&RejectedRow { reason, ..first });
         }
         let batches = self.bodies.into_iter().map(|(tenant, body)| TenantBatch { tenant, body }).collect();
@@ -285,10 +313,12 @@ impl Admission {
             Err(error) => {
                 state.seen.release(&self.claimed);
                 return Err(match error {
-                    BusError::TooLarge(reason) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", reason),
-                    BusError::Unavailable(reason) => {
-                        ApiError::unavailable(format!("the input could not be stored durably ({reason}); nothing was accepted, retry"))
+                    BusError::TooLarge(reason) => {
+                        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", reason)
                     }
+                    BusError::Unavailable(reason) => ApiError::unavailable(format!(
+                        "the input could not be stored durably ({reason}); nothing was accepted, retry"
+                    )),
                 });
             }
         }
@@ -304,11 +334,18 @@ impl Admission {
 fn split_body(bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, ApiError> {
     let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
     let Some(start) = start else {
-        return Err(ApiError::bad_request("empty_body", "the body holds no events: send NDJSON (one event per line) or a JSON array"));
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the body holds no events: send NDJSON (one event per line) or a JSON array",
+        ));
     };
     if bytes[start] == b'[' {
-        let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)
-            .map_err(|error| ApiError::bad_request("malformed_body", format!("the body starts like a JSON array but is not one: {error}")))?;
+        let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes).map_err(|error| {
+            ApiError::bad_request(
+                "malformed_body",
+                format!("the body starts like a JSON array but is not one: {error}"),
+            )
+        })?;
         if elements.is_empty() {
             return Err(ApiError::bad_request("empty_body", "the JSON array holds no events"));
         }
@@ -412,7 +449,8 @@ mod tests {
         let line = br#"{"event_id":"e1","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#;
         assert_eq!(parse_for(line, Some("acme")).expect("filled").tenant_id, "acme");
         assert_eq!(parse_for(line, None).expect_err("admin must name it").field, "tenant_id");
-        let foreign = br#"{"event_id":"e1","tenant_id":"other","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#;
+        let foreign =
+            br#"{"event_id":"e1","tenant_id":"other","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#;
         assert_eq!(parse_for(foreign, Some("acme")).expect("parsed").tenant_id, "other");
         assert_eq!(parse_for(b"  {}", Some("acme")).expect_err("empty").field, "event_id");
         let null = br#"{"event_id":"e1","tenant_id":null,"ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#;
@@ -433,7 +471,10 @@ mod tests {
     #[test]
     fn claims_tell_new_duplicate_and_conflicting_apart_and_can_be_released() {
         let seen = SeenEvents::default();
-        let event = parse_event(br#"{"event_id":"e1","tenant_id":"a","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#).expect("event");
+        let event = parse_event(
+            br#"{"event_id":"e1","tenant_id":"a","ts":1000,"type":"touch","contact_id":"c","channel":"ad"}"#,
+        )
+        .expect("event");
         let (key, claim) = seen.claim(&event);
         assert_eq!(claim, Claim::New);
         assert_eq!(seen.claim(&event).1, Claim::DuplicatePending, "not durable yet: a copy is stored again");

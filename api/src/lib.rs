@@ -20,11 +20,11 @@ pub use auth::{ApiKey, ApiKeys, RateLimiter};
 pub use error::ApiError;
 pub use feed::{FeedEpoch, FeedPublisher};
 pub use ingest::{Admission, Claim, Counts, SeenEvents};
-pub use state::{ApiState, BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
+pub use openapi::PATHS;
 pub use server::{serve, ServerLimits};
 pub use sql_runtime::{lower_priority, SqlRuntime};
+pub use state::{ApiState, BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
 pub use telemetry::Telemetry;
-pub use openapi::PATHS;
 pub use webhooks::verify_signature;
 
 use axum::routing::{get, post};

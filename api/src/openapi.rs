@@ -40,7 +40,8 @@ fn merge(mut base: Value, extra: Value) -> Value {
 
 pub fn document() -> Value {
     let metrics: Vec<&str> = Report::ALL.iter().map(|r| r.name()).collect();
-    let metric_docs: Vec<String> = Report::ALL.iter().map(|r| format!("- `{}`: {}", r.name(), r.description())).collect();
+    let metric_docs: Vec<String> =
+        Report::ALL.iter().map(|r| format!("- `{}`: {}", r.name(), r.description())).collect();
     let tenant = query("tenant", "With an admin key: the tenant to act for. A tenant key may only name its own.");
     json!({
         "openapi": "3.1.0",

@@ -26,8 +26,12 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 
 pub async fn metrics(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap) -> Response {
     match authenticate(&state, &method, &headers, None) {
-        Ok(Caller { scope: Scope::All, .. }) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.telemetry.render()).into_response(),
-        Ok(_) => ApiError::forbidden("/metrics counts every tenant's events: scrape it with an admin key").into_response(),
+        Ok(Caller { scope: Scope::All, .. }) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.telemetry.render()).into_response()
+        }
+        Ok(_) => {
+            ApiError::forbidden("/metrics counts every tenant's events: scrape it with an admin key").into_response()
+        }
         Err(error) => error.into_response(),
     }
 }

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use convoflow_events::{parse_date32, date32_to_string};
+use convoflow_events::{date32_to_string, parse_date32};
 use convoflow_queries::{report_sql, Collected, Granularity, Report, ReportParams};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -28,7 +28,10 @@ impl SqlFormat {
             "json" => Ok(SqlFormat::Json),
             "csv" => Ok(SqlFormat::Csv),
             "arrow" => Ok(SqlFormat::Arrow),
-            other => Err(ApiError::bad_request("unknown_format", format!("unknown format `{other}` (expected json, csv or arrow)"))),
+            other => Err(ApiError::bad_request(
+                "unknown_format",
+                format!("unknown format `{other}` (expected json, csv or arrow)"),
+            )),
         }
     }
 
@@ -51,26 +54,49 @@ struct SqlRequest {
     format: Option<String>,
 }
 
-pub async fn post_sql(State(state): State<Arc<ApiState>>, method: Method, headers: HeaderMap, uri: Uri, body: Body) -> Response {
+pub async fn post_sql(
+    State(state): State<Arc<ApiState>>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Response {
     sql(&state, &method, &headers, &uri, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn sql(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Uri, body: Body) -> Result<Response, ApiError> {
+async fn sql(
+    state: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
     let caller = authenticate(state, method, headers, None)?;
     let query_string = uri.query().unwrap_or("");
     let scope = scope_for(&caller, url_query_value(query_string, "tenant"))?;
     let bytes = read_body(body, headers, state.limits.body_bytes).await?;
-    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
     let (query, body_format) = if is_json {
-        let request: SqlRequest = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request("malformed_body", format!("expected {{\"query\": \"SELECT …\", \"format\": \"json|csv|arrow\"}}: {e}")))?;
+        let request: SqlRequest = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "malformed_body",
+                format!("expected {{\"query\": \"SELECT …\", \"format\": \"json|csv|arrow\"}}: {e}"),
+            )
+        })?;
         (request.query, request.format)
     } else {
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::bad_request("malformed_body", "the SQL is not UTF-8"))?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::bad_request("malformed_body", "the SQL is not UTF-8"))?;
         (text, None)
     };
     if query.trim().is_empty() {
-        return Err(ApiError::bad_request("empty_query", "send a query: the body is the SQL, or {\"query\": \"SELECT …\"}"));
+        return Err(ApiError::bad_request(
+            "empty_query",
+            "send a query: the body is the SQL, or {\"query\": \"SELECT …\"}",
+        ));
     }
     let format = match url_query_value(query_string, "format").or(body_format) {
         Some(text) => SqlFormat::parse(&text)?,
@@ -83,11 +109,21 @@ async fn sql(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Uri, 
             let schema = batches.first().map(|b| b.schema());
             let columns: Vec<serde_json::Value> = schema
                 .iter()
-                .flat_map(|s| s.fields().iter().map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()})).collect::<Vec<_>>())
+                .flat_map(|s| {
+                    s.fields()
+                        .iter()
+                        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+                        .collect::<Vec<_>>()
+                })
                 .collect();
-            let rows = json_array(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
+            let rows =
+                json_array(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
             let row_count: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            let mut body = format!(r#"{{"columns":{},"row_count":{row_count},"truncated":{truncated},"rows":"#, serde_json::Value::Array(columns)).into_bytes();
+            let mut body = format!(
+                r#"{{"columns":{},"row_count":{row_count},"truncated":{truncated},"rows":"#,
+                serde_json::Value::Array(columns)
+            )
+            .into_bytes();
             body.extend_from_slice(&rows);
             body.push(b'}');
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -98,11 +134,14 @@ async fn sql(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Uri, 
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
         }
         SqlFormat::Arrow => {
-            let bytes = arrow_ipc(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
+            let bytes =
+                arrow_ipc(&batches).map_err(|e| ApiError::internal(format!("cannot render the result: {e}")))?;
             ([(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")], bytes).into_response()
         }
     };
-    response.headers_mut().insert("x-convoflow-truncated", HeaderValue::from_static(if truncated { "true" } else { "false" }));
+    response
+        .headers_mut()
+        .insert("x-convoflow-truncated", HeaderValue::from_static(if truncated { "true" } else { "false" }));
     Ok(response)
 }
 
@@ -160,7 +199,13 @@ pub async fn get_metric(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Uri, name: &str) -> Result<Response, ApiError> {
+async fn metric(
+    state: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &Uri,
+    name: &str,
+) -> Result<Response, ApiError> {
     let query = uri.query().unwrap_or("");
     let caller = authenticate(state, method, headers, Some(query))?;
     let report = Report::parse(name).ok_or_else(|| {
@@ -184,8 +229,9 @@ async fn metric(state: &ApiState, method: &Method, headers: &HeaderMap, uri: &Ur
     params.session_id = url_query_value(query, "session_id");
     params.agent_id = url_query_value(query, "agent_id");
     if let Some(text) = url_query_value(query, "granularity") {
-        params.granularity = Granularity::parse(&text)
-            .ok_or_else(|| ApiError::bad_request("bad_granularity", format!("granularity must be hour, day or week, got `{text}`")))?;
+        params.granularity = Granularity::parse(&text).ok_or_else(|| {
+            ApiError::bad_request("bad_granularity", format!("granularity must be hour, day or week, got `{text}`"))
+        })?;
     }
     wait_until_ready(state)?;
     let sql = report_sql(report, &params, state.store.dialect());
@@ -227,7 +273,11 @@ fn label_buckets(rows: &[u8], timezone: chrono_tz::Tz, granularity: Granularity)
 
 fn date_param(query: &str, name: &'static str) -> Result<Option<i32>, ApiError> {
     url_query_value(query, name)
-        .map(|text| parse_date32(&text).ok_or_else(|| ApiError::bad_request("bad_date", format!("`{name}` must be a date like 2026-02-01, got `{text}`"))))
+        .map(|text| {
+            parse_date32(&text).ok_or_else(|| {
+                ApiError::bad_request("bad_date", format!("`{name}` must be a date like 2026-02-01, got `{text}`"))
+            })
+        })
         .transpose()
 }
 
@@ -244,6 +294,9 @@ mod tests {
         assert_eq!(parsed[0]["bucket"], "2026-03-02");
         assert!(parsed[1].get("bucket").is_none());
         let hourly = label_buckets(rows, chrono_tz::Asia::Kolkata, Granularity::Hour).expect("labels");
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&hourly).expect("json")[0]["bucket"], "2026-03-02T00:00");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&hourly).expect("json")[0]["bucket"],
+            "2026-03-02T00:00"
+        );
     }
 }

@@ -48,23 +48,33 @@ impl Default for ServerLimits {
 /// tower-http answers an unknown `Content-Encoding` (415) and a request past its time (408) with
 /// an empty body; these say what to do, in JSON like every other error.
 async fn explain(response: Response) -> Response {
-    let json = response.headers().get(CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    let json =
+        response.headers().get(CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
     match response.status() {
         _ if json => response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", "the body's Content-Encoding is not supported: send it plain, gzip or zstd")
-                .into_response()
-        }
-        StatusCode::REQUEST_TIMEOUT => {
-            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took longer than the server allows (request_timeout); send smaller bodies, or retry")
-                .into_response()
-        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            "the body's Content-Encoding is not supported: send it plain, gzip or zstd",
+        )
+        .into_response(),
+        StatusCode::REQUEST_TIMEOUT => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took longer than the server allows (request_timeout); send smaller bodies, or retry",
+        )
+        .into_response(),
         _ => response,
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
-pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let router = router
         .layer(RequestDecompressionLayer::new())
         .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))

@@ -32,7 +32,12 @@ impl SqlRuntime {
             .on_thread_start(lower_priority)
             .enable_all()
             .build()?;
-        Ok(SqlRuntime { runtime: Some(runtime), running: Arc::new(Semaphore::new(concurrent.max(1))), per_key: per_key.max(1), by_key: Arc::default() })
+        Ok(SqlRuntime {
+            runtime: Some(runtime),
+            running: Arc::new(Semaphore::new(concurrent.max(1))),
+            per_key: per_key.max(1),
+            by_key: Arc::default(),
+        })
     }
 
     /// Runs `query` for `key` on the query threads within `timeout` (waiting for a turn included).
@@ -43,7 +48,12 @@ impl SqlRuntime {
         query: impl Future<Output = Result<T, ApiError>> + Send + 'static,
     ) -> Result<T, ApiError> {
         let _turn = KeyTurn::take(&self.by_key, key, self.per_key)?;
-        let timed_out = || ApiError::bad_request("query_timeout", format!("the query ran longer than the {} s limit", timeout.as_secs_f64()));
+        let timed_out = || {
+            ApiError::bad_request(
+                "query_timeout",
+                format!("the query ran longer than the {} s limit", timeout.as_secs_f64()),
+            )
+        };
         let work = async {
             let _permit = self.running.acquire().await.map_err(|_| ApiError::unavailable("the server is stopping"))?;
             let runtime = self.runtime.as_ref().ok_or_else(|| ApiError::unavailable("the server is stopping"))?;
@@ -52,8 +62,14 @@ impl SqlRuntime {
                 Ok(result) => result,
                 Err(error) if error.is_panic() => {
                     let panic = error.into_panic();
-                    let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
-                    Err(ApiError::internal(format!("the query failed inside convoflow: {}", message.unwrap_or_else(|| "a panic".to_owned()))))
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+                    Err(ApiError::internal(format!(
+                        "the query failed inside convoflow: {}",
+                        message.unwrap_or_else(|| "a panic".to_owned())
+                    )))
                 }
                 Err(_) => Err(ApiError::unavailable("the query was cancelled")),
             }
@@ -119,6 +135,7 @@ impl Drop for KeyTurn {
 
 /// Gives the calling thread the lowest CPU priority (nice 19), so that queries and snapshots
 /// yield to ingest and epochs on a busy machine. Best effort: a refusal is logged.
+#[allow(unsafe_code)] // no safe wrapper for a thread's nice value in std or libc
 pub fn lower_priority() {
     // SAFETY: gettid and setpriority only read their arguments; `who` is this thread's id.
     let refused = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) } != 0;
@@ -134,7 +151,10 @@ mod tests {
     #[tokio::test]
     async fn panics_become_500_and_keys_are_limited() {
         let queries = SqlRuntime::new(1, 4, 1).expect("runtime");
-        let panicked = queries.run("k", Duration::from_secs(5), async { panic!("boom") as Result<(), ApiError> }).await.expect_err("panic");
+        let panicked = queries
+            .run("k", Duration::from_secs(5), async { panic!("boom") as Result<(), ApiError> })
+            .await
+            .expect_err("panic");
         assert_eq!(panicked.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(panicked.message.contains("boom"), "{}", panicked.message);
         let slow = queries.run("k", Duration::from_secs(5), async {

@@ -4,9 +4,9 @@
 use crate::auth::{ApiKeys, RateLimiter};
 use crate::feed::FeedEpoch;
 use crate::ingest::SeenEvents;
+use crate::sql_runtime::SqlRuntime;
 use crate::telemetry::Telemetry;
 use convoflow_events::Tenants;
-use crate::sql_runtime::SqlRuntime;
 use convoflow_queries::{Collected, Dialect};
 use std::collections::HashMap;
 use std::future::Future;
@@ -59,7 +59,12 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// Runs one read-only query over the SPEC §5 tables, seeing only `scope`'s rows, returning
     /// at most `limits.sql_max_rows` rows of at most `limits.sql_max_result_bytes`.
-    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str, limits: &'a Limits) -> BoxFuture<'a, Result<Collected, StoreError>>;
+    fn query<'a>(
+        &'a self,
+        scope: &'a Scope,
+        sql: &'a str,
+        limits: &'a Limits,
+    ) -> BoxFuture<'a, Result<Collected, StoreError>>;
     /// The SQL dialect of the store, for the named reports.
     fn dialect(&self) -> Dialect;
 }

@@ -49,14 +49,20 @@ impl Telemetry {
             ("convoflow_epochs_total", "Epochs completed by the dataflow.", &self.epochs),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
         }
         let gauges = [
-            ("convoflow_lag", "Input durable on the bus and not yet in the tables (log bytes or stream messages).", &self.lag),
+            (
+                "convoflow_lag",
+                "Input durable on the bus and not yet in the tables (log bytes or stream messages).",
+                &self.lag,
+            ),
             ("convoflow_feed_subscribers", "Open live feed connections.", &self.feed_subscribers),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Ordering::Relaxed));
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Ordering::Relaxed));
         }
         let name = "convoflow_epoch_latency_seconds";
         let _ = writeln!(out, "# HELP {name} Time from reading an epoch off the bus to its changes in the tables.\n# TYPE {name} histogram");

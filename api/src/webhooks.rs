@@ -49,7 +49,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn app_for<'a>(state: &'a ApiState, tenant: &str) -> Option<&'a crate::state::WhatsAppApp> {
     let app = state.whatsapp.get(tenant);
     if app.is_none() {
-        tracing::warn!(tenant, "webhook request for a tenant with no WhatsApp app configured ([whatsapp.<tenant>] in the config)");
+        tracing::warn!(
+            tenant,
+            "webhook request for a tenant with no WhatsApp app configured ([whatsapp.<tenant>] in the config)"
+        );
     }
     app
 }
@@ -79,7 +82,12 @@ pub async fn verify(State(state): State<Arc<ApiState>>, tenant: TenantPath, uri:
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], challenge).into_response()
 }
 
-pub async fn receive(State(state): State<Arc<ApiState>>, tenant: TenantPath, headers: HeaderMap, body: Body) -> Response {
+pub async fn receive(
+    State(state): State<Arc<ApiState>>,
+    tenant: TenantPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let result = match tenant {
         Ok(Path(tenant)) => ingest(&state, &tenant, &headers, body).await,
         Err(rejection) => Err(rejection.into()),
@@ -105,11 +113,14 @@ async fn ingest(state: &ApiState, tenant: &str, headers: &HeaderMap, body: Body)
     // A number configured for the tenant belongs to it; a tenant that lists no numbers owns every
     // number its app delivers.
     let numbers = state.tenants.phone_number_ids(tenant);
-    let tenant_of = |number: &str| (numbers.is_empty() || numbers.iter().any(|n| n == number)).then(|| tenant.to_owned());
+    let tenant_of =
+        |number: &str| (numbers.is_empty() || numbers.iter().any(|n| n == number)).then(|| tenant.to_owned());
     let mut admission = Admission::default();
     let mut skipped = 0u64;
     match normalize_webhook(&bytes, &tenant_of) {
-        Err(error) => admission.reject(RejectedRow::new(Some(tenant), received_at, format!("webhook: {error}"), &bytes, source)),
+        Err(error) => {
+            admission.reject(RejectedRow::new(Some(tenant), received_at, format!("webhook: {error}"), &bytes, source))
+        }
         Ok(batch) => {
             for (index, item) in batch.items.iter().enumerate() {
                 let item_source = || format!("{source}:{}", index + 1);
@@ -119,7 +130,13 @@ async fn ingest(state: &ApiState, tenant: &str, headers: &HeaderMap, body: Body)
                     }
                     Err(rejected) => {
                         let tenant_id = rejected.tenant_id.as_deref().or(Some(tenant));
-                        admission.reject(RejectedRow::new(tenant_id, received_at, rejected.reason.clone(), rejected.raw.as_bytes(), item_source()));
+                        admission.reject(RejectedRow::new(
+                            tenant_id,
+                            received_at,
+                            rejected.reason.clone(),
+                            rejected.raw.as_bytes(),
+                            item_source(),
+                        ));
                     }
                 }
             }

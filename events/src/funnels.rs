@@ -48,7 +48,8 @@ pub struct Funnel {
 impl Funnel {
     /// SPEC §5.6: received → agent/bot reply → received again → lead → purchase, in 14 days.
     pub fn default_funnel() -> Funnel {
-        let conversion = |name: &str| FunnelStep { name: Some(name.to_owned()), ..FunnelStep::new(EventType::Conversion) };
+        let conversion =
+            |name: &str| FunnelStep { name: Some(name.to_owned()), ..FunnelStep::new(EventType::Conversion) };
         Funnel {
             funnel_id: DEFAULT_FUNNEL_ID.to_owned(),
             steps: vec![
@@ -107,13 +108,15 @@ impl FunnelEntry {
         }
         let window_ms = match &self.window {
             None => DEFAULT_FUNNEL_WINDOW_MS,
-            Some(text) => parse_duration_ms(text).ok_or_else(|| format!("funnel `{id}`: bad window `{text}` (expected e.g. 30m, 36h, 14d)"))?,
+            Some(text) => parse_duration_ms(text)
+                .ok_or_else(|| format!("funnel `{id}`: bad window `{text}` (expected e.g. 30m, 36h, 14d)"))?,
         };
         let mut steps = Vec::with_capacity(self.steps.len());
         for (number, step) in self.steps.into_iter().enumerate() {
             let at = format!("funnel `{id}` step {}", number + 1);
-            let kind = EventType::parse(&step.kind)
-                .ok_or_else(|| format!("{at}: unknown type `{}` (expected one of {})", step.kind, EventType::expected()))?;
+            let kind = EventType::parse(&step.kind).ok_or_else(|| {
+                format!("{at}: unknown type `{}` (expected one of {})", step.kind, EventType::expected())
+            })?;
             let names = match step.sender {
                 None => Vec::new(),
                 Some(SenderSet::One(one)) => vec![one],
@@ -121,7 +124,10 @@ impl FunnelEntry {
             };
             let senders = names
                 .iter()
-                .map(|s| Sender::parse(s).ok_or_else(|| format!("{at}: unknown sender `{s}` (expected {})", Sender::expected())))
+                .map(|s| {
+                    Sender::parse(s)
+                        .ok_or_else(|| format!("{at}: unknown sender `{s}` (expected {})", Sender::expected()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             if !senders.is_empty() && kind != EventType::MessageSent {
                 return Err(format!("{at}: `sender` applies only to message.sent steps"));
@@ -155,9 +161,15 @@ mod tests {
         let funnel = parse(r#"{"funnel_id":"f","window":"36h","steps":[{"type":"message.sent","sender":"campaign"},{"type":"conversion"}]}"#).unwrap();
         assert_eq!(funnel.window_ms, 36 * 3_600_000);
         assert_eq!(funnel.steps[0].senders, vec![Sender::Campaign]);
-        assert!(parse(r#"{"funnel_id":"f","steps":[{"type":"message.seen"}]}"#).unwrap_err().contains("step 1: unknown type `message.seen`"));
-        assert!(parse(r#"{"funnel_id":"f","steps":[{"type":"touch","sender":"bot"}]}"#).unwrap_err().contains("only to message.sent"));
-        assert!(parse(r#"{"funnel_id":"f","window":"2 weeks","steps":[{"type":"touch"}]}"#).unwrap_err().contains("bad window"));
+        assert!(parse(r#"{"funnel_id":"f","steps":[{"type":"message.seen"}]}"#)
+            .unwrap_err()
+            .contains("step 1: unknown type `message.seen`"));
+        assert!(parse(r#"{"funnel_id":"f","steps":[{"type":"touch","sender":"bot"}]}"#)
+            .unwrap_err()
+            .contains("only to message.sent"));
+        assert!(parse(r#"{"funnel_id":"f","window":"2 weeks","steps":[{"type":"touch"}]}"#)
+            .unwrap_err()
+            .contains("bad window"));
         assert!(parse(r#"{"funnel_id":"f","steps":[]}"#).unwrap_err().contains("no steps"));
     }
 }

@@ -17,5 +17,10 @@ pub use identity::{event_key, fingerprint};
 pub use ndjson::{split_lines, Line};
 pub use parse::{parse_event, EventError, MAX_PROPERTIES_BYTES};
 pub use tenants::{AttributionSettings, Tenant, Tenants, TenantsError};
-pub use time::{date32_to_string, iso_week_monday, local_day_start_ms, local_time, ms_to_rfc3339, now_ms, parse_date32, parse_duration_ms, rfc3339_to_ms, LocalTime};
-pub use whatsapp::{normalize_webhook, RejectedItem, SkipKind, SkippedItem, WebhookBatch, WebhookError, WHATSAPP_OBJECT};
+pub use time::{
+    date32_to_string, iso_week_monday, local_day_start_ms, local_time, ms_to_rfc3339, now_ms, parse_date32,
+    parse_duration_ms, rfc3339_to_ms, LocalTime,
+};
+pub use whatsapp::{
+    normalize_webhook, RejectedItem, SkipKind, SkippedItem, WebhookBatch, WebhookError, WHATSAPP_OBJECT,
+};

@@ -152,9 +152,9 @@ fn enum_field<T>(
 ) -> Result<Option<T>, EventError> {
     match value {
         None => Ok(None),
-        Some(text) => parse(text).map(Some).ok_or_else(|| {
-            EventError::new(field, format!("unknown value `{text}` (expected one of {})", expected()))
-        }),
+        Some(text) => parse(text)
+            .map(Some)
+            .ok_or_else(|| EventError::new(field, format!("unknown value `{text}` (expected one of {})", expected()))),
     }
 }
 
@@ -186,8 +186,9 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, EventError> {
     let sender = enum_field("sender", raw.sender.as_deref(), Sender::parse, Sender::expected)?;
     let status = enum_field("status", raw.status.as_deref(), Status::parse, Status::expected)?;
     let state = enum_field("state", raw.state.as_deref(), SessionState::parse, SessionState::expected)?;
-    let message_type = enum_field("message_type", raw.message_type.as_deref(), MessageType::parse, MessageType::expected)?
-        .unwrap_or(MessageType::Text);
+    let message_type =
+        enum_field("message_type", raw.message_type.as_deref(), MessageType::parse, MessageType::expected)?
+            .unwrap_or(MessageType::Text);
     if let Some(value) = raw.value {
         if !(value >= 0.0 && value.is_finite()) {
             return Err(EventError::new("value", "must be a number ≥ 0"));
@@ -197,8 +198,8 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, EventError> {
         None => None,
         Some(properties) if properties.get() == "null" => None,
         Some(properties) => {
-            let value: serde_json::Value = serde_json::from_str(properties.get())
-                .map_err(|e| EventError::new("properties", e.to_string()))?;
+            let value: serde_json::Value =
+                serde_json::from_str(properties.get()).map_err(|e| EventError::new("properties", e.to_string()))?;
             if !value.is_object() {
                 return Err(EventError::new("properties", format!("expected an object, found {}", json_kind(&value))));
             }
@@ -251,7 +252,9 @@ fn check_required(event: &Event) -> Result<(), EventError> {
         require("contact_id", &event.contact_id, kind)?;
     }
     match kind {
-        MessageReceived | MessageSent | MessageStatus | MessageReaction => require("message_id", &event.message_id, kind)?,
+        MessageReceived | MessageSent | MessageStatus | MessageReaction => {
+            require("message_id", &event.message_id, kind)?
+        }
         ConversationAssigned | ConversationResolved => require("conversation_id", &event.conversation_id, kind)
             .map_err(|_| EventError::new("conversation_id", format!("{kind} needs conversation_id or contact_id")))?,
         _ => {}
@@ -283,9 +286,24 @@ fn check_required(event: &Event) -> Result<(), EventError> {
 }
 
 const STRING_FIELDS: &[&str] = &[
-    "event_id", "tenant_id", "type", "contact_id", "conversation_id", "session_id", "message_id",
-    "sender", "agent_id", "campaign_id", "message_type", "status", "emoji", "channel", "source",
-    "medium", "name", "state",
+    "event_id",
+    "tenant_id",
+    "type",
+    "contact_id",
+    "conversation_id",
+    "session_id",
+    "message_id",
+    "sender",
+    "agent_id",
+    "campaign_id",
+    "message_type",
+    "status",
+    "emoji",
+    "channel",
+    "source",
+    "medium",
+    "name",
+    "state",
 ];
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -330,12 +348,16 @@ fn diagnose(bytes: &[u8], fast_error: serde_json::Error) -> EventError {
     }
     if let Some(ts) = object.get("ts").filter(|v| !v.is_null()) {
         let problem = match ts {
-            serde_json::Value::String(text) if rfc3339_to_ms(text).is_none() => Some(format!("`{text}` is not an RFC 3339 timestamp")),
+            serde_json::Value::String(text) if rfc3339_to_ms(text).is_none() => {
+                Some(format!("`{text}` is not an RFC 3339 timestamp"))
+            }
             serde_json::Value::String(_) => None,
             serde_json::Value::Number(n) if n.is_f64() => Some("epoch milliseconds must be an integer".to_owned()),
             serde_json::Value::Number(n) if n.as_i64().is_none() => Some("epoch milliseconds out of range".to_owned()),
             serde_json::Value::Number(_) => None,
-            other => Some(format!("expected an RFC 3339 string or integer epoch milliseconds, found {}", json_kind(other))),
+            other => {
+                Some(format!("expected an RFC 3339 string or integer epoch milliseconds, found {}", json_kind(other)))
+            }
         };
         if let Some(problem) = problem {
             return blame("ts", problem);

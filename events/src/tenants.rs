@@ -76,7 +76,8 @@ impl AttributionEntry {
     fn settings(self) -> Result<AttributionSettings, String> {
         let mut settings = AttributionSettings::default();
         let duration = |key: &str, text: &str| {
-            parse_duration_ms(text).ok_or_else(|| format!("attribution.{key}: bad duration `{text}` (expected e.g. 12h, 30d)"))
+            parse_duration_ms(text)
+                .ok_or_else(|| format!("attribution.{key}: bad duration `{text}` (expected e.g. 12h, 30d)"))
         };
         if let Some(text) = &self.lookback {
             settings.lookback_ms = duration("lookback", text)?;
@@ -111,16 +112,32 @@ impl Tenants {
                 None => DEFAULT_FUNNELS.clone(),
                 Some(list) if list.is_empty() => DEFAULT_FUNNELS.clone(),
                 Some(list) => {
-                    let funnels = list.into_iter().map(FunnelEntry::into_funnel).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
-                    if let Some(repeated) = funnels.iter().enumerate().find(|(i, f)| funnels[..*i].iter().any(|g| g.funnel_id == f.funnel_id)) {
+                    let funnels = list
+                        .into_iter()
+                        .map(FunnelEntry::into_funnel)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(invalid)?;
+                    if let Some(repeated) = funnels
+                        .iter()
+                        .enumerate()
+                        .find(|(i, f)| funnels[..*i].iter().any(|g| g.funnel_id == f.funnel_id))
+                    {
                         return Err(invalid(format!("funnel `{}` is defined twice", repeated.1.funnel_id)));
                     }
                     funnels
                 }
             };
-            let attribution = entry.attribution.map_or(Ok(AttributionSettings::default()), AttributionEntry::settings).map_err(invalid)?;
-            let tenant =
-                Tenant { tenant_id: entry.tenant_id.clone(), timezone, phone_number_ids: entry.phone_number_ids, funnels, attribution };
+            let attribution = entry
+                .attribution
+                .map_or(Ok(AttributionSettings::default()), AttributionEntry::settings)
+                .map_err(invalid)?;
+            let tenant = Tenant {
+                tenant_id: entry.tenant_id.clone(),
+                timezone,
+                phone_number_ids: entry.phone_number_ids,
+                funnels,
+                attribution,
+            };
             if by_id.insert(entry.tenant_id.clone(), tenant).is_some() {
                 return Err(TenantsError::Duplicate(entry.tenant_id));
             }
@@ -151,7 +168,10 @@ impl Tenants {
 
     /// The tenant owning a business number, if any tenant lists it.
     pub fn tenant_of_number(&self, phone_number_id: &str) -> Option<&str> {
-        self.by_id.values().find(|t| t.phone_number_ids.iter().any(|n| n == phone_number_id)).map(|t| t.tenant_id.as_str())
+        self.by_id
+            .values()
+            .find(|t| t.phone_number_ids.iter().any(|n| n == phone_number_id))
+            .map(|t| t.tenant_id.as_str())
     }
 
     pub fn attribution(&self, tenant_id: &str) -> AttributionSettings {
@@ -183,7 +203,10 @@ mod tests {
         let funnels = tenants.funnels("acme");
         assert_eq!(funnels.len(), 1);
         assert_eq!(funnels[0].funnel_id, "ads");
-        assert_eq!(tenants.attribution("acme"), AttributionSettings { lookback_ms: 30 * 86_400_000, half_life_ms: 3 * 86_400_000 });
+        assert_eq!(
+            tenants.attribution("acme"),
+            AttributionSettings { lookback_ms: 30 * 86_400_000, half_life_ms: 3 * 86_400_000 }
+        );
     }
 
     #[test]
@@ -191,7 +214,10 @@ mod tests {
         let error = Tenants::from_json(r#"[{"tenant_id":"acme","timezone":"Mars/Olympus"}]"#).unwrap_err();
         assert_eq!(error.to_string(), "tenant `acme`: unknown IANA timezone `Mars/Olympus`");
         let error = Tenants::from_json(r#"[{"tenant_id":"acme","attribution":{"lookback":"a month"}}]"#).unwrap_err();
-        assert_eq!(error.to_string(), "tenant `acme`: attribution.lookback: bad duration `a month` (expected e.g. 12h, 30d)");
+        assert_eq!(
+            error.to_string(),
+            "tenant `acme`: attribution.lookback: bad duration `a month` (expected e.g. 12h, 30d)"
+        );
         let twice = r#"[{"tenant_id":"acme","funnels":[{"funnel_id":"f","steps":[{"type":"touch"}]},{"funnel_id":"f","steps":[{"type":"touch"}]}]}]"#;
         assert_eq!(Tenants::from_json(twice).unwrap_err().to_string(), "tenant `acme`: funnel `f` is defined twice");
     }

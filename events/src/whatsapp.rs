@@ -199,7 +199,10 @@ pub fn normalize_webhook(
 
 /// Whose items these are.
 enum Owner {
-    Tenant { tenant: String, number: String },
+    Tenant {
+        tenant: String,
+        number: String,
+    },
     /// The `phone_number_id`, which belongs to no tenant.
     Unknown(String),
     /// Why the `phone_number_id` could not be read.
@@ -213,7 +216,12 @@ enum ItemList {
     Errors,
 }
 
-fn normalize_change(path: &str, change: &RawValue, tenant_of: &dyn Fn(&str) -> Option<String>, batch: &mut WebhookBatch) {
+fn normalize_change(
+    path: &str,
+    change: &RawValue,
+    tenant_of: &dyn Fn(&str) -> Option<String>,
+    batch: &mut WebhookBatch,
+) {
     let change_object = match RawObject::parse(change) {
         Ok(object) => object,
         Err(problem) => return batch.reject(None, format!("{path}: {problem}"), change),
@@ -323,7 +331,8 @@ fn phone_number_id(value: &RawObject<'_>, path: &str) -> Result<String, String> 
     let number = metadata
         .get("phone_number_id")
         .ok_or_else(|| format!("{path}.metadata.phone_number_id: missing, {unknown}"))?;
-    let number = as_string(number).map_err(|problem| format!("{path}.metadata.phone_number_id: {problem}, {unknown}"))?;
+    let number =
+        as_string(number).map_err(|problem| format!("{path}.metadata.phone_number_id: {problem}, {unknown}"))?;
     if number.is_empty() {
         return Err(format!("{path}.metadata.phone_number_id: empty, {unknown}"));
     }
@@ -667,7 +676,9 @@ mod tests {
         let batch = run(INBOUND_TEXT);
         assert_eq!(
             outline(&batch),
-            [r#"{"event_id":"wa:wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjBBMUIyQzNENEU1RjYwNzA4MDkA","tenant_id":"acme","ts":1771003200000,"type":"message.received","contact_id":"5511987654321","conversation_id":"5511987654321","session_id":"118273645501234","message_id":"wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjBBMUIyQzNENEU1RjYwNzA4MDkA"}"#]
+            [
+                r#"{"event_id":"wa:wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjBBMUIyQzNENEU1RjYwNzA4MDkA","tenant_id":"acme","ts":1771003200000,"type":"message.received","contact_id":"5511987654321","conversation_id":"5511987654321","session_id":"118273645501234","message_id":"wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFjNFQjBBMUIyQzNENEU1RjYwNzA4MDkA"}"#
+            ]
         );
         assert!(batch.skipped.is_empty());
         let event = batch.events().next().expect("one event");
@@ -713,18 +724,14 @@ mod tests {
             assert_eq!(event.message_id.as_deref(), Some(reacted));
             assert!(event.event_id.starts_with("wa:wamid."));
         }
-        assert_eq!(
-            events[1].event_id,
-            "wa:wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFDNBOEUwRjQ3NTk2QjE3MDA5QkQyAA=="
-        );
+        assert_eq!(events[1].event_id, "wa:wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFDNBOEUwRjQ3NTk2QjE3MDA5QkQyAA==");
         assert!(batch.skipped.is_empty());
     }
 
     #[test]
     fn interactive_and_button_replies_keep_their_type() {
         let batch = run(INTERACTIVE);
-        let types: Vec<(&str, MessageType)> =
-            batch.events().map(|e| (e.event_id.as_str(), e.message_type)).collect();
+        let types: Vec<(&str, MessageType)> = batch.events().map(|e| (e.event_id.as_str(), e.message_type)).collect();
         assert_eq!(
             types,
             [
@@ -773,10 +780,8 @@ mod tests {
                 r#"{{"event_id":"wa:{wamid}:sent","tenant_id":"acme","ts":1771010000000,"type":"message.status","contact_id":"5521991112233","conversation_id":"5521991112233","session_id":"118273645501234","message_id":"{wamid}","status":"sent"}}"#
             )
         );
-        let summary: Vec<(String, i64, Option<Status>, Option<&str>)> = batch
-            .events()
-            .map(|e| (e.event_id.clone(), e.ts, e.status, e.contact_id.as_deref()))
-            .collect();
+        let summary: Vec<(String, i64, Option<Status>, Option<&str>)> =
+            batch.events().map(|e| (e.event_id.clone(), e.ts, e.status, e.contact_id.as_deref())).collect();
         assert_eq!(
             summary,
             [
@@ -805,7 +810,9 @@ mod tests {
         let batch = run(FAILED_STATUS);
         assert_eq!(
             outline(&batch),
-            [r#"{"event_id":"wa:wamid.HBgNNTUxOTg4ODc3NjY1NRUCABEYEjEwQzNGOEFCMjI3NkU0QkQ5OAA=:failed","tenant_id":"acme","ts":1771012001000,"type":"message.status","contact_id":"5519988776655","conversation_id":"5519988776655","session_id":"118273645501234","message_id":"wamid.HBgNNTUxOTg4ODc3NjY1NRUCABEYEjEwQzNGOEFCMjI3NkU0QkQ5OAA=","status":"failed","error_code":131049}"#]
+            [
+                r#"{"event_id":"wa:wamid.HBgNNTUxOTg4ODc3NjY1NRUCABEYEjEwQzNGOEFCMjI3NkU0QkQ5OAA=:failed","tenant_id":"acme","ts":1771012001000,"type":"message.status","contact_id":"5519988776655","conversation_id":"5519988776655","session_id":"118273645501234","message_id":"wamid.HBgNNTUxOTg4ODc3NjY1NRUCABEYEjEwQzNGOEFCMjI3NkU0QkQ5OAA=","status":"failed","error_code":131049}"#
+            ]
         );
         assert!(batch.skipped.is_empty());
     }
@@ -1014,8 +1021,14 @@ mod tests {
         let cases: &[(&[u8], &str)] = &[
             (b"", "body is not valid JSON: EOF while parsing a value at line 1 column 0"),
             (b"garbage", "body is not valid JSON: expected value at line 1 column 1"),
-            (b"{\"object\":\"whatsapp_business_account\",\"entry\":[", "body is not valid JSON: EOF while parsing a list at line 1 column 47"),
-            (b"{\"object\":\"whatsapp_business_account\"} trailing", "body is not valid JSON: trailing characters at line 1 column 40"),
+            (
+                b"{\"object\":\"whatsapp_business_account\",\"entry\":[",
+                "body is not valid JSON: EOF while parsing a list at line 1 column 47",
+            ),
+            (
+                b"{\"object\":\"whatsapp_business_account\"} trailing",
+                "body is not valid JSON: trailing characters at line 1 column 40",
+            ),
             (b"\xff\xfe{}", "body is not valid JSON: expected value at line 1 column 1"),
             (b"[]", "body must be a JSON object, found an array"),
             (b"null", "body must be a JSON object, found null"),
@@ -1128,7 +1141,9 @@ mod tests {
             assert!(body.is_ascii(), "{name}: non-ASCII is written as \\u escapes");
         }
         let text = std::str::from_utf8(REFERRAL).expect("ASCII");
-        assert!(text.contains(r"https:\/\/fb.me\/9xQk2Lp") && text.contains(r"\u00e1") && text.contains(r"\ud83d\ude0d"));
+        assert!(
+            text.contains(r"https:\/\/fb.me\/9xQk2Lp") && text.contains(r"\u00e1") && text.contains(r"\ud83d\ude0d")
+        );
         assert!(std::str::from_utf8(REACTION_AND_REMOVAL).expect("ASCII").contains(r#""emoji":"\ud83d\udc4d""#));
     }
 }

@@ -31,25 +31,60 @@ fn names_the_broken_field() {
     assert!(reason("{not json").starts_with("json: malformed JSON"));
     assert_eq!(reason("[1,2]"), "json: an event must be a JSON object, found an array");
     assert_eq!(reason(r#"{"tenant_id":"t","ts":1,"type":"touch"}"#), "event_id: required");
-    assert_eq!(reason(&format!(r#"{{{base},"type":"nope"}}"#)).split(" (").next().unwrap(), "type: unknown event type `nope`");
-    assert_eq!(reason(&format!(r#"{{{base},"type":"touch","contact_id":7}}"#)), "contact_id: expected a string, found a number");
-    assert_eq!(reason(r#"{"event_id":"e","tenant_id":"t","ts":1.5,"type":"touch"}"#), "ts: epoch milliseconds must be an integer");
-    assert_eq!(reason(r#"{"event_id":"e","tenant_id":"t","ts":"yesterday","type":"touch"}"#), "ts: `yesterday` is not an RFC 3339 timestamp");
+    assert_eq!(
+        reason(&format!(r#"{{{base},"type":"nope"}}"#)).split(" (").next().unwrap(),
+        "type: unknown event type `nope`"
+    );
+    assert_eq!(
+        reason(&format!(r#"{{{base},"type":"touch","contact_id":7}}"#)),
+        "contact_id: expected a string, found a number"
+    );
+    assert_eq!(
+        reason(r#"{"event_id":"e","tenant_id":"t","ts":1.5,"type":"touch"}"#),
+        "ts: epoch milliseconds must be an integer"
+    );
+    assert_eq!(
+        reason(r#"{"event_id":"e","tenant_id":"t","ts":"yesterday","type":"touch"}"#),
+        "ts: `yesterday` is not an RFC 3339 timestamp"
+    );
     assert_eq!(reason(&format!(r#"{{{base},"type":"touch","contact_id":"c"}}"#)), "channel: required for touch");
-    assert_eq!(reason(&format!(r#"{{{base},"type":"message.sent","contact_id":"c","message_id":"m","sender":"agent"}}"#)), "agent_id: required when sender is agent");
-    assert_eq!(reason(&format!(r#"{{{base},"type":"message.sent","contact_id":"c","message_id":"m","sender":"robot"}}"#)), "sender: unknown value `robot` (expected one of agent, bot, campaign)");
-    assert_eq!(reason(&format!(r#"{{{base},"type":"session.status","session_id":"s"}}"#)), "state: required for session.status");
-    assert_eq!(reason(r#"{"event_id":"e","tenant_id":"bad tenant!","ts":1,"type":"touch"}"#), "tenant_id: must match [A-Za-z0-9_.-]{1,64}");
-    assert_eq!(reason(&format!(r#"{{{base},"type":"conversion","contact_id":"c","name":"x","value":-1}}"#)), "value: must be a number ≥ 0");
-    assert_eq!(reason(&format!(r#"{{{base},"type":"touch","contact_id":"c","channel":"ad","properties":[1]}}"#)), "properties: expected an object, found an array");
+    assert_eq!(
+        reason(&format!(r#"{{{base},"type":"message.sent","contact_id":"c","message_id":"m","sender":"agent"}}"#)),
+        "agent_id: required when sender is agent"
+    );
+    assert_eq!(
+        reason(&format!(r#"{{{base},"type":"message.sent","contact_id":"c","message_id":"m","sender":"robot"}}"#)),
+        "sender: unknown value `robot` (expected one of agent, bot, campaign)"
+    );
+    assert_eq!(
+        reason(&format!(r#"{{{base},"type":"session.status","session_id":"s"}}"#)),
+        "state: required for session.status"
+    );
+    assert_eq!(
+        reason(r#"{"event_id":"e","tenant_id":"bad tenant!","ts":1,"type":"touch"}"#),
+        "tenant_id: must match [A-Za-z0-9_.-]{1,64}"
+    );
+    assert_eq!(
+        reason(&format!(r#"{{{base},"type":"conversion","contact_id":"c","name":"x","value":-1}}"#)),
+        "value: must be a number ≥ 0"
+    );
+    assert_eq!(
+        reason(&format!(r#"{{{base},"type":"touch","contact_id":"c","channel":"ad","properties":[1]}}"#)),
+        "properties: expected an object, found an array"
+    );
     let long_id = "x".repeat(201);
-    assert_eq!(reason(&format!(r#"{{{base},"type":"touch","contact_id":"{long_id}","channel":"ad"}}"#)), "contact_id: longer than 200 characters");
+    assert_eq!(
+        reason(&format!(r#"{{{base},"type":"touch","contact_id":"{long_id}","channel":"ad"}}"#)),
+        "contact_id: longer than 200 characters"
+    );
 }
 
 #[test]
 fn oversize_properties_are_rejected() {
     let big = "y".repeat(17 * 1024);
-    let line = format!(r#"{{"event_id":"e","tenant_id":"t","ts":1,"type":"touch","contact_id":"c","channel":"ad","properties":{{"blob":"{big}"}}}}"#);
+    let line = format!(
+        r#"{{"event_id":"e","tenant_id":"t","ts":1,"type":"touch","contact_id":"c","channel":"ad","properties":{{"blob":"{big}"}}}}"#
+    );
     let error = parse_event(line.as_bytes()).unwrap_err();
     assert_eq!(error.field, "properties");
     assert!(error.problem.contains("over the 16 KiB limit"), "{error}");
@@ -77,19 +112,28 @@ fn a_valid_ts_is_never_blamed_for_another_field() {
     assert_eq!(with(r#""value":1e400"#), "value: number out of range");
     assert_eq!(reason(r#"{"event_id":"e","tenant_id":"t","ts":1e400,"type":"touch"}"#), "ts: number out of range");
     assert_eq!(reason("{\"event_id\":\"e\",\n\"tenant_id\":\"t\",\n\"ts\": 1e400}"), "ts: number out of range");
-    assert_eq!(reason(r#"{"event_id":"e","tenant_id":null,"ts":"2026-02-02T09:00:00Z","type":"touch"}"#), "tenant_id: required");
+    assert_eq!(
+        reason(r#"{"event_id":"e","tenant_id":null,"ts":"2026-02-02T09:00:00Z","type":"touch"}"#),
+        "tenant_id: required"
+    );
 }
 
 /// Every string field has a length limit (`emoji`, `source` and `medium` had none).
 #[test]
 fn every_string_field_is_bounded() {
     let long = "x".repeat(201);
-    let touch = |field: &str| reason(&format!(r#"{{"event_id":"e","tenant_id":"t","ts":1,"type":"touch","contact_id":"c","channel":"ad","{field}":"{long}"}}"#));
+    let touch = |field: &str| {
+        reason(&format!(
+            r#"{{"event_id":"e","tenant_id":"t","ts":1,"type":"touch","contact_id":"c","channel":"ad","{field}":"{long}"}}"#
+        ))
+    };
     for field in ["source", "medium", "campaign_id", "session_id"] {
         assert_eq!(touch(field), format!("{field}: longer than 200 characters"));
     }
     let emoji = "😀".repeat(33);
-    let line = format!(r#"{{"event_id":"e","tenant_id":"t","ts":1,"type":"message.reaction","contact_id":"c","message_id":"m","emoji":"{emoji}"}}"#);
+    let line = format!(
+        r#"{{"event_id":"e","tenant_id":"t","ts":1,"type":"message.reaction","contact_id":"c","message_id":"m","emoji":"{emoji}"}}"#
+    );
     assert_eq!(reason(&line), "emoji: longer than 32 characters");
     let family = "👨‍👩‍👧‍👦";
     let line = line.replace(&emoji, family);

@@ -110,14 +110,22 @@ fn watchdog(target: &'static str, running: Running, done: Arc<AtomicBool>, limit
 
 /// Runs `cases` cases of `target` from `seed`; stops early after `max_findings` findings. A case
 /// running longer than `hang_limit` ends the process after writing its input to `hang_file`.
-pub fn run(target: &mut dyn Target, seed: u64, cases: u64, max_findings: usize, hang_limit: Duration, hang_file: PathBuf) -> Report {
+pub fn run(
+    target: &mut dyn Target,
+    seed: u64,
+    cases: u64,
+    max_findings: usize,
+    hang_limit: Duration,
+    hang_file: PathBuf,
+) -> Report {
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let mut report = Report { target: target.name(), ..Report::default() };
     let running: Running = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     watchdog(target.name(), running.clone(), done.clone(), hang_limit, hang_file);
-    let set_running = |now: Option<(u64, Instant, Vec<u8>)>| *running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = now;
+    let set_running =
+        |now: Option<(u64, Instant, Vec<u8>)>| *running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = now;
     for case in 0..cases {
         let input = target.input(&mut rng);
         set_running(Some((case, Instant::now(), input.clone())));
@@ -131,7 +139,10 @@ pub fn run(target: &mut dyn Target, seed: u64, cases: u64, max_findings: usize, 
             }
             Ok(Err(problem)) => problem,
             Err(panic) => {
-                let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
                 format!("panicked: {}", message.unwrap_or_default())
             }
         };
@@ -176,7 +187,11 @@ mod tests {
     fn the_driver_finds_planted_panics_and_broken_properties() {
         let hang = std::env::temp_dir().join("planted.hang");
         let report = run(&mut Planted, 7, 20_000, usize::MAX, Duration::from_secs(60), hang.clone());
-        assert!(report.findings.iter().any(|f| f.problem == "panicked: a NUL byte" && f.input.contains(&0)), "{}", report.summary());
+        assert!(
+            report.findings.iter().any(|f| f.problem == "panicked: a NUL byte" && f.input.contains(&0)),
+            "{}",
+            report.summary()
+        );
         assert!(report.findings.iter().any(|f| f.problem == "too long"), "{}", report.summary());
         assert!(report.outcomes["fine"] > 0);
         let again = run(&mut Planted, 7, 20_000, usize::MAX, Duration::from_secs(60), hang);

@@ -52,13 +52,19 @@ fn main() -> anyhow::Result<()> {
             println!("{name}: {:?}", target.check(&input));
             continue;
         }
-        let report = run(target.as_mut(), args.seed, args.cases, 100, Duration::from_secs(args.hang_seconds), hang_file);
+        let report =
+            run(target.as_mut(), args.seed, args.cases, 100, Duration::from_secs(args.hang_seconds), hang_file);
         println!("{}", report.summary());
         for finding in &report.findings {
             let stem = args.findings.join(format!("{name}-seed{}-case{}", args.seed, finding.case));
             std::fs::write(stem.with_extension("input"), &finding.input)?;
             std::fs::write(stem.with_extension("problem"), &finding.problem)?;
-            println!("  finding: case {}: {} (input in {})", finding.case, finding.problem.chars().take(300).collect::<String>(), stem.with_extension("input").display());
+            println!(
+                "  finding: case {}: {} (input in {})",
+                finding.case,
+                finding.problem.chars().take(300).collect::<String>(),
+                stem.with_extension("input").display()
+            );
         }
         found += report.findings.len();
     }

@@ -6,7 +6,9 @@ use convoflow_api::{ApiError, SqlRuntime};
 use convoflow_events::{normalize_webhook, parse_event, Event, Tenants};
 use convoflow_fixtures::{generate, GeneratorConfig, Rng};
 use convoflow_operators::LiveDataflow;
-use convoflow_queries::{query_runtime, report_sql, scope_to_tenant, Dialect, Report, ReportParams, ScopeError, SqlEngine};
+use convoflow_queries::{
+    query_runtime, report_sql, scope_to_tenant, Dialect, Report, ReportParams, ScopeError, SqlEngine,
+};
 use convoflow_sinks::{schema, table_batches, Rows, TABLES};
 use datafusion::sql::sqlparser::ast::{Query, Select, SelectItem, SetExpr, TableFactor, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::ClickHouseDialect;
@@ -87,7 +89,9 @@ impl Target for Canonical {
     fn check(&mut self, input: &[u8]) -> Result<String, String> {
         match parse_event(input) {
             Ok(event) => round_trip(&event).map(|()| "accepted".to_owned()),
-            Err(error) if error.field.is_empty() || error.problem.is_empty() => Err(format!("a rejection that names no field or problem: {error:?}")),
+            Err(error) if error.field.is_empty() || error.problem.is_empty() => {
+                Err(format!("a rejection that names no field or problem: {error:?}"))
+            }
             Err(error) => Ok(format!("rejected {}", error.field)),
         }
     }
@@ -137,22 +141,36 @@ impl Target for WhatsApp {
             Ok(batch) => batch,
             Err(error) => {
                 let message = error.to_string();
-                return if message.is_empty() { Err(format!("an error with no message: {error:?}")) } else { Ok(format!("refused {}", message.split(':').next().unwrap_or_default())) };
+                return if message.is_empty() {
+                    Err(format!("an error with no message: {error:?}"))
+                } else {
+                    Ok(format!("refused {}", message.split(':').next().unwrap_or_default()))
+                };
             }
         };
         let mut events = 0;
         for item in &batch.items {
             match item {
-                Ok(event) if event.tenant_id != "acme" => return Err(format!("an event for tenant `{}`, who owns no number", event.tenant_id)),
+                Ok(event) if event.tenant_id != "acme" => {
+                    return Err(format!("an event for tenant `{}`, who owns no number", event.tenant_id))
+                }
                 Ok(event) => {
                     round_trip(event)?;
                     events += 1;
                 }
-                Err(rejected) if rejected.reason.is_empty() => return Err("an item rejected without a reason".to_owned()),
+                Err(rejected) if rejected.reason.is_empty() => {
+                    return Err("an item rejected without a reason".to_owned())
+                }
                 Err(_) => {}
             }
         }
-        Ok(if events > 0 { "events".to_owned() } else if batch.items.is_empty() { "nothing".to_owned() } else { "rejected items".to_owned() })
+        Ok(if events > 0 {
+            "events".to_owned()
+        } else if batch.items.is_empty() {
+            "nothing".to_owned()
+        } else {
+            "rejected items".to_owned()
+        })
     }
 }
 
@@ -286,10 +304,13 @@ impl Target for Scoper {
         let scoped = match scope_to_tenant(&sql, "acme", DATABASE, TABLES) {
             Ok(scoped) => scoped,
             Err(ScopeError::Parse(_)) => return Ok("unreadable".to_owned()),
-            Err(ScopeError::Refused(why)) => return Ok(format!("refused {}", why.split('`').next().unwrap_or_default())),
+            Err(ScopeError::Refused(why)) => {
+                return Ok(format!("refused {}", why.split('`').next().unwrap_or_default()))
+            }
             Err(other) => return Ok(format!("refused {other}")),
         };
-        let statements = Parser::parse_sql(&ClickHouseDialect {}, &scoped).map_err(|error| format!("the scoped query does not parse ({error}): {scoped}"))?;
+        let statements = Parser::parse_sql(&ClickHouseDialect {}, &scoped)
+            .map_err(|error| format!("the scoped query does not parse ({error}): {scoped}"))?;
         let mut guarded = Guarded { problem: None };
         let _ = statements.visit(&mut guarded);
         match guarded.problem {
@@ -315,12 +336,20 @@ const MEMORY_BYTES: usize = 256 << 20;
 
 impl Sql {
     pub fn new() -> anyhow::Result<Self> {
-        let events: Vec<_> = traffic(600).iter().filter_map(|line| parse_event(line).ok()).enumerate().map(|(i, event)| (i as u64, Box::new(event))).collect();
+        let events: Vec<_> = traffic(600)
+            .iter()
+            .filter_map(|line| parse_event(line).ok())
+            .enumerate()
+            .map(|(i, event)| (i as u64, Box::new(event)))
+            .collect();
         let mut live = LiveDataflow::start(1, Arc::new(Tenants::default()))?;
         live.submit(events, 0)?;
         let output = live.next_output()?;
         live.shutdown()?;
-        let tables = table_batches(&output.tables, &output.rejected, Rows::Contents)?.into_iter().map(|table| (table.table, table.batches)).collect();
+        let tables = table_batches(&output.tables, &output.rejected, Rows::Contents)?
+            .into_iter()
+            .map(|table| (table.table, table.batches))
+            .collect();
         let engine = Arc::new(SqlEngine::over_batches(tables, query_runtime(MEMORY_BYTES)?)?);
         let driver = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(Sql { corpus: sql_corpus(Dialect::DataFusion), engine, queries: SqlRuntime::new(1, 1, 1)?, driver })
@@ -417,7 +446,15 @@ const FUNCTIONS: &[(Ty, &str, &[Ty])] = {
     ]
 };
 
-const SQL_TYPES: &[(Ty, &str)] = &[(Ty::Int, "BIGINT"), (Ty::Int, "TINYINT"), (Ty::Float, "DOUBLE"), (Ty::Text, "VARCHAR"), (Ty::Bool, "BOOLEAN"), (Ty::Time, "TIMESTAMP"), (Ty::Float, "DECIMAL(38, 10)")];
+const SQL_TYPES: &[(Ty, &str)] = &[
+    (Ty::Int, "BIGINT"),
+    (Ty::Int, "TINYINT"),
+    (Ty::Float, "DOUBLE"),
+    (Ty::Text, "VARCHAR"),
+    (Ty::Bool, "BOOLEAN"),
+    (Ty::Time, "TIMESTAMP"),
+    (Ty::Float, "DECIMAL(38, 10)"),
+];
 
 fn literal(rng: &mut Rng, ty: Ty) -> String {
     let pick = |rng: &mut Rng, options: &[&str]| (*rng.pick(options)).to_owned();
@@ -430,7 +467,22 @@ fn literal(rng: &mut Rng, ty: Ty) -> String {
         Ty::Float => pick(rng, &["0.5", "1e308", "-1e308", "0.0", "'NaN'::DOUBLE", "'inf'::DOUBLE", "NULL", "3.25"]),
         Ty::Text => match rng.below(5) {
             0 => format!("'{}'", "x".repeat(rng.below(5_000) as usize)),
-            _ => pick(rng, &["''", "'%'", "'(a|b)*c'", "'é👍'", "'day'", "'hour'", "',' ", "'base64'", "'2026-02-02T09:00:00Z'", "'g'", "NULL"]),
+            _ => pick(
+                rng,
+                &[
+                    "''",
+                    "'%'",
+                    "'(a|b)*c'",
+                    "'é👍'",
+                    "'day'",
+                    "'hour'",
+                    "',' ",
+                    "'base64'",
+                    "'2026-02-02T09:00:00Z'",
+                    "'g'",
+                    "NULL",
+                ],
+            ),
         },
         Ty::Bool => pick(rng, &["true", "false", "NULL"]),
         Ty::Time => pick(rng, &["TIMESTAMP '2026-02-02 09:00:00'", "now()", "to_timestamp(0)", "NULL"]),
@@ -480,7 +532,11 @@ fn expression(rng: &mut Rng, columns: &[(String, Ty)], ty: Ty, depth: u32) -> St
             Ty::Bool => {
                 let operand = *rng.pick(&[Ty::Int, Ty::Text, Ty::Time, Ty::Float]);
                 let (a, b) = (sub(rng, operand), sub(rng, operand));
-                let op = if operand == Ty::Text && rng.chance(0.3) { "LIKE" } else { *rng.pick(&["=", "<>", "<", ">=", "IS DISTINCT FROM"]) };
+                let op = if operand == Ty::Text && rng.chance(0.3) {
+                    "LIKE"
+                } else {
+                    *rng.pick(&["=", "<>", "<", ">=", "IS DISTINCT FROM"])
+                };
                 format!("({a} {op} {b})")
             }
             Ty::Time => format!("({} + INTERVAL '1 day')", sub(rng, ty)),
@@ -505,7 +561,13 @@ const AGGREGATES: &[(&str, Ty)] = &[
 fn query(rng: &mut Rng) -> String {
     let table = *rng.pick(TABLES);
     let columns: Vec<(String, Ty)> = schema(table)
-        .map(|schema| schema.fields().iter().filter_map(|field| ty_of(field.data_type()).map(|ty| (format!("t.{}", field.name()), ty))).collect())
+        .map(|schema| {
+            schema
+                .fields()
+                .iter()
+                .filter_map(|field| ty_of(field.data_type()).map(|ty| (format!("t.{}", field.name()), ty)))
+                .collect()
+        })
         .unwrap_or_default();
     let aggregate = rng.chance(0.3);
     let mut items = Vec::new();
@@ -561,11 +623,16 @@ impl Target for Sql {
         let sql = String::from_utf8_lossy(input).into_owned();
         let engine = self.engine.clone();
         let query = async move {
-            engine.query_limited(&sql, MAX_ROWS, MAX_RESULT_BYTES).await.map_err(|error| ApiError::bad_request("bad_query", error.to_string()))
+            engine
+                .query_limited(&sql, MAX_ROWS, MAX_RESULT_BYTES)
+                .await
+                .map_err(|error| ApiError::bad_request("bad_query", error.to_string()))
         };
         match self.driver.block_on(self.queries.run("fuzz", Duration::from_secs(3), query)) {
             Ok(collected) => Ok(if collected.truncated { "rows, truncated" } else { "rows" }.to_owned()),
-            Err(error) if error.status.is_server_error() => Err(format!("{} {}: {}", error.status, error.code, error.message)),
+            Err(error) if error.status.is_server_error() => {
+                Err(format!("{} {}: {}", error.status, error.code, error.message))
+            }
             Err(error) => Ok(format!("{} {}", error.code, error.message.split([':', '(']).next().unwrap_or_default())),
         }
     }

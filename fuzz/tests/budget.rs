@@ -14,7 +14,11 @@ fn fuzz(target: &mut dyn Target, cases: u64) {
         .iter()
         .map(|finding| {
             let input: String = String::from_utf8_lossy(&finding.input).chars().take(400).collect();
-            format!("case {}: {}\n  input: {input}", finding.case, finding.problem.chars().take(600).collect::<String>())
+            format!(
+                "case {}: {}\n  input: {input}",
+                finding.case,
+                finding.problem.chars().take(600).collect::<String>()
+            )
         })
         .collect();
     assert!(report.findings.is_empty(), "{}\n{}", report.summary(), shown.join("\n"));

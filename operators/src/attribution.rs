@@ -124,8 +124,14 @@ pub fn weights(model: AttributionModel, touches: &[&Touch], conversion_ts: i64, 
     weights
 }
 
-pub fn derive_attribution(tenant_id: &str, contact_id: &str, journey: &ContactJourney, settings: AttributionSettings) -> Vec<AttributionRow> {
-    let touches: Vec<&Touch> = journey.touches.iter().filter(|(_, count)| **count > 0).map(|(touch, _)| touch).collect();
+pub fn derive_attribution(
+    tenant_id: &str,
+    contact_id: &str,
+    journey: &ContactJourney,
+    settings: AttributionSettings,
+) -> Vec<AttributionRow> {
+    let touches: Vec<&Touch> =
+        journey.touches.iter().filter(|(_, count)| **count > 0).map(|(touch, _)| touch).collect();
     let mut rows = Vec::new();
     for conversion in &journey.conversions {
         let end = touches.partition_point(|t| t.ts <= conversion.ts);

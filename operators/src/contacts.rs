@@ -50,7 +50,11 @@ impl ContactState {
 pub enum ContactOutput {
     Row(ContactRow),
     /// Member of `cohort_week`; with `Some(k)`, also wrote in week offset k.
-    Cohort { tenant_id: String, cohort_week: i32, week_offset: Option<i32> },
+    Cohort {
+        tenant_id: String,
+        cohort_week: i32,
+        week_offset: Option<i32>,
+    },
 }
 
 pub fn derive_contact(tenant_id: &str, contact_id: &str, state: &ContactState) -> Vec<ContactOutput> {
@@ -92,7 +96,9 @@ pub fn contact_record(event: &Event, local: &LocalTime) -> Option<(ContactKey, C
     Some(((event.tenant_id.clone(), event.contact_id.clone()?), message))
 }
 
-pub fn contacts<'s>(keyed: StreamVec<'s, u64, (ContactKey, ContactMessage)>) -> StreamVec<'s, u64, (ContactOutput, i64)> {
+pub fn contacts<'s>(
+    keyed: StreamVec<'s, u64, (ContactKey, ContactMessage)>,
+) -> StreamVec<'s, u64, (ContactOutput, i64)> {
     reduce(
         keyed,
         "Contacts",

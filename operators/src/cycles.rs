@@ -61,7 +61,9 @@ pub fn derive_cycles(tenant_id: &str, conversation_id: &str, events: &[ThreadEve
                     }
                     Step::Sent(sender) => {
                         cycle.outbound_count += 1;
-                        if let (Sender::Agent, Some(inbound), None) = (sender, cycle.first_inbound_ts, cycle.first_response_ts) {
+                        if let (Sender::Agent, Some(inbound), None) =
+                            (sender, cycle.first_inbound_ts, cycle.first_response_ts)
+                        {
                             cycle.first_response_ts = Some(event.ts);
                             cycle.first_response_ms = Some(event.ts - inbound);
                             cycle.first_response_agent_id = event.agent_id.clone();

@@ -46,7 +46,9 @@ pub fn dedup<'s>(events: StreamVec<'s, u64, Positioned>) -> StreamVec<'s, u64, A
                             vacant.insert(print);
                             Admission::Accepted(event)
                         }
-                        std::collections::hash_map::Entry::Occupied(first) if *first.get() == print => Admission::Duplicate,
+                        std::collections::hash_map::Entry::Occupied(first) if *first.get() == print => {
+                            Admission::Duplicate
+                        }
                         std::collections::hash_map::Entry::Occupied(_) => Admission::Conflicting(event),
                     };
                     session.give(admission);

@@ -35,7 +35,8 @@ impl Ordered for FunnelEvent {
 
 /// The funnel record of an event that fits a step of one of its tenant's funnels.
 pub fn funnel_record(event: &Event, tenants: &Tenants) -> Option<((String, String), FunnelEvent)> {
-    let concerned = tenants.funnels(&event.tenant_id).iter().any(|f| f.concerns(event.kind, event.sender, event.name.as_deref()));
+    let concerned =
+        tenants.funnels(&event.tenant_id).iter().any(|f| f.concerns(event.kind, event.sender, event.name.as_deref()));
     if !concerned {
         return None;
     }
@@ -101,7 +102,11 @@ fn funnel_rows(tenant_id: &str, contact_id: &str, funnel: &Funnel, events: &[Fun
 
 pub fn derive_funnels(tenant_id: &str, contact_id: &str, events: &[FunnelEvent], tenants: &Tenants) -> Vec<FunnelRow> {
     let zone = tenants.timezone(tenant_id);
-    tenants.funnels(tenant_id).iter().flat_map(|funnel| funnel_rows(tenant_id, contact_id, funnel, events, zone)).collect()
+    tenants
+        .funnels(tenant_id)
+        .iter()
+        .flat_map(|funnel| funnel_rows(tenant_id, contact_id, funnel, events, zone))
+        .collect()
 }
 
 pub fn funnel_progress<'s>(
@@ -112,6 +117,8 @@ pub fn funnel_progress<'s>(
         keyed,
         "FunnelProgress",
         |events: &mut Vec<FunnelEvent>, event| insert_ordered(events, event),
-        move |(tenant_id, contact_id): &(String, String), events| derive_funnels(tenant_id, contact_id, events, &tenants),
+        move |(tenant_id, contact_id): &(String, String), events| {
+            derive_funnels(tenant_id, contact_id, events, &tenants)
+        },
     )
 }

@@ -6,8 +6,8 @@
 //! so a redelivered message is absorbed as duplicates and changes no table.
 
 use crate::dedup::Positioned;
-use crate::runtime::{attach, conflict_row, RuntimeError, WorkerOutput};
 use crate::rows::RejectedRow;
+use crate::runtime::{attach, conflict_row, RuntimeError, WorkerOutput};
 use crate::tables::TableSet;
 use convoflow_events::Tenants;
 use std::collections::BTreeMap;
@@ -117,7 +117,8 @@ impl LiveDataflow {
             }
             let WorkerDone { epoch, output } = self.done.recv().map_err(|_| self.failure())?;
             let received_at = self.received_at.get(&epoch).copied().unwrap_or_default();
-            let (count, merged) = self.pending.entry(epoch).or_insert_with(|| (0, EpochOutput { epoch, ..EpochOutput::default() }));
+            let (count, merged) =
+                self.pending.entry(epoch).or_insert_with(|| (0, EpochOutput { epoch, ..EpochOutput::default() }));
             *count += 1;
             merged.tables.merge(output.tables);
             merged.rejected.extend(output.conflicts.iter().map(|event| conflict_row(event, received_at)));

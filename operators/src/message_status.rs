@@ -35,12 +35,16 @@ pub fn derive_message_status(tenant_id: &str, message_id: &str, events: &[Messag
     let send = first_send(events);
     let status = first_status(events, |_| true);
     let origin = send.or(status)?;
-    let field = |get: fn(&MessageEvent) -> &Option<String>| get(origin).clone().or_else(|| status.and_then(|s| get(s).clone()));
+    let field =
+        |get: fn(&MessageEvent) -> &Option<String>| get(origin).clone().or_else(|| status.and_then(|s| get(s).clone()));
     let (sender, agent_id, campaign_id) = match send.map(|s| &s.part) {
-        Some(MessagePart::Sent { sender, agent_id, campaign_id }) => (Some(*sender), agent_id.clone(), campaign_id.clone()),
+        Some(MessagePart::Sent { sender, agent_id, campaign_id }) => {
+            (Some(*sender), agent_id.clone(), campaign_id.clone())
+        }
         _ => (None, None, None),
     };
-    let delivered_ts = first_status(events, |s| matches!(s, Status::Delivered | Status::Read | Status::Played)).map(|e| e.ts);
+    let delivered_ts =
+        first_status(events, |s| matches!(s, Status::Delivered | Status::Read | Status::Played)).map(|e| e.ts);
     let read_ts = first_status(events, |s| matches!(s, Status::Read | Status::Played)).map(|e| e.ts);
     let failed = first_status(events, |s| s == Status::Failed);
     let error_code = match failed.map(|e| &e.part) {
@@ -72,6 +76,8 @@ pub fn derive_message_status(tenant_id: &str, message_id: &str, events: &[Messag
 }
 
 /// Input of the per-contact stage.
+// Rows are most of the records; boxing them would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ContactStatusInput {
     /// A message's row from the first stage, inserted (+1) or retracted (−1).
@@ -124,7 +130,10 @@ pub fn message_status<'s>(
                 .rows
                 .iter()
                 .filter(|(_, count)| **count > 0)
-                .map(|(row, _)| MessageStatusRow { replied: row.sent_ts.is_some_and(|sent| contact.replied(sent)), ..row.clone() })
+                .map(|(row, _)| MessageStatusRow {
+                    replied: row.sent_ts.is_some_and(|sent| contact.replied(sent)),
+                    ..row.clone()
+                })
                 .collect()
         },
     )

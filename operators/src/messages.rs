@@ -73,12 +73,26 @@ pub enum MessageOutput {
     Status(MessageStatusRow),
     Reaction(ReactionRow),
     /// A campaign send that did not end failed, as a touch of `(tenant_id, contact_id)`.
-    CampaignTouch { tenant_id: String, contact_id: String, touch: Touch },
+    CampaignTouch {
+        tenant_id: String,
+        contact_id: String,
+        touch: Touch,
+    },
     /// A send in the local hour `hour_start` of business sender `session_id`.
-    SenderSend { tenant_id: String, session_id: String, hour_start: i64, failed: bool },
+    SenderSend {
+        tenant_id: String,
+        session_id: String,
+        hour_start: i64,
+        failed: bool,
+    },
 }
 
-pub fn derive_message(tenant_id: &str, message_id: &str, events: &[MessageEvent], tenants: &Tenants) -> Vec<MessageOutput> {
+pub fn derive_message(
+    tenant_id: &str,
+    message_id: &str,
+    events: &[MessageEvent],
+    tenants: &Tenants,
+) -> Vec<MessageOutput> {
     let mut outputs: Vec<MessageOutput> =
         derive_reactions(tenant_id, message_id, events).into_iter().map(MessageOutput::Reaction).collect();
     let Some(row) = derive_message_status(tenant_id, message_id, events) else { return outputs };
@@ -108,7 +122,10 @@ pub fn derive_message(tenant_id: &str, message_id: &str, events: &[MessageEvent]
     outputs
 }
 
-pub fn messages<'s>(keyed: StreamVec<'s, u64, (MessageKey, MessageEvent)>, tenants: Arc<Tenants>) -> StreamVec<'s, u64, (MessageOutput, i64)> {
+pub fn messages<'s>(
+    keyed: StreamVec<'s, u64, (MessageKey, MessageEvent)>,
+    tenants: Arc<Tenants>,
+) -> StreamVec<'s, u64, (MessageOutput, i64)> {
     reduce(
         keyed,
         "Messages",

@@ -39,7 +39,9 @@ pub fn derive_reactions(tenant_id: &str, message_id: &str, events: &[MessageEven
         }
     }
     let (sender, agent_id, campaign_id) = match first_send(events).map(|e| &e.part) {
-        Some(MessagePart::Sent { sender, agent_id, campaign_id }) => (Some(*sender), agent_id.clone(), campaign_id.clone()),
+        Some(MessagePart::Sent { sender, agent_id, campaign_id }) => {
+            (Some(*sender), agent_id.clone(), campaign_id.clone())
+        }
         _ => (None, None, None),
     };
     latest

@@ -9,10 +9,10 @@ use convoflow_events::{Event, Tenants};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Probe;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 /// Epochs a worker may run ahead of the slowest operator before it waits; bounds memory.
@@ -53,7 +53,7 @@ pub(crate) struct WorkerOutput {
     pub tables: TableSet,
     pub rejected: Vec<RejectedRow>,
     /// Copies refused as conflicting duplicates; made into `rejected` rows by the caller.
-    pub conflicts: Vec<Box<Event>>,
+    pub conflicts: Vec<Event>,
     pub duplicates: u64,
     pub lines: u64,
 }
@@ -91,7 +91,7 @@ pub(crate) fn attach(
                     input.for_each(|_, data| {
                         for admission in data.drain(..) {
                             match admission {
-                                Admission::Conflicting(event) => out.conflicts.push(event),
+                                Admission::Conflicting(event) => out.conflicts.push(*event),
                                 Admission::Duplicate => out.duplicates += 1,
                                 Admission::Accepted(_) => {}
                             }
@@ -118,7 +118,7 @@ where
         for mut batch in source(worker.index(), worker.peers()) {
             {
                 let mut out = collected.borrow_mut();
-                out.rejected.extend(batch.rejected.drain(..));
+                out.rejected.append(&mut batch.rejected);
                 out.lines += batch.lines;
             }
             input.send_batch(&mut batch.events);

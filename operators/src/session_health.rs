@@ -41,7 +41,11 @@ pub enum SessionInput {
     /// Any other event carrying the `session_id`, at this ts.
     Seen(i64),
     /// A send of the sender's (from `messages.rs`) in the local hour starting `hour_start`.
-    Send { hour_start: i64, failed: bool, diff: i64 },
+    Send {
+        hour_start: i64,
+        failed: bool,
+        diff: i64,
+    },
 }
 
 #[derive(Default)]
@@ -82,7 +86,9 @@ impl SenderTimeline {
 pub fn session_record(event: &Event) -> Option<((String, String), SessionInput)> {
     let key = (event.tenant_id.clone(), event.session_id.clone()?);
     let input = match (event.kind, event.state) {
-        (EventType::SessionStatus, Some(state)) => SessionInput::State(StateChange { ts: event.ts, event_id: event.event_id.clone(), state }),
+        (EventType::SessionStatus, Some(state)) => {
+            SessionInput::State(StateChange { ts: event.ts, event_id: event.event_id.clone(), state })
+        }
         _ => SessionInput::Seen(event.ts),
     };
     Some((key, input))
@@ -90,7 +96,11 @@ pub fn session_record(event: &Event) -> Option<((String, String), SessionInput)>
 
 fn next_hour_start(zone: Tz, hour_start: i64) -> i64 {
     let next = local_time(zone, hour_start + HOUR_MS).hour_start_ms;
-    if next > hour_start { next } else { hour_start + HOUR_MS }
+    if next > hour_start {
+        next
+    } else {
+        hour_start + HOUR_MS
+    }
 }
 
 fn is_up(state: Option<SessionState>) -> bool {
@@ -105,7 +115,12 @@ fn health_score(up_ms: i64, hour_ms: i64, sent: i64, failed: i64) -> i32 {
     ((2 * numerator + denominator) / (2 * denominator)) as i32
 }
 
-pub fn derive_session_health(tenant_id: &str, session_id: &str, timeline: &SenderTimeline, zone: Tz) -> Vec<SessionHealthRow> {
+pub fn derive_session_health(
+    tenant_id: &str,
+    session_id: &str,
+    timeline: &SenderTimeline,
+    zone: Tz,
+) -> Vec<SessionHealthRow> {
     let (Some(first_seen), Some(last_seen)) = (timeline.first_seen, timeline.last_seen) else { return Vec::new() };
     let (first, last) = (local_time(zone, first_seen).hour_start_ms, local_time(zone, last_seen).hour_start_ms);
 

@@ -45,7 +45,6 @@ impl ThreadEvent {
             agent_id: event.agent_id.clone(),
         })
     }
-
 }
 
 impl Ordered for ThreadEvent {
@@ -88,7 +87,8 @@ pub fn threads<'s>(keyed: StreamVec<'s, u64, (ThreadKey, ThreadEvent)>) -> Strea
         "Threads",
         |thread: &mut Thread, event| thread.insert(event),
         |(tenant_id, conversation_id): &ThreadKey, thread| {
-            let responses = derive_responses(tenant_id, conversation_id, &thread.events).into_iter().map(ThreadRow::Response);
+            let responses =
+                derive_responses(tenant_id, conversation_id, &thread.events).into_iter().map(ThreadRow::Response);
             let cycles = derive_cycles(tenant_id, conversation_id, &thread.events).into_iter().map(ThreadRow::Cycle);
             responses.chain(cycles).collect()
         },

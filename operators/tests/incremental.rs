@@ -127,7 +127,9 @@ fn a_late_failed_status_retracts_the_campaign_touch_and_reweights_the_conversion
             .iter()
             .filter(|(time, _)| *time == epoch)
             .filter_map(|(_, u)| match u {
-                Update::Attribution(row, diff) if row.model.as_str() == "linear" => Some((row.touch_event_id.clone(), row.weight.0, *diff)),
+                Update::Attribution(row, diff) if row.model.as_str() == "linear" => {
+                    Some((row.touch_event_id.clone(), row.weight.0, *diff))
+                }
                 _ => None,
             })
             .collect();

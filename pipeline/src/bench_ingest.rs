@@ -83,7 +83,11 @@ fn traffic(events: u64, seed: u64) -> Result<Vec<String>, BenchError> {
     let run = format!("\"event_id\":\"b{}-", crate::replay::now_ms());
     let text = String::from_utf8_lossy(&bytes);
     // Invalid lines are left out: the benchmark measures the accepted path.
-    Ok(text.lines().filter(|line| line.contains("\"event_id\":\"")).map(|line| line.replacen("\"event_id\":\"", &run, 1)).collect())
+    Ok(text
+        .lines()
+        .filter(|line| line.contains("\"event_id\":\""))
+        .map(|line| line.replacen("\"event_id\":\"", &run, 1))
+        .collect())
 }
 
 pub async fn run_bench(options: BenchOptions) -> Result<BenchReport, BenchError> {
@@ -130,7 +134,8 @@ pub async fn run_bench(options: BenchOptions) -> Result<BenchReport, BenchError>
     let mut senders = Vec::new();
     for _ in 0..options.concurrency.max(1) {
         let (client, batches, next, timeline) = (client.clone(), batches.clone(), next.clone(), timeline.clone());
-        let (url, key, rate, batch) = (format!("{}/v1/events", options.url), options.key.clone(), options.rate, options.batch.max(1));
+        let (url, key, rate, batch) =
+            (format!("{}/v1/events", options.url), options.key.clone(), options.rate, options.batch.max(1));
         senders.push(tokio::spawn(async move {
             let mut sent = 0u64;
             let mut accepted = 0u64;

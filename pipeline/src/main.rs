@@ -6,10 +6,10 @@ use convoflow_events::{rfc3339_to_ms, Tenants};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
 use convoflow_pipeline::bench_ingest::{run_bench, BenchOptions};
 use convoflow_pipeline::replay::{now_ms, read_inputs, replay, thousands, ReplayOptions};
-use convoflow_pipeline::whatsapp_input::normalize_files;
 use convoflow_pipeline::scaled::{run_scaled, ScaledOptions};
 use convoflow_pipeline::serve::config::{Overrides, ServeConfig};
 use convoflow_pipeline::serve::run_serve;
+use convoflow_pipeline::whatsapp_input::normalize_files;
 use convoflow_queries::{clickhouse_query, format_batches, OutputFormat, SqlEngine};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseStore};
 use std::io::Write;
@@ -224,7 +224,9 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("--format whatsapp works with the embedded store only so far (leave out --nats)");
             }
             let since_ms = since
-                .map(|text| rfc3339_to_ms(&text).with_context(|| format!("--since `{text}` is not an RFC 3339 instant")))
+                .map(|text| {
+                    rfc3339_to_ms(&text).with_context(|| format!("--since `{text}` is not an RFC 3339 instant"))
+                })
                 .transpose()?;
             let clickhouse = clickhouse.map(|url| ClickHouseConfig::parse(&url)).transpose()?;
             let options = ScaledOptions {

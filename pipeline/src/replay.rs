@@ -102,7 +102,8 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputFile>, ReplayError> {
     paths
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path).map_err(|source| ReplayError::Input { path: path.display().to_string(), source })?;
+            let bytes = std::fs::read(path)
+                .map_err(|source| ReplayError::Input { path: path.display().to_string(), source })?;
             Ok(InputFile { name: display_name(path), bytes })
         })
         .collect()
@@ -155,7 +156,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

@@ -10,8 +10,8 @@
 
 use crate::bus::jetstream::{Consumer, Delivery, JetStreamBus, JetStreamConfig, PublishStats};
 use crate::bus::{batch_file, parse_messages, BusError};
-use crate::retry::{retry_for, until_done};
 use crate::replay::{now_ms, read_inputs, replay, thousands, ReplayError, ReplayOptions, ReplaySummary};
+use crate::retry::{retry_for, until_done};
 use crate::source::InputFile;
 use convoflow_events::{Event, Tenants};
 use convoflow_operators::{EpochOutput, LiveDataflow, RejectedRow, RuntimeError, TableSet};
@@ -26,7 +26,11 @@ use std::time::{Duration, Instant};
 pub const FETCH_MESSAGES: usize = 128;
 
 fn epoch_messages() -> usize {
-    std::env::var("CONVOFLOW_EPOCH_MESSAGES").ok().and_then(|text| text.parse().ok()).filter(|n| *n > 0).unwrap_or(FETCH_MESSAGES)
+    std::env::var("CONVOFLOW_EPOCH_MESSAGES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(FETCH_MESSAGES)
 }
 
 /// Stored events per epoch while rebuilding operator state.
@@ -143,17 +147,33 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
 
     match &options.clickhouse {
         Some(config) => {
-            let store = retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(config)).await?;
+            let store =
+                retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(config))
+                    .await?;
             summary.target = format!("ClickHouse {} at {}, database {}", store.version(), config.url, config.database);
             let stream = summary.stream.clone();
-            summary.consume =
-                consume_into_clickhouse(&mut consumer, &store, &stream, options.tenants, options.workers, &publishing_done).await?;
+            summary.consume = consume_into_clickhouse(
+                &mut consumer,
+                &store,
+                &stream,
+                options.tenants,
+                options.workers,
+                &publishing_done,
+            )
+            .await?;
             let publish = published(publisher.await)?;
             // Invalid lines never reach the stream; the publisher's rejections are stored directly.
             if !publish.rejected.is_empty() {
                 let epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
                 let empty = TableSet::default();
-                let commit = Commit { epoch, tables: &empty, rejected: &publish.rejected, first_position: 0, last_position: 0, input: None };
+                let commit = Commit {
+                    epoch,
+                    tables: &empty,
+                    rejected: &publish.rejected,
+                    first_position: 0,
+                    last_position: 0,
+                    input: None,
+                };
                 summary.consume.rows += until_done("commit rejected lines", || store.commit(&commit)).await.rows;
                 summary.consume.rejected += publish.rejected.len() as u64;
                 summary.consume.commits += 1;
@@ -229,7 +249,8 @@ async fn commit_then_ack(store: &ClickHouseStore, finished: Finished, stats: &mu
     let Finished { epoch, output, rejected, deliveries } = finished;
     let first_position = deliveries.iter().map(|d| d.sequence).min().unwrap_or(0);
     let last_position = deliveries.iter().map(|d| d.sequence).max().unwrap_or(0);
-    let commit = Commit { epoch, tables: &output.tables, rejected: &rejected, first_position, last_position, input: None };
+    let commit =
+        Commit { epoch, tables: &output.tables, rejected: &rejected, first_position, last_position, input: None };
     let written = until_done("commit an epoch", || store.commit(&commit)).await;
     stats.messages += deliveries.len() as u64;
     futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await;

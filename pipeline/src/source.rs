@@ -103,7 +103,12 @@ impl Iterator for WorkerSource {
 }
 
 /// Builds the per-worker sources over `files`, handing each worker a share of `stored`.
-pub fn worker_sources(files: Vec<InputFile>, stored: Vec<Event>, workers: usize, received_at: i64) -> Vec<WorkerSource> {
+pub fn worker_sources(
+    files: Vec<InputFile>,
+    stored: Vec<Event>,
+    workers: usize,
+    received_at: i64,
+) -> Vec<WorkerSource> {
     let workers = workers.max(1);
     let files = Arc::new(files);
     let stored_epochs = stored.len().div_ceil(workers * BATCH_LINES).max(1);

@@ -24,7 +24,13 @@ pub fn normalize_files(files: Vec<InputFile>, tenants: &Tenants, received_at: i6
             out.bodies += 1;
             let source = format!("{}:{}", file.name, line.number);
             match normalize_webhook(line.bytes, &tenant_of) {
-                Err(error) => out.rejected.push(RejectedRow::new(None, received_at, format!("webhook: {error}"), line.bytes, source)),
+                Err(error) => out.rejected.push(RejectedRow::new(
+                    None,
+                    received_at,
+                    format!("webhook: {error}"),
+                    line.bytes,
+                    source,
+                )),
                 Ok(batch) => {
                     out.skipped += batch.skipped.len() as u64;
                     for item in batch.items {
@@ -57,8 +63,11 @@ mod tests {
 
     #[test]
     fn bodies_become_canonical_lines_of_the_numbers_tenant() {
-        let tenants = Tenants::from_json(r#"[{"tenant_id":"acme","phone_number_ids":["118273645501234"]}]"#).expect("tenants");
-        let fixture = |name: &str| std::fs::read(format!("{}/../fixtures/webhooks/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture");
+        let tenants =
+            Tenants::from_json(r#"[{"tenant_id":"acme","phone_number_ids":["118273645501234"]}]"#).expect("tenants");
+        let fixture = |name: &str| {
+            std::fs::read(format!("{}/../fixtures/webhooks/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+        };
         let mut bytes = fixture("inbound_text.json").trim_ascii_end().to_vec();
         bytes.push(b'\n');
         bytes.extend_from_slice(b"{not json\n");
@@ -70,7 +79,11 @@ mod tests {
         assert_eq!(normalized.rejected.len(), 1);
         assert_eq!(normalized.rejected[0].source, "hooks.ndjson:2");
 
-        let nobody = normalize_files(vec![InputFile { name: "x".to_owned(), bytes: fixture("inbound_text.json") }], &Tenants::default(), 0);
+        let nobody = normalize_files(
+            vec![InputFile { name: "x".to_owned(), bytes: fixture("inbound_text.json") }],
+            &Tenants::default(),
+            0,
+        );
         assert_eq!((nobody.events, nobody.skipped), (0, 1), "a number no tenant lists is skipped");
     }
 }

@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-
 fn convoflow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_convoflow")).args(args).output().expect("convoflow runs")
 }
@@ -127,7 +126,8 @@ fn bad_lines_are_rejected_with_reasons_and_the_run_completes() {
 
     let json = ok(&["sql", "--data", &data, "--format", "json", "SELECT source, reason FROM rejected"]);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json rows");
-    let rejected: Vec<String> = rows.iter().map(|r| format!("{},{}", r["source"].as_str().unwrap(), r["reason"].as_str().unwrap())).collect();
+    let rejected: Vec<String> =
+        rows.iter().map(|r| format!("{},{}", r["source"].as_str().unwrap(), r["reason"].as_str().unwrap())).collect();
     let expected_prefixes = [
         ("bad.ndjson:2", "json: malformed JSON"),
         ("bad.ndjson:3", "contact_id: required for message.received"),
@@ -151,15 +151,23 @@ fn stored_events_win_over_a_later_conflicting_copy() {
     let dir = tempfile::tempdir().unwrap();
     let data = path(dir.path(), "data");
     let (first, second) = (path(dir.path(), "a.ndjson"), path(dir.path(), "b.ndjson"));
-    std::fs::write(&first, r#"{"event_id":"x","tenant_id":"t","ts":5,"type":"touch","contact_id":"c","channel":"ad"}"#).unwrap();
-    std::fs::write(&second, r#"{"event_id":"x","tenant_id":"t","ts":5,"type":"touch","contact_id":"c","channel":"web"}"#).unwrap();
+    std::fs::write(&first, r#"{"event_id":"x","tenant_id":"t","ts":5,"type":"touch","contact_id":"c","channel":"ad"}"#)
+        .unwrap();
+    std::fs::write(
+        &second,
+        r#"{"event_id":"x","tenant_id":"t","ts":5,"type":"touch","contact_id":"c","channel":"web"}"#,
+    )
+    .unwrap();
     ok(&["replay", "--input", &first, "--data", &data]);
     for _ in 0..2 {
         let summary = ok(&["replay", "--input", &second, "--data", &data]);
         assert_eq!(summary_count(&summary, "rejected"), 1, "{summary}");
     }
     assert_eq!(dump(&data, "SELECT channel FROM events"), ["channel", "ad"]);
-    assert_eq!(dump(&data, "SELECT count(*) AS n FROM rejected WHERE reason LIKE 'conflicting_duplicate%'"), ["n", "1"]);
+    assert_eq!(
+        dump(&data, "SELECT count(*) AS n FROM rejected WHERE reason LIKE 'conflicting_duplicate%'"),
+        ["n", "1"]
+    );
 }
 
 #[test]
@@ -196,7 +204,8 @@ fn generate_is_deterministic_for_a_seed() {
 
 /// The report SQL documented in docs/REPORTS.md for the embedded store, block by block.
 fn documented_report_sql() -> Vec<(String, String)> {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/REPORTS.md")).expect("docs/REPORTS.md");
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/REPORTS.md"))
+        .expect("docs/REPORTS.md");
     let mut reports = Vec::new();
     let mut name = String::new();
     let mut lines = doc.lines();
@@ -204,7 +213,8 @@ fn documented_report_sql() -> Vec<(String, String)> {
         if let Some(heading) = line.strip_prefix("## ") {
             name = heading.to_owned();
         } else if line.starts_with("Embedded store (DataFusion)") {
-            let sql: Vec<&str> = lines.by_ref().skip_while(|l| *l != "```sql").skip(1).take_while(|l| *l != "```").collect();
+            let sql: Vec<&str> =
+                lines.by_ref().skip_while(|l| *l != "```sql").skip(1).take_while(|l| *l != "```").collect();
             reports.push((name.clone(), sql.join("\n")));
         }
     }
@@ -218,7 +228,12 @@ fn every_documented_report_runs_through_convoflow_sql() {
     let data = path(dir.path(), "data");
     ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &data]);
     let reports = documented_report_sql();
-    assert_eq!(reports.len(), 14, "every SPEC §7 metric: {:?}", reports.iter().map(|(name, _)| name).collect::<Vec<_>>());
+    assert_eq!(
+        reports.len(),
+        14,
+        "every SPEC §7 metric: {:?}",
+        reports.iter().map(|(name, _)| name).collect::<Vec<_>>()
+    );
     for (name, sql) in reports {
         let rows = dump(&data, &sql);
         assert!(rows.len() > 1, "report {name} has rows for acme_retail in January: {rows:?}");
@@ -239,7 +254,8 @@ fn generated_traffic_gives_every_table_meaningful_rows() {
     let number = |query: &str| column(&data, query).first().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
 
     // Contacts drop out of the default funnel at every step, and a configured funnel has rows.
-    let stops = column(&data, "SELECT furthest_step FROM funnel_progress WHERE funnel_id = 'default' GROUP BY furthest_step");
+    let stops =
+        column(&data, "SELECT furthest_step FROM funnel_progress WHERE funnel_id = 'default' GROUP BY furthest_step");
     assert_eq!(stops, ["1", "2", "3", "4", "5"]);
     assert!(number("SELECT count(*) FROM funnel_progress WHERE funnel_id = 'campaign_to_purchase'") > 0);
 
@@ -265,7 +281,10 @@ fn generated_traffic_gives_every_table_meaningful_rows() {
     assert!(number("SELECT count(*) FROM message_status WHERE replied") > 0);
 
     // Reactions to agent, bot and campaign messages, of every sentiment.
-    assert_eq!(column(&data, "SELECT DISTINCT sender FROM reactions WHERE sender IS NOT NULL"), ["agent", "bot", "campaign"]);
+    assert_eq!(
+        column(&data, "SELECT DISTINCT sender FROM reactions WHERE sender IS NOT NULL"),
+        ["agent", "bot", "campaign"]
+    );
     assert_eq!(column(&data, "SELECT DISTINCT sentiment FROM reactions"), ["negative", "neutral", "positive"]);
 
     // Senders that disconnect (uptime < 1) and get blocked (score 0 while partly up).
@@ -279,7 +298,9 @@ fn whatsapp_webhook_bodies_replay_into_the_tables_of_their_numbers_tenant() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/webhooks");
     // One POST body per line; the same status lifecycle (sent … played) twice: Meta redelivers.
     let mut bodies = String::new();
-    for name in ["referral.json", "status_lifecycle.json", "status_lifecycle.json", "failed_status.json", "value_error.json"] {
+    for name in
+        ["referral.json", "status_lifecycle.json", "status_lifecycle.json", "failed_status.json", "value_error.json"]
+    {
         bodies.push_str(std::fs::read_to_string(fixtures.join(name)).unwrap().trim_end());
         bodies.push('\n');
     }
@@ -287,7 +308,11 @@ fn whatsapp_webhook_bodies_replay_into_the_tables_of_their_numbers_tenant() {
     let input = path(dir.path(), "hooks.ndjson");
     std::fs::write(&input, bodies).unwrap();
     let tenants = path(dir.path(), "tenants.json");
-    std::fs::write(&tenants, r#"[{"tenant_id": "acme", "timezone": "America/Sao_Paulo", "phone_number_ids": ["118273645501234"]}]"#).unwrap();
+    std::fs::write(
+        &tenants,
+        r#"[{"tenant_id": "acme", "timezone": "America/Sao_Paulo", "phone_number_ids": ["118273645501234"]}]"#,
+    )
+    .unwrap();
     let data = path(dir.path(), "data");
     let summary = ok(&["replay", "--format", "whatsapp", "--input", &input, "--tenants", &tenants, "--data", &data]);
     assert!(summary.starts_with("normalized 6 webhook bodies"), "{summary}");

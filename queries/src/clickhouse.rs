@@ -5,7 +5,9 @@
 use crate::dialect::Dialect;
 use crate::format::OutputFormat;
 use convoflow_sinks::{ClickHouseError, ClickHouseStore};
-use datafusion::arrow::array::{ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -13,7 +15,11 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn clickhouse_query(store: &ClickHouseStore, sql: &str, format: OutputFormat) -> Result<String, ClickHouseError> {
+pub async fn clickhouse_query(
+    store: &ClickHouseStore,
+    sql: &str,
+    format: OutputFormat,
+) -> Result<String, ClickHouseError> {
     let sql = sql.trim().trim_end_matches(';');
     let server_format = match format {
         OutputFormat::Table => "PrettyCompactNoEscapes",
@@ -23,7 +29,9 @@ pub async fn clickhouse_query(store: &ClickHouseStore, sql: &str, format: Output
     let reply = store.fetch_read_only(sql, server_format, &[]).await?;
     let text = String::from_utf8_lossy(&reply);
     Ok(match format {
-        OutputFormat::Json => format!("[{}]", text.lines().filter(|line| !line.trim().is_empty()).collect::<Vec<_>>().join(",\n")),
+        OutputFormat::Json => {
+            format!("[{}]", text.lines().filter(|line| !line.trim().is_empty()).collect::<Vec<_>>().join(",\n"))
+        }
         _ => text.into_owned(),
     })
 }
@@ -45,7 +53,11 @@ pub struct ReadLimits {
 }
 
 /// Runs a read-only query and returns its result as one Arrow batch.
-pub async fn clickhouse_batches(store: &ClickHouseStore, sql: &str, limits: ReadLimits) -> Result<RecordBatch, ClickHouseError> {
+pub async fn clickhouse_batches(
+    store: &ClickHouseStore,
+    sql: &str,
+    limits: ReadLimits,
+) -> Result<RecordBatch, ClickHouseError> {
     let settings = [
         ("max_execution_time", limits.time.as_secs().max(1).to_string()),
         ("max_result_rows", (limits.rows + 1).to_string()),
@@ -108,7 +120,10 @@ pub fn batch_from_json_compact(bytes: &[u8]) -> Result<RecordBatch, ArrowError> 
 }
 
 /// Numbers may come quoted (64-bit integers, depending on settings).
-fn number<T: std::str::FromStr>(value: &Value, from_json: impl Fn(&Value) -> Option<T>) -> Result<Option<T>, ArrowError> {
+fn number<T: std::str::FromStr>(
+    value: &Value,
+    from_json: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<T>, ArrowError> {
     match value {
         Value::Null => Ok(None),
         Value::String(text) => text.parse().map(Some).map_err(|_| bad(format!("`{text}` is not a number"))),
@@ -145,7 +160,10 @@ fn column_array<'a>(data_type: &DataType, values: impl Iterator<Item = &'a Value
                 builder.append_option(match value {
                     Value::Null => None,
                     other => Some(
-                        other.as_str().and_then(convoflow_events::parse_date32).ok_or_else(|| bad(format!("`{other}` is not a date")))?,
+                        other
+                            .as_str()
+                            .and_then(convoflow_events::parse_date32)
+                            .ok_or_else(|| bad(format!("`{other}` is not a date")))?,
                     ),
                 });
             }
@@ -199,7 +217,8 @@ mod tests {
         assert!(batch_from_json_compact(b"not json").is_err());
         assert!(batch_from_json_compact(br#"{"data":[]}"#).is_err());
         assert!(batch_from_json_compact(br#"{"meta":[{"name":"n","type":"Int64"}],"data":[["x"]]}"#).is_err());
-        let empty = batch_from_json_compact(br#"{"meta":[{"name":"n","type":"Int64"}],"data":[]}"#).expect("empty result");
+        let empty =
+            batch_from_json_compact(br#"{"meta":[{"name":"n","type":"Int64"}],"data":[]}"#).expect("empty result");
         assert_eq!((empty.num_rows(), empty.num_columns()), (0, 1));
     }
 }

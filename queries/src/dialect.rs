@@ -30,7 +30,9 @@ impl Granularity {
 pub enum Dialect {
     DataFusion,
     /// `datetime64`: instants are `DateTime64(3)` (ClickHouse ≥ 20.1) rather than `UInt64` ms.
-    ClickHouse { datetime64: bool },
+    ClickHouse {
+        datetime64: bool,
+    },
 }
 
 impl Dialect {

@@ -34,12 +34,13 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::logical_expr::expr::ScalarFunction;
-use datafusion::logical_expr::{
-    BinaryExpr, ColumnarValue, Documentation, Expr, LogicalPlan, Operator, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-};
-use datafusion::logical_expr::ExprSchemable;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Documentation, Expr, LogicalPlan, Operator, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature,
+};
 use datafusion::optimizer::{Analyzer, AnalyzerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, SetExpr, Visit, Visitor};
@@ -84,12 +85,41 @@ pub const MAX_SPECIAL_FORM_NESTING: usize = 10;
 /// triples with each level of them nested in a query that fails deep inside: 20 × `position(` ran
 /// for hours. The list is the keywords of `Parser::parse_expr_prefix_by_reserved_word`.
 const SPECIAL_FORMS: &[Keyword] = &[
-    Keyword::ARRAY, Keyword::BOX, Keyword::CASE, Keyword::CAST, Keyword::CEIL, Keyword::CIRCLE, Keyword::CONVERT,
-    Keyword::EXISTS, Keyword::EXTRACT, Keyword::FLOOR, Keyword::INTERVAL, Keyword::LAMBDA, Keyword::LINE, Keyword::LSEG,
-    Keyword::MAP, Keyword::MATCH, Keyword::NOT, Keyword::OVERLAY, Keyword::PATH, Keyword::POINT, Keyword::POLYGON,
-    Keyword::POSITION, Keyword::PRIOR, Keyword::SAFE_CAST, Keyword::STRUCT, Keyword::SUBSTR, Keyword::SUBSTRING,
-    Keyword::TRIM, Keyword::TRY_CAST, Keyword::TRY_CONVERT, Keyword::CURRENT_DATE, Keyword::CURRENT_TIME,
-    Keyword::CURRENT_TIMESTAMP, Keyword::LOCALTIME, Keyword::LOCALTIMESTAMP,
+    Keyword::ARRAY,
+    Keyword::BOX,
+    Keyword::CASE,
+    Keyword::CAST,
+    Keyword::CEIL,
+    Keyword::CIRCLE,
+    Keyword::CONVERT,
+    Keyword::EXISTS,
+    Keyword::EXTRACT,
+    Keyword::FLOOR,
+    Keyword::INTERVAL,
+    Keyword::LAMBDA,
+    Keyword::LINE,
+    Keyword::LSEG,
+    Keyword::MAP,
+    Keyword::MATCH,
+    Keyword::NOT,
+    Keyword::OVERLAY,
+    Keyword::PATH,
+    Keyword::POINT,
+    Keyword::POLYGON,
+    Keyword::POSITION,
+    Keyword::PRIOR,
+    Keyword::SAFE_CAST,
+    Keyword::STRUCT,
+    Keyword::SUBSTR,
+    Keyword::SUBSTRING,
+    Keyword::TRIM,
+    Keyword::TRY_CAST,
+    Keyword::TRY_CONVERT,
+    Keyword::CURRENT_DATE,
+    Keyword::CURRENT_TIME,
+    Keyword::CURRENT_TIMESTAMP,
+    Keyword::LOCALTIME,
+    Keyword::LOCALTIMESTAMP,
 ];
 
 /// Checks SQL text before it is parsed (by us or by DataFusion): at most `SQL_MAX_BYTES`, and
@@ -114,7 +144,9 @@ pub fn check_text(sql: &str, dialect: &dyn Dialect) -> Result<(), LimitError> {
                     return Err(LimitError::TooManySpecialForms);
                 }
             }
-            Token::RParen | Token::RBracket => special = special.saturating_sub(usize::from(open.pop().unwrap_or(false))),
+            Token::RParen | Token::RBracket => {
+                special = special.saturating_sub(usize::from(open.pop().unwrap_or(false)))
+            }
             _ => {}
         }
         previous = Some(token);
@@ -144,7 +176,8 @@ pub fn check_nesting(statement: &impl Visit) -> Result<(), LimitError> {
         }
         fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<LimitError> {
             // Counted before the visitor descends into a long chain of them.
-            self.set_operations += set_operations(&query.body, MAX_SET_OPERATIONS + 1 - self.set_operations.min(MAX_SET_OPERATIONS));
+            self.set_operations +=
+                set_operations(&query.body, MAX_SET_OPERATIONS + 1 - self.set_operations.min(MAX_SET_OPERATIONS));
             if self.set_operations > MAX_SET_OPERATIONS {
                 return ControlFlow::Break(LimitError::TooManySetOperations);
             }
@@ -267,7 +300,9 @@ impl Bound {
                 // Each of at most len+1 matches becomes the replacement, whose `$…` references
                 // expand to at most the whole text each.
                 let (text, replacement) = (size(0)?, replacement_sizes(&args[2], rows)?);
-                sum((0..rows).map(|i| text[i] + (text[i] + 1) * (replacement[i].0 + replacement[i].1 * text[i])).collect())
+                sum((0..rows)
+                    .map(|i| text[i] + (text[i] + 1) * (replacement[i].0 + replacement[i].1 * text[i]))
+                    .collect())
             }
             Bound::ArrayRepeat => sum(zip(&size(0)?, &number(1)?, |len, n| (len + 8) * n)),
             Bound::ArrayResize => {
@@ -309,8 +344,12 @@ fn total_size(arg: &ColumnarValue, rows: usize) -> DfResult<u128> {
 /// The bytes of a scalar's value: a text's or binary's own bytes, anything else's size in memory.
 fn scalar_size(value: &ScalarValue) -> u128 {
     match value {
-        ScalarValue::Utf8(text) | ScalarValue::LargeUtf8(text) | ScalarValue::Utf8View(text) => text.as_ref().map_or(0, String::len) as u128,
-        ScalarValue::Binary(bytes) | ScalarValue::LargeBinary(bytes) | ScalarValue::BinaryView(bytes) => bytes.as_ref().map_or(0, Vec::len) as u128,
+        ScalarValue::Utf8(text) | ScalarValue::LargeUtf8(text) | ScalarValue::Utf8View(text) => {
+            text.as_ref().map_or(0, String::len) as u128
+        }
+        ScalarValue::Binary(bytes) | ScalarValue::LargeBinary(bytes) | ScalarValue::BinaryView(bytes) => {
+            bytes.as_ref().map_or(0, Vec::len) as u128
+        }
         other => other.size() as u128,
     }
 }
@@ -320,7 +359,12 @@ fn sizes(arg: &ColumnarValue, rows: usize) -> DfResult<Vec<u128>> {
     match arg {
         ColumnarValue::Scalar(value) => Ok(vec![scalar_size(value); rows]),
         ColumnarValue::Array(array) => match array.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView => {
                 let lengths = cast(&length(array)?, &DataType::Int64)?;
                 Ok(lengths.as_primitive::<Int64Type>().iter().map(|l| l.unwrap_or(0).max(0) as u128).collect())
             }
@@ -389,15 +433,25 @@ fn series_elements(args: &[ColumnarValue], rows: usize) -> DfResult<u128> {
             let array = step.to_array(rows)?;
             if matches!(array.data_type(), DataType::Interval(_)) {
                 // The smallest a step can be: a month counts 28 days.
-                let array = cast(&array, &DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano))?;
+                let array =
+                    cast(&array, &DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano))?;
                 let day = 86_400_000_000_000i128;
                 array
                     .as_primitive::<IntervalMonthDayNanoType>()
                     .iter()
-                    .map(|v| v.map_or(1, |v| (i128::from(v.months) * 28 * day + i128::from(v.days) * day + i128::from(v.nanoseconds)).abs()))
+                    .map(|v| {
+                        v.map_or(1, |v| {
+                            (i128::from(v.months) * 28 * day + i128::from(v.days) * day + i128::from(v.nanoseconds))
+                                .abs()
+                        })
+                    })
                     .collect()
             } else {
-                cast(&array, &DataType::Int64)?.as_primitive::<Int64Type>().iter().map(|v| v.map_or(1, |v| i128::from(v).abs())).collect()
+                cast(&array, &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|v| v.map_or(1, |v| i128::from(v).abs()))
+                    .collect()
             }
         }
     };
@@ -471,7 +525,9 @@ impl ScalarUDFImpl for Bounded {
         if self.bound == Bound::Pad {
             match args.args.get_mut(1) {
                 Some(ColumnarValue::Array(lengths)) => *lengths = no_negatives(lengths)?,
-                Some(ColumnarValue::Scalar(length)) => *length = ScalarValue::try_from_array(&no_negatives(&length.to_array()?)?, 0)?,
+                Some(ColumnarValue::Scalar(length)) => {
+                    *length = ScalarValue::try_from_array(&no_negatives(&length.to_array()?)?, 0)?
+                }
                 None => {}
             }
         }
@@ -493,7 +549,10 @@ impl ScalarUDFImpl for Bounded {
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
         self.inner.inner().coerce_types(arg_types)
     }
-    fn output_ordering(&self, inputs: &[datafusion::logical_expr::sort_properties::ExprProperties]) -> DfResult<datafusion::logical_expr::sort_properties::SortProperties> {
+    fn output_ordering(
+        &self,
+        inputs: &[datafusion::logical_expr::sort_properties::ExprProperties],
+    ) -> DfResult<datafusion::logical_expr::sort_properties::SortProperties> {
         self.inner.inner().output_ordering(inputs)
     }
     fn documentation(&self) -> Option<&Documentation> {
@@ -514,9 +573,13 @@ impl AnalyzerRule for BoundedConcatOperator {
             plan.map_expressions(|expr| {
                 expr.transform_up(|expr| match expr {
                     Expr::BinaryExpr(BinaryExpr { left, op: Operator::StringConcat, right })
-                        if left.get_type(&schema).is_ok_and(|t| !t.is_nested()) && right.get_type(&schema).is_ok_and(|t| !t.is_nested()) =>
+                        if left.get_type(&schema).is_ok_and(|t| !t.is_nested())
+                            && right.get_type(&schema).is_ok_and(|t| !t.is_nested()) =>
                     {
-                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(self.concat.clone(), vec![*left, *right]))))
+                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                            self.concat.clone(),
+                            vec![*left, *right],
+                        ))))
                     }
                     other => Ok(Transformed::no(other)),
                 })
@@ -638,7 +701,10 @@ mod tests {
         let terms = |n: usize, op: &str| vec!["1"; n].join(op);
         assert!(check_nesting(&parse(&format!("SELECT {}", terms(200, "+")))).is_ok());
         assert!(matches!(check_nesting(&parse(&format!("SELECT {}", terms(1000, "+")))), Err(LimitError::TooDeep)));
-        assert!(matches!(check_nesting(&parse(&format!("SELECT 1 WHERE {}", terms(1000, " = 1 AND 1")))), Err(LimitError::TooDeep)));
+        assert!(matches!(
+            check_nesting(&parse(&format!("SELECT 1 WHERE {}", terms(1000, " = 1 AND 1")))),
+            Err(LimitError::TooDeep)
+        ));
         let unions = |n: usize| vec!["SELECT 1"; n].join(" UNION ALL ");
         assert!(check_nesting(&parse(&unions(100))).is_ok());
         assert!(matches!(check_nesting(&parse(&unions(500))), Err(LimitError::TooManySetOperations)));
@@ -649,7 +715,9 @@ mod tests {
         use datafusion::arrow::array::Int64Array;
         use datafusion::arrow::datatypes::{Field, Schema};
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
-        let batch = |n: i64| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..n))]).expect("batch");
+        let batch = |n: i64| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..n))]).expect("batch")
+        };
         let cut = Collected::cut(vec![batch(3), batch(3)], 4);
         assert!(cut.truncated);
         assert_eq!(cut.batches.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![3, 1]);
@@ -669,13 +737,18 @@ mod tests {
         let repeat = Bound::Repeat.bytes(&[text("ab"), int(1_000)], 1).expect("bound");
         assert_eq!(repeat, 2_000, "a text counts its bytes, not the ScalarValue around them");
         // 3 MB of output is well within the limit.
-        assert!(Bound::Repeat.bytes(&[text("abc"), int(1_000_000)], 1).expect("bound") < u128::from(FUNCTION_OUTPUT_BYTES));
-        assert!(Bound::Series.bytes(&[int(0), int(1_000_000_000)], 1).expect("bound") > u128::from(FUNCTION_OUTPUT_BYTES));
+        assert!(
+            Bound::Repeat.bytes(&[text("abc"), int(1_000_000)], 1).expect("bound") < u128::from(FUNCTION_OUTPUT_BYTES)
+        );
+        assert!(
+            Bound::Series.bytes(&[int(0), int(1_000_000_000)], 1).expect("bound") > u128::from(FUNCTION_OUTPUT_BYTES)
+        );
         assert!(Bound::Series.bytes(&[int(0), int(100)], 1).expect("bound") < 10_000);
         assert!(Bound::Pad.bytes(&[text("x"), int(1 << 30)], 1).expect("bound") > u128::from(FUNCTION_OUTPUT_BYTES));
         // A `$0` reference makes every match as long as the text.
         let plain = Bound::RegexpReplace.bytes(&[text(&"x".repeat(1000)), text("."), text("y")], 1).expect("bound");
-        let referenced = Bound::RegexpReplace.bytes(&[text(&"x".repeat(1000)), text("."), text("$0$0")], 1).expect("bound");
+        let referenced =
+            Bound::RegexpReplace.bytes(&[text(&"x".repeat(1000)), text("."), text("$0$0")], 1).expect("bound");
         assert!(plain < 5_000 && referenced > 1_000_000, "{plain} {referenced}");
     }
 }

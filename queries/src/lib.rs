@@ -12,7 +12,9 @@ mod tenant_scope;
 pub use clickhouse::{batch_from_json_compact, clickhouse_batches, clickhouse_dialect, clickhouse_query, ReadLimits};
 pub use dialect::{Dialect, Granularity};
 pub use format::{format_batches, OutputFormat};
-pub use guards::{check_nesting, query_runtime, Collected, LimitError, FUNCTION_OUTPUT_BYTES, MAX_EXPRESSION_DEPTH, SQL_MAX_BYTES};
+pub use guards::{
+    check_nesting, query_runtime, Collected, LimitError, FUNCTION_OUTPUT_BYTES, MAX_EXPRESSION_DEPTH, SQL_MAX_BYTES,
+};
 pub use reports::{report_sql, Report, ReportParams};
 pub use sql::{QueryError, SqlEngine};
 pub use tenant_scope::{scope_to_tenant, ScopeError};

@@ -95,7 +95,9 @@ impl Report {
                 "Per bucket of the first agent response: conversation cycles answered, and the p50, p90 and p99 \
                  of first_response_ms."
             }
-            Report::Resolution => "Per bucket of the resolution: cycles resolved, and the p50, p90 and p99 of resolution_ms.",
+            Report::Resolution => {
+                "Per bucket of the resolution: cycles resolved, and the p50, p90 and p99 of resolution_ms."
+            }
             Report::Growth => "Per bucket of first_seen_ts: new contacts.",
             Report::ActiveContacts => "Per bucket: distinct contacts with a message.received in it.",
             Report::PeakHours => "Inbound messages by local ISO weekday (1 = Monday) and local hour, over the range.",
@@ -120,7 +122,9 @@ impl Report {
                 "Per reacted message's sender, agent and campaign: positive, negative and neutral reactions in the \
                  range, and CSAT = positive / (positive + negative)."
             }
-            Report::SessionHealth => "Per business sender and local hour in the range: uptime, sent, failed, health score.",
+            Report::SessionHealth => {
+                "Per business sender and local hour in the range: uptime, sent, failed, health score."
+            }
             Report::Agents => {
                 "Per agent: responses in the range with median and p90 response time, first responses with their \
                  median, resolutions, and CSAT of the reactions to the agent's messages."
@@ -286,8 +290,7 @@ struct Durations {
 }
 
 impl Durations {
-    const RESPONSES: Durations =
-        Durations {
+    const RESPONSES: Durations = Durations {
         table: "responses",
         at: "reply_ts",
         duration: "response_ms",
@@ -317,7 +320,11 @@ impl Durations {
 }
 
 fn durations(params: &ReportParams, d: Dialect, what: Durations) -> String {
-    let filter = Conditions::new(d, params).term(what.condition).instant_in_range(what.at).equals(what.agent, &params.agent_id).render();
+    let filter = Conditions::new(d, params)
+        .term(what.condition)
+        .instant_in_range(what.at)
+        .equals(what.agent, &params.agent_id)
+        .render();
     let bucket = bucket(params, d, what.at);
     let (by_select, by_group) = match what.by {
         Some(column) => (format!("{column}, "), format!(", {column}")),
@@ -395,7 +402,8 @@ fn funnel(params: &ReportParams, d: Dialect) -> String {
         funnels.iter().map(|(id, steps)| format!("WHEN {} THEN {steps}", d.string(id))).collect::<Vec<_>>().join(" ")
     );
     let known = funnels.iter().map(|(id, _)| d.string(id)).collect::<Vec<_>>().join(", ");
-    let filter = Conditions::new(d, params).date_in_range("entry_date").term(format!("funnel_id IN ({known})")).render();
+    let filter =
+        Conditions::new(d, params).date_in_range("entry_date").term(format!("funnel_id IN ({known})")).render();
     let completed = format!("furthest_step = {step_count}");
     let reach = format!(
         "SELECT funnel_id, contact_id, max(furthest_step) AS reached, {step_count} AS step_total, \
@@ -480,7 +488,8 @@ fn csat(params: &ReportParams, d: Dialect) -> String {
 }
 
 fn session_health(params: &ReportParams, d: Dialect) -> String {
-    let filter = Conditions::new(d, params).instant_in_range("hour_start").equals("session_id", &params.session_id).render();
+    let filter =
+        Conditions::new(d, params).instant_in_range("hour_start").equals("session_id", &params.session_id).render();
     format!(
         "SELECT session_id, hour_start, uptime, sent, failed, health_score FROM session_health \
          WHERE {filter} ORDER BY session_id, hour_start"
@@ -504,22 +513,47 @@ const STACKED: [&str; 8] = [
 fn agents(params: &ReportParams, d: Dialect) -> String {
     let none = d.float("NULL");
     let zero = d.int("0");
-    let responses = Conditions::new(d, params).term("responder = 'agent'").term("agent_id IS NOT NULL").instant_in_range("reply_ts");
-    let firsts = Conditions::new(d, params).term("first_response_agent_id IS NOT NULL").instant_in_range("first_response_ts");
+    let responses = Conditions::new(d, params)
+        .term("responder = 'agent'")
+        .term("agent_id IS NOT NULL")
+        .instant_in_range("reply_ts");
+    let firsts =
+        Conditions::new(d, params).term("first_response_agent_id IS NOT NULL").instant_in_range("first_response_ts");
     let resolutions = Conditions::new(d, params).term("resolved_by IS NOT NULL").instant_in_range("resolved_ts");
-    let reactions = Conditions::new(d, params).term("sender = 'agent'").term("agent_id IS NOT NULL").instant_in_range("ts");
+    let reactions =
+        Conditions::new(d, params).term("sender = 'agent'").term("agent_id IS NOT NULL").instant_in_range("ts");
     let count = d.int("count(*)");
     let branch = |agent: &str, columns: [&str; 8], table: &str, filter: Conditions| {
         let named: Vec<String> = columns.iter().zip(STACKED).map(|(expr, name)| format!("{expr} AS {name}")).collect();
-        format!("SELECT {agent} AS agent_id, {} FROM {table} WHERE {} GROUP BY {agent}", named.join(", "), filter.render())
+        format!(
+            "SELECT {agent} AS agent_id, {} FROM {table} WHERE {} GROUP BY {agent}",
+            named.join(", "),
+            filter.render()
+        )
     };
-    let (response_p50, response_p90) = (d.float(&d.percentile(0.5, "response_ms")), d.float(&d.percentile(0.9, "response_ms")));
+    let (response_p50, response_p90) =
+        (d.float(&d.percentile(0.5, "response_ms")), d.float(&d.percentile(0.9, "response_ms")));
     let first_p50 = d.float(&d.percentile(0.5, "first_response_ms"));
     let (positive, negative) = (d.int(&count_if("sentiment = 'positive'")), d.int(&count_if("sentiment = 'negative'")));
     let branches = [
-        branch("agent_id", [&count, &response_p50, &response_p90, &zero, &none, &zero, &zero, &zero], "responses", responses),
-        branch("first_response_agent_id", [&zero, &none, &none, &count, &first_p50, &zero, &zero, &zero], "conversation_cycles", firsts),
-        branch("resolved_by", [&zero, &none, &none, &zero, &none, &count, &zero, &zero], "conversation_cycles", resolutions),
+        branch(
+            "agent_id",
+            [&count, &response_p50, &response_p90, &zero, &none, &zero, &zero, &zero],
+            "responses",
+            responses,
+        ),
+        branch(
+            "first_response_agent_id",
+            [&zero, &none, &none, &count, &first_p50, &zero, &zero, &zero],
+            "conversation_cycles",
+            firsts,
+        ),
+        branch(
+            "resolved_by",
+            [&zero, &none, &none, &zero, &none, &count, &zero, &zero],
+            "conversation_cycles",
+            resolutions,
+        ),
         branch("agent_id", [&zero, &none, &none, &zero, &none, &zero, &positive, &negative], "reactions", reactions),
     ];
     // Output names differ from the stacked ones: ClickHouse resolves aliases query-wide, so

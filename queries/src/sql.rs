@@ -12,8 +12,8 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::prelude::SessionConfig;
 use datafusion::prelude::ParquetReadOptions;
+use datafusion::prelude::SessionConfig;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -40,7 +40,6 @@ impl From<DataFusionError> for QueryError {
         QueryError::DataFusion(error)
     }
 }
-
 
 pub struct SqlEngine {
     context: SessionContext,
@@ -135,10 +134,15 @@ mod tests {
         let first_row = |batches: Vec<RecordBatch>| cells(&batches).remove(0);
         let values = engine.query("SELECT 'a' || 'b', 1 || 'x', 'a' || 'b' || 'c'").await.expect("query");
         assert_eq!(first_row(values), vec!["ab", "1x", "abc"]);
-        let nulls = engine.query("SELECT (NULL || 'x') IS NULL, ('x' || CAST(NULL AS VARCHAR)) IS NULL").await.expect("query");
+        let nulls =
+            engine.query("SELECT (NULL || 'x') IS NULL, ('x' || CAST(NULL AS VARCHAR)) IS NULL").await.expect("query");
         assert_eq!(first_row(nulls), vec!["true", "true"], "either side NULL makes NULL, as `||` does");
         let column = "SELECT count(*), count(c || 'x'), max(c || 'x') FROM (VALUES ('a'), (NULL)) AS t(c)";
-        assert_eq!(first_row(engine.query(column).await.expect("query")), vec!["2", "1", "ax"], "a NULL row stays NULL");
+        assert_eq!(
+            first_row(engine.query(column).await.expect("query")),
+            vec!["2", "1", "ax"],
+            "a NULL row stays NULL"
+        );
         let refused = engine.query("SELECT repeat('x', 100000000)").await.expect_err("over the function limit");
         assert!(refused.to_string().contains("repeat() would make"), "{refused}");
     }
@@ -190,8 +194,12 @@ mod tests {
     async fn a_function_called_on_no_rows_makes_no_rows() {
         use convoflow_operators::{RejectedRow, TableSet};
         let engine = |reasons: &[&str]| {
-            let rows: Vec<RejectedRow> = reasons.iter().map(|reason| RejectedRow::new(Some("t"), 0, (*reason).to_owned(), b"", String::new())).collect();
-            let tables = convoflow_sinks::table_batches(&TableSet::default(), &rows, convoflow_sinks::Rows::Contents).expect("batches");
+            let rows: Vec<RejectedRow> = reasons
+                .iter()
+                .map(|reason| RejectedRow::new(Some("t"), 0, (*reason).to_owned(), b"", String::new()))
+                .collect();
+            let tables = convoflow_sinks::table_batches(&TableSet::default(), &rows, convoflow_sinks::Rows::Contents)
+                .expect("batches");
             let tables = tables.into_iter().map(|table| (table.table, table.batches)).collect();
             engine_over(tables)
         };
@@ -199,7 +207,10 @@ mod tests {
         let empty = engine(&[]).query(sql).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
         assert_eq!(empty.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
         let two = cells(&engine(&["a", "%Y"]).query(sql).await.expect("query")).concat();
-        assert!(two.iter().any(|c| c.starts_with("2026")) && two.contains(&"b".to_owned()), "over rows it still runs: {two:?}");
+        assert!(
+            two.iter().any(|c| c.starts_with("2026")) && two.contains(&"b".to_owned()),
+            "over rows it still runs: {two:?}"
+        );
     }
 
     #[test]
@@ -208,8 +219,14 @@ mod tests {
         assert!(check_read_only("WITH x AS (SELECT 1) SELECT * FROM x").is_ok());
         assert!(check_read_only("EXPLAIN SELECT 1").is_ok());
         assert!(check_read_only("DESCRIBE events").is_ok());
-        for refused in ["DROP TABLE events", "INSERT INTO events VALUES (1)", "CREATE TABLE x AS SELECT 1",
-            "COPY events TO '/tmp/x.csv'", "SET datafusion.execution.batch_size = 1", "DELETE FROM events"] {
+        for refused in [
+            "DROP TABLE events",
+            "INSERT INTO events VALUES (1)",
+            "CREATE TABLE x AS SELECT 1",
+            "COPY events TO '/tmp/x.csv'",
+            "SET datafusion.execution.batch_size = 1",
+            "DELETE FROM events",
+        ] {
             let error = check_read_only(refused).unwrap_err();
             assert!(matches!(error, QueryError::ReadOnly(_)), "{refused}: {error}");
         }

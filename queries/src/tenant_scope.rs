@@ -13,7 +13,9 @@
 //! parser found them: printing the parsed query back would change it (the parser upper-cases type
 //! names, which ClickHouse reads case-sensitively, and loses how literals were escaped).
 
-use datafusion::sql::sqlparser::ast::{Expr, ObjectName, Query, SetExpr, Spanned, Statement, TableFactor, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{
+    Expr, ObjectName, Query, SetExpr, Spanned, Statement, TableFactor, Visit, Visitor,
+};
 use datafusion::sql::sqlparser::dialect::ClickHouseDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserOptions};
 use datafusion::sql::sqlparser::tokenizer::{Location, Span, Token, Tokenizer, Whitespace};
@@ -38,7 +40,11 @@ fn reads_tables(function: &str) -> bool {
     let rest = function.strip_prefix("global").unwrap_or(function);
     let rest = rest.strip_prefix("not").unwrap_or(rest);
     let rest = rest.strip_prefix("null").unwrap_or(rest);
-    function.starts_with("dict") || function.starts_with("joinget") || function == "hascolumnintable" || rest == "in" || rest == "inignoreset"
+    function.starts_with("dict")
+        || function.starts_with("joinget")
+        || function == "hascolumnintable"
+        || rest == "in"
+        || rest == "inignoreset"
 }
 
 /// The query's text is kept, so the parser must read it exactly as ClickHouse will. Only tokens
@@ -47,7 +53,10 @@ fn reads_tables(function: &str) -> bool {
 /// (ClickHouse also ends a line at `//` and does not nest `/* */`), as are other string forms.
 fn check_tokens(sql: &str) -> Result<(), ScopeError> {
     let dialect = ClickHouseDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).with_unescape(false).tokenize().map_err(|error| ScopeError::Parse(error.to_string()))?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .with_unescape(false)
+        .tokenize()
+        .map_err(|error| ScopeError::Parse(error.to_string()))?;
     let refuse = |what: &str| Err(ScopeError::Refused(format!("{what} are not allowed in a tenant's query")));
     for (index, token) in tokens.iter().enumerate() {
         match token {
@@ -114,7 +123,11 @@ pub fn scope_to_tenant(sql: &str, tenant: &str, database: &str, tables: &[&str])
     reads.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
     let mut out = sql.to_owned();
     for (start, end, read) in reads {
-        let rows = format!("(SELECT * FROM {database}.{} WHERE tenant_id = {})", read.table, convoflow_sinks::clickhouse_string(tenant));
+        let rows = format!(
+            "(SELECT * FROM {database}.{} WHERE tenant_id = {})",
+            read.table,
+            convoflow_sinks::clickhouse_string(tenant)
+        );
         let mut replacement = if read.aliased { rows } else { format!("{rows} AS {}", read.table) };
         // `FROM "events"WHERE` must not become `… AS eventsWHERE`.
         let joins_word = |c: char| c.is_alphanumeric() || matches!(c, '_' | '"' | '`');
@@ -188,7 +201,8 @@ impl Scoper<'_> {
 
     /// The SPEC table `name` stands for: `t` or `<database>.t`.
     fn table_of(&self, name: &ObjectName) -> Option<&str> {
-        let parts: Vec<String> = name.0.iter().map(|part| part.as_ident().map_or_else(String::new, |ident| ident.value.clone())).collect();
+        let parts: Vec<String> =
+            name.0.iter().map(|part| part.as_ident().map_or_else(String::new, |ident| ident.value.clone())).collect();
         let table = match parts.as_slice() {
             [table] => table,
             [database, table] if database == self.database => table,
@@ -206,7 +220,8 @@ impl Visitor for Scoper<'_> {
             return self.refuse("WITH clauses are not supported for tenant keys; use a subquery".to_owned());
         }
         if query.settings.is_some() || query.format_clause.is_some() {
-            return self.refuse("SETTINGS and FORMAT clauses are not allowed; choose the format with `format`".to_owned());
+            return self
+                .refuse("SETTINGS and FORMAT clauses are not allowed; choose the format with `format`".to_owned());
         }
         if !only_selects(&query.body) {
             return self.refuse("only SELECT queries are allowed".to_owned());
@@ -216,7 +231,9 @@ impl Visitor for Scoper<'_> {
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         match factor {
-            TableFactor::Table { args: Some(_), name, .. } => self.refuse(format!("table function `{name}` is not allowed")),
+            TableFactor::Table { args: Some(_), name, .. } => {
+                self.refuse(format!("table function `{name}` is not allowed"))
+            }
             TableFactor::Table { name, alias, .. } => {
                 if let Some(table) = self.table_of(name) {
                     let read = Read { table: table.to_owned(), span: name.span(), aliased: alias.is_some() };
@@ -245,17 +262,27 @@ impl Visitor for Scoper<'_> {
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         match expr {
             Expr::Function(function) => {
-                let name: Vec<String> =
-                    function.name.0.iter().map(|part| part.as_ident().map_or_else(String::new, |ident| ident.value.to_ascii_lowercase())).collect();
+                let name: Vec<String> = function
+                    .name
+                    .0
+                    .iter()
+                    .map(|part| part.as_ident().map_or_else(String::new, |ident| ident.value.to_ascii_lowercase()))
+                    .collect();
                 if reads_tables(&name.join(".")) {
                     return self.refuse(format!("function `{}` is not allowed", function.name));
                 }
             }
             // ClickHouse reads `x IN (t)` and `x IN ((t))` as membership in table `t`.
-            Expr::InList { list, .. } if list.iter().any(|item| matches!(unnested(item), Expr::Identifier(_) | Expr::CompoundIdentifier(_))) => {
+            Expr::InList { list, .. }
+                if list
+                    .iter()
+                    .any(|item| matches!(unnested(item), Expr::Identifier(_) | Expr::CompoundIdentifier(_))) =>
+            {
                 return self.refuse("`IN (name)` is not allowed; write `IN (SELECT column FROM table)`".to_owned());
             }
-            Expr::Position { .. } => return self.refuse("`POSITION(… IN …)` is not allowed; use position(haystack, needle)".to_owned()),
+            Expr::Position { .. } => {
+                return self.refuse("`POSITION(… IN …)` is not allowed; use position(haystack, needle)".to_owned())
+            }
             _ => {}
         }
         ControlFlow::Continue(())

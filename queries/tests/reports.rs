@@ -3,7 +3,9 @@
 
 use convoflow_events::{parse_date32, parse_event, Event, Tenants};
 use convoflow_operators::{run, SourceBatch};
-use convoflow_queries::{format_batches, report_sql, Dialect, Granularity, OutputFormat, Report, ReportParams, SqlEngine};
+use convoflow_queries::{
+    format_batches, report_sql, Dialect, Granularity, OutputFormat, Report, ReportParams, SqlEngine,
+};
 use convoflow_sinks::EmbeddedStore;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -52,7 +54,8 @@ async fn funnel_counts_contacts_by_their_furthest_step_in_the_range() {
 
     // a reached 5, b 2 (on 03-17), c 4; only a completed, in 2 d 23 h.
     let rows = report(&engine, Report::Funnel, &march("2026-03-01", "2026-03-31", "acme")).await;
-    let expected = [(1, 3, 1.0, 1.0), (2, 3, 1.0, 1.0), (3, 2, 0.6667, 0.6667), (4, 2, 0.6667, 1.0), (5, 1, 0.3333, 0.5)];
+    let expected =
+        [(1, 3, 1.0, 1.0), (2, 3, 1.0, 1.0), (3, 2, 0.6667, 0.6667), (4, 2, 0.6667, 1.0), (5, 1, 0.3333, 0.5)];
     assert_eq!(rows.len(), expected.len(), "{rows:?}");
     for (row, (step, contacts, from_start, from_previous)) in rows.iter().zip(expected) {
         assert_eq!(
@@ -79,15 +82,20 @@ async fn attribution_credits_sum_to_the_conversions_per_model() {
     let engine = store(events, tenants, dir.path()).await;
     let rows = report(&engine, Report::Attribution, &march("2026-03-01", "2026-03-31", "acme")).await;
     for model in ["first_touch", "last_touch", "linear", "time_decay", "position_based"] {
-        let credited: f64 = rows.iter().filter(|r| r["model"] == model).map(|r| r["credited_conversions"].as_f64().unwrap()).sum();
+        let credited: f64 =
+            rows.iter().filter(|r| r["model"] == model).map(|r| r["credited_conversions"].as_f64().unwrap()).sum();
         assert!((credited - 3.0).abs() < 1e-5, "{model}: {credited}");
     }
-    let whatsapp = rows.iter().find(|r| r["model"] == "time_decay" && r["channel"] == "whatsapp").expect("campaign touch row");
+    let whatsapp =
+        rows.iter().find(|r| r["model"] == "time_decay" && r["channel"] == "whatsapp").expect("campaign touch row");
     assert_eq!(whatsapp["campaign_id"], "spring");
     assert_eq!(whatsapp["conversions"], 1);
     assert_eq!(whatsapp["credited_value_sum"], 26.666667);
     let direct = rows.iter().find(|r| r["model"] == "linear" && r["channel"] == "direct").expect("direct row");
-    assert_eq!((direct["credited_conversions"].as_f64(), direct["credited_value_sum"].as_f64()), (Some(1.0), Some(0.0)));
+    assert_eq!(
+        (direct["credited_conversions"].as_f64(), direct["credited_value_sum"].as_f64()),
+        (Some(1.0), Some(0.0))
+    );
 
     let only_linear = ReportParams { model: Some("linear".into()), ..march("2026-03-01", "2026-03-31", "acme") };
     let rows = report(&engine, Report::Attribution, &only_linear).await;
@@ -114,8 +122,14 @@ async fn campaigns_and_csat_report_rates() {
     let by_agent = |sender: Value, agent: Value| {
         rows.iter().find(|r| r["sender"] == sender && r["agent_id"] == agent).cloned().unwrap_or(Value::Null)
     };
-    assert_eq!(by_agent(json!("agent"), json!("ana")), json!({"sender": "agent", "agent_id": "ana", "positive": 1, "negative": 0, "neutral": 0, "csat": 1.0}));
-    assert_eq!(by_agent(json!("agent"), json!("bo")), json!({"sender": "agent", "agent_id": "bo", "positive": 1, "negative": 0, "neutral": 1, "csat": 1.0}));
+    assert_eq!(
+        by_agent(json!("agent"), json!("ana")),
+        json!({"sender": "agent", "agent_id": "ana", "positive": 1, "negative": 0, "neutral": 0, "csat": 1.0})
+    );
+    assert_eq!(
+        by_agent(json!("agent"), json!("bo")),
+        json!({"sender": "agent", "agent_id": "bo", "positive": 1, "negative": 0, "neutral": 1, "csat": 1.0})
+    );
     // Null columns are left out of JSON rows, so the bot's row has no agent_id.
     assert!(rows.iter().any(|r| r["sender"] == "bot" && r["negative"] == 1 && r["csat"] == 0.0), "{rows:?}");
     assert_eq!(rows.len(), 4, "agent ana, agent bo, bot, and the message never seen sent: {rows:?}");
@@ -128,7 +142,12 @@ async fn campaigns_and_csat_report_rates() {
     let engine = store(events, tenants, dir.path()).await;
     let spring = ReportParams { campaign_id: Some("spring".into()), ..march("2026-03-01", "2026-03-31", "acme") };
     let rows = report(&engine, Report::Csat, &spring).await;
-    assert_eq!(rows, [json!({"sender": "campaign", "campaign_id": "spring", "positive": 0, "negative": 1, "neutral": 0, "csat": 0.0})]);
+    assert_eq!(
+        rows,
+        [
+            json!({"sender": "campaign", "campaign_id": "spring", "positive": 0, "negative": 1, "neutral": 0, "csat": 0.0})
+        ]
+    );
 }
 
 #[tokio::test]
@@ -223,7 +242,14 @@ async fn time_series_bucket_by_local_hour_day_and_week_with_percentiles() {
     let weekly = report(&engine, Report::Volume, &kolkata("2026-03-01", "2026-03-31", Granularity::Week)).await;
     let weeks: Vec<(i64, &str, &str, i64)> = weekly
         .iter()
-        .map(|r| (r["bucket_start"].as_i64().unwrap(), r["direction"].as_str().unwrap(), r["sender"].as_str().unwrap(), r["messages"].as_i64().unwrap()))
+        .map(|r| {
+            (
+                r["bucket_start"].as_i64().unwrap(),
+                r["direction"].as_str().unwrap(),
+                r["sender"].as_str().unwrap(),
+                r["messages"].as_i64().unwrap(),
+            )
+        })
         .collect();
     let week_before = day_2 - 7 * 86_400_000;
     let week_after = day_2 + 7 * 86_400_000;
@@ -239,12 +265,30 @@ async fn time_series_bucket_by_local_hour_day_and_week_with_percentiles() {
     );
 
     let resolution = report(&engine, Report::Resolution, &kolkata("2026-03-01", "2026-03-31", Granularity::Day)).await;
-    assert_eq!(resolution, [json!({"bucket_start": day_2, "resolutions": 1, "p50_ms": 3_600_000.0, "p90_ms": 3_600_000.0, "p99_ms": 3_600_000.0})]);
-    let first = report(&engine, Report::FirstResponse, &ReportParams { agent_id: Some("bo".into()), ..kolkata("2026-03-01", "2026-03-31", Granularity::Day) }).await;
-    assert_eq!(first, [json!({"bucket_start": day_2, "first_responses": 1, "p50_ms": 600_000.0, "p90_ms": 600_000.0, "p99_ms": 600_000.0})]);
+    assert_eq!(
+        resolution,
+        [
+            json!({"bucket_start": day_2, "resolutions": 1, "p50_ms": 3_600_000.0, "p90_ms": 3_600_000.0, "p99_ms": 3_600_000.0})
+        ]
+    );
+    let first = report(
+        &engine,
+        Report::FirstResponse,
+        &ReportParams { agent_id: Some("bo".into()), ..kolkata("2026-03-01", "2026-03-31", Granularity::Day) },
+    )
+    .await;
+    assert_eq!(
+        first,
+        [
+            json!({"bucket_start": day_2, "first_responses": 1, "p50_ms": 600_000.0, "p90_ms": 600_000.0, "p99_ms": 600_000.0})
+        ]
+    );
 
     let growth = report(&engine, Report::Growth, &kolkata("2026-03-01", "2026-03-31", Granularity::Day)).await;
-    assert_eq!(growth, [json!({"bucket_start": day_1, "new_contacts": 1}), json!({"bucket_start": day_2, "new_contacts": 1})]);
+    assert_eq!(
+        growth,
+        [json!({"bucket_start": day_1, "new_contacts": 1}), json!({"bucket_start": day_2, "new_contacts": 1})]
+    );
     let active = report(&engine, Report::ActiveContacts, &kolkata("2026-03-01", "2026-03-31", Granularity::Week)).await;
     assert_eq!(
         active,

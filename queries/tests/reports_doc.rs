@@ -15,7 +15,11 @@ fn readable(sql: &str) -> String {
 }
 
 fn document() -> String {
-    let params = ReportParams { from: parse_date32("2026-01-01"), to: parse_date32("2026-01-31"), ..ReportParams::new("acme_retail") };
+    let params = ReportParams {
+        from: parse_date32("2026-01-01"),
+        to: parse_date32("2026-01-31"),
+        ..ReportParams::new("acme_retail")
+    };
     let mut doc = String::from(
         "# Reports\n\n\
          Generated from `queries/src/reports.rs` by `queries/tests/reports_doc.rs`; do not edit by hand.\n\n\
@@ -31,7 +35,12 @@ fn document() -> String {
          ```\n",
     );
     for report in Report::ALL {
-        doc.push_str(&format!("\n## {}\n\n{}\n\nEmbedded store (DataFusion):\n\n```sql\n{}\n```\n\n", report.name(), report.description(), readable(&report_sql(report, &params, Dialect::DataFusion))));
+        doc.push_str(&format!(
+            "\n## {}\n\n{}\n\nEmbedded store (DataFusion):\n\n```sql\n{}\n```\n\n",
+            report.name(),
+            report.description(),
+            readable(&report_sql(report, &params, Dialect::DataFusion))
+        ));
         doc.push_str(&format!(
             "ClickHouse 18.16 (instants stored as UInt64 ms):\n\n```sql\n{}\n```\n",
             readable(&report_sql(report, &params, Dialect::ClickHouse { datetime64: false }))
@@ -48,5 +57,8 @@ fn docs_reports_md_is_the_generated_sql() {
         std::fs::write(&path, &generated).expect("write docs/REPORTS.md");
     }
     let current = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(current == generated, "docs/REPORTS.md is out of date: run CONVOFLOW_BLESS=1 cargo test --workspace --test reports_doc");
+    assert!(
+        current == generated,
+        "docs/REPORTS.md is out of date: run CONVOFLOW_BLESS=1 cargo test --workspace --test reports_doc"
+    );
 }

@@ -81,7 +81,11 @@ impl EmbeddedStore {
         reader.collect::<Result<Vec<_>, _>>().map_err(|source| StoreError::Arrow { path: shown(), source })
     }
 
-    fn load<R>(&self, table: &str, convert: fn(&RecordBatch) -> Result<Vec<R>, ArrowError>) -> Result<Vec<R>, StoreError> {
+    fn load<R>(
+        &self,
+        table: &str,
+        convert: fn(&RecordBatch) -> Result<Vec<R>, ArrowError>,
+    ) -> Result<Vec<R>, StoreError> {
         let mut rows = Vec::new();
         for batch in self.read_table(table)? {
             let converted = convert(&batch)
@@ -116,12 +120,16 @@ impl EmbeddedStore {
                 .iter()
                 .map(|table| scope.spawn(move || self.write_partial(table.table, &table.batches)))
                 .collect();
-            writers.into_iter().map(|writer| writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+            writers
+                .into_iter()
+                .map(|writer| writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
         });
         let partials = partials.into_iter().collect::<Result<Vec<_>, _>>()?;
         for (table, partial) in batches.iter().zip(partials) {
             let path = self.table_path(table.table);
-            std::fs::rename(&partial, &path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+            std::fs::rename(&partial, &path)
+                .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         }
         File::open(&self.dir)
             .and_then(|dir| dir.sync_all())

@@ -18,12 +18,37 @@ pub fn binary() -> PathBuf {
     dir.join("convoflow")
 }
 
-pub fn nats_url() -> String {
-    std::env::var("CONVOFLOW_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+const NATS: &str = "CONVOFLOW_TEST_NATS";
+const CLICKHOUSE: &str = "CONVOFLOW_TEST_CLICKHOUSE";
+/// Set by `scripts/test.sh`, so that in CI a test that needs the services fails instead of
+/// skipping when their addresses are missing.
+const REQUIRE: &str = "CONVOFLOW_TEST_REQUIRE_SERVICES";
+
+/// Whether NATS and ClickHouse are there for `test`. Plain `cargo test` on a machine without them
+/// skips the test with a notice on stderr (written past the test harness's capture, so it shows);
+/// `scripts/test.sh` starts the services and sets their addresses and [`REQUIRE`].
+pub fn services_for(test: &str) -> bool {
+    if std::env::var_os(NATS).is_some() && std::env::var_os(CLICKHOUSE).is_some() {
+        return true;
+    }
+    assert!(std::env::var_os(REQUIRE).is_none(), "{test} needs {NATS} and {CLICKHOUSE}, and {REQUIRE} is set");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: it needs NATS and ClickHouse. Run `bash scripts/test.sh`, or `bash scripts/services.sh \
+         start` and set {NATS}=nats://127.0.0.1:4222 {CLICKHOUSE}=http://127.0.0.1:8123"
+    );
+    false
 }
 
+/// NATS's address; call [`services_for`] first.
+pub fn nats_url() -> String {
+    std::env::var(NATS).expect("services_for checked it is set")
+}
+
+/// ClickHouse's HTTP address; call [`services_for`] first.
 pub fn clickhouse_url() -> String {
-    std::env::var("CONVOFLOW_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+    std::env::var(CLICKHOUSE).expect("services_for checked it is set")
 }
 
 /// A test's own stream, subjects, consumer and database, so tests share the servers safely.
@@ -69,7 +94,9 @@ pub fn succeed(command: &mut Command) -> Output {
 /// Generates `events` lines (seed fixed) into `dir/input.ndjson`; returns it and its tenants file.
 pub fn generate(dir: &Path, events: u64) -> (PathBuf, PathBuf) {
     let input = dir.join("input.ndjson");
-    succeed(Command::new(binary()).args(["generate", "--events", &events.to_string(), "--seed", "11", "--out"]).arg(&input));
+    succeed(
+        Command::new(binary()).args(["generate", "--events", &events.to_string(), "--seed", "11", "--out"]).arg(&input),
+    );
     let tenants = input.with_extension("tenants.json");
     (input, tenants)
 }
@@ -88,7 +115,11 @@ fn rows_of(batches: &[RecordBatch], table: &str) -> Vec<String> {
                 .zip(batch.columns())
                 .filter(|(field, _)| !(table == "rejected" && field.name() == "received_at"))
                 .map(|(_, column)| {
-                    if column.is_null(row) { "∅".to_owned() } else { array_value_to_string(column, row).expect("display") }
+                    if column.is_null(row) {
+                        "∅".to_owned()
+                    } else {
+                        array_value_to_string(column, row).expect("display")
+                    }
                 })
                 .collect();
             rows.push(fields.join("|"));

@@ -3,7 +3,10 @@
 
 use convoflow_e2e::*;
 use convoflow_events::{parse_date32, rfc3339_to_ms, Tenants};
-use convoflow_queries::{clickhouse_dialect, clickhouse_query, format_batches, report_sql, scope_to_tenant, Dialect, OutputFormat, Report, ReportParams, SqlEngine};
+use convoflow_queries::{
+    clickhouse_dialect, clickhouse_query, format_batches, report_sql, scope_to_tenant, Dialect, OutputFormat, Report,
+    ReportParams, SqlEngine,
+};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, TABLES};
 use std::process::Command;
 
@@ -37,21 +40,36 @@ fn canonical(csv: &str) -> (String, Vec<Vec<String>>) {
 
 #[test]
 fn every_report_agrees_between_the_embedded_store_and_clickhouse() {
+    if !services_for("every_report_agrees_between_the_embedded_store_and_clickhouse") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, tenants_path) = generate(dir.path(), 30_000);
     let data = dir.path().join("embedded");
-    succeed(Command::new(binary()).args(["replay", "--input"]).arg(&input).arg("--tenants").arg(&tenants_path).arg("--data").arg(&data));
+    succeed(
+        Command::new(binary())
+            .args(["replay", "--input"])
+            .arg(&input)
+            .arg("--tenants")
+            .arg(&tenants_path)
+            .arg("--data")
+            .arg(&data),
+    );
     let names = Names::new("reports");
     let database = names.database_url(&clickhouse_url());
-    succeed(
-        names.command().args(["replay", "--input"]).arg(&input).arg("--tenants").arg(&tenants_path).args(["--nats", &nats_url(), "--clickhouse", &database]),
-    );
+    succeed(names.command().args(["replay", "--input"]).arg(&input).arg("--tenants").arg(&tenants_path).args([
+        "--nats",
+        &nats_url(),
+        "--clickhouse",
+        &database,
+    ]));
     let tenants = Tenants::load(&tenants_path).expect("tenants");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let engine = SqlEngine::open(&data).await.expect("embedded SQL");
-        let store = ClickHouseStore::connect(&ClickHouseConfig::parse(&database).expect("url")).await.expect("ClickHouse");
+        let store =
+            ClickHouseStore::connect(&ClickHouseConfig::parse(&database).expect("url")).await.expect("ClickHouse");
         // acme_retail has the default funnel; kolkata_foods configures its own funnels, lookback
         // and half-life, in a +05:30 zone.
         for tenant in ["acme_retail", "kolkata_foods"] {
@@ -64,15 +82,19 @@ fn every_report_agrees_between_the_embedded_store_and_clickhouse() {
             };
             for report in Report::ALL {
                 let embedded_sql = report_sql(report, &params, Dialect::DataFusion);
-                let batches = engine.query(&embedded_sql).await.unwrap_or_else(|e| panic!("{}: {e}\n{embedded_sql}", report.name()));
+                let batches = engine
+                    .query(&embedded_sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {e}\n{embedded_sql}", report.name()));
                 let embedded = canonical(&format_batches(&batches, OutputFormat::Csv).expect("csv"));
                 // As the API runs it for a tenant key: every table read replaced by the tenant's rows.
                 let report_text = report_sql(report, &params, clickhouse_dialect(&store));
                 let clickhouse_sql = scope_to_tenant(&report_text, tenant, &store.config().database, TABLES)
                     .unwrap_or_else(|e| panic!("{} cannot be scoped to a tenant: {e}\n{report_text}", report.name()));
-                let clickhouse = clickhouse_query(&store, &clickhouse_sql, OutputFormat::Csv)
-                    .await
-                    .unwrap_or_else(|e| panic!("{} on ClickHouse {}: {e:?}\n{clickhouse_sql}", report.name(), store.version()));
+                let clickhouse =
+                    clickhouse_query(&store, &clickhouse_sql, OutputFormat::Csv).await.unwrap_or_else(|e| {
+                        panic!("{} on ClickHouse {}: {e:?}\n{clickhouse_sql}", report.name(), store.version())
+                    });
                 let clickhouse = canonical(&clickhouse);
                 assert!(!embedded.1.is_empty(), "{tenant} {}: the generated data gives the report rows", report.name());
                 assert_eq!(embedded, clickhouse, "{tenant} {}", report.name());

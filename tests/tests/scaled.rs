@@ -13,13 +13,26 @@ use std::time::{Duration, Instant};
 /// The tables of an uninterrupted embedded replay of `input`: what every scaled run must equal.
 fn reference(dir: &Path, input: &Path, tenants: &Path) -> Tables {
     let data = dir.join("reference");
-    succeed(Command::new(binary()).args(["replay", "--input"]).arg(input).arg("--tenants").arg(tenants).arg("--data").arg(&data));
+    succeed(
+        Command::new(binary())
+            .args(["replay", "--input"])
+            .arg(input)
+            .arg("--tenants")
+            .arg(tenants)
+            .arg("--data")
+            .arg(&data),
+    );
     embedded_tables(&data)
 }
 
 fn scaled_replay(names: &Names, input: &Path, tenants: &Path, nats: &str, clickhouse: &str) -> Command {
     let mut command = names.command();
-    command.args(["replay", "--input"]).arg(input).arg("--tenants").arg(tenants).args(["--nats", nats, "--clickhouse", clickhouse]);
+    command.args(["replay", "--input"]).arg(input).arg("--tenants").arg(tenants).args([
+        "--nats",
+        nats,
+        "--clickhouse",
+        clickhouse,
+    ]);
     // Epochs of ~8 messages (~8,000 events): many commits, so crashes and outages land between them.
     command.env("CONVOFLOW_EPOCH_MESSAGES", "8");
     command
@@ -27,6 +40,9 @@ fn scaled_replay(names: &Names, input: &Path, tenants: &Path, nats: &str, clickh
 
 #[test]
 fn jetstream_and_clickhouse_give_the_embedded_rows_and_republishing_changes_nothing() {
+    if !services_for("jetstream_and_clickhouse_give_the_embedded_rows_and_republishing_changes_nothing") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, tenants) = generate(dir.path(), 30_000);
     let expected = reference(dir.path(), &input, &tenants);
@@ -50,7 +66,14 @@ fn jetstream_and_clickhouse_give_the_embedded_rows_and_republishing_changes_noth
 
     // Rebuilding from the stream into a fresh embedded store gives the same rows again.
     let rebuilt = dir.path().join("rebuilt");
-    succeed(names.command().args(["replay", "--from-nats", "--since", "2000-01-01T00:00:00Z", "--nats", &nats_url(), "--tenants"]).arg(&tenants).arg("--data").arg(&rebuilt));
+    succeed(
+        names
+            .command()
+            .args(["replay", "--from-nats", "--since", "2000-01-01T00:00:00Z", "--nats", &nats_url(), "--tenants"])
+            .arg(&tenants)
+            .arg("--data")
+            .arg(&rebuilt),
+    );
     let mut rebuilt_tables = embedded_tables(&rebuilt);
     let mut expected_without_parse_errors = expected.clone();
     // Invalid lines never reach the stream, so a rebuild from it has no parse rejections.
@@ -61,10 +84,19 @@ fn jetstream_and_clickhouse_give_the_embedded_rows_and_republishing_changes_noth
 
     // Rebuilding from the stream into a fresh ClickHouse database gives them too.
     let rebuilt_database = format!("{database}_rebuilt");
-    succeed(names.command().args(["replay", "--from-nats", "--nats", &nats_url(), "--clickhouse", &rebuilt_database, "--tenants"]).arg(&tenants));
+    succeed(
+        names
+            .command()
+            .args(["replay", "--from-nats", "--nats", &nats_url(), "--clickhouse", &rebuilt_database, "--tenants"])
+            .arg(&tenants),
+    );
     let mut rebuilt_in_clickhouse = clickhouse_tables(&rebuilt_database);
     rebuilt_in_clickhouse.remove("rejected");
-    assert_same_tables(&expected_without_parse_errors, &rebuilt_in_clickhouse, "rebuilt from the stream into ClickHouse");
+    assert_same_tables(
+        &expected_without_parse_errors,
+        &rebuilt_in_clickhouse,
+        "rebuilt from the stream into ClickHouse",
+    );
 
     // A second durable consumer feeding the embedded store sees the same stream: the same rows,
     // with the publisher's rejections carried over.
@@ -83,12 +115,24 @@ fn jetstream_and_clickhouse_give_the_embedded_rows_and_republishing_changes_noth
     assert_same_tables(&expected, &embedded_tables(&through_nats), "JetStream + embedded store vs embedded");
 
     // Analysts read ClickHouse through the same command, read-only.
-    let counted = succeed(Command::new(binary()).args(["sql", "--clickhouse", &database, "--format", "csv", "SELECT count() AS n FROM responses"]));
+    let counted = succeed(Command::new(binary()).args([
+        "sql",
+        "--clickhouse",
+        &database,
+        "--format",
+        "csv",
+        "SELECT count() AS n FROM responses",
+    ]));
     let expected_count = expected["responses"].len().to_string();
     assert_eq!(String::from_utf8_lossy(&counted.stdout).lines().nth(1), Some(expected_count.as_str()));
-    let refused = Command::new(binary()).args(["sql", "--clickhouse", &database, "DROP TABLE events_log"]).output().expect("run");
+    let refused =
+        Command::new(binary()).args(["sql", "--clickhouse", &database, "DROP TABLE events_log"]).output().expect("run");
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("readonly"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("readonly"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
 
 /// A deterministic sequence of pauses in `range_ms`, so a failing run can be repeated.
@@ -106,6 +150,9 @@ fn pauses(seed: u64, count: usize, range_ms: (u64, u64)) -> Vec<Duration> {
 
 #[test]
 fn killing_the_consumer_at_random_points_loses_and_doubles_nothing() {
+    if !services_for("killing_the_consumer_at_random_points_loses_and_doubles_nothing") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, tenants) = generate(dir.path(), 100_000);
     let expected = reference(dir.path(), &input, &tenants);
@@ -152,10 +199,9 @@ impl Proxy {
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(&target) else { continue };
-                for (mut from, mut to) in [
-                    (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
-                    (server, client),
-                ] {
+                for (mut from, mut to) in
+                    [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
+                {
                     let gate = gate.clone();
                     std::thread::spawn(move || {
                         let mut buffer = [0u8; 64 * 1024];
@@ -202,7 +248,10 @@ fn finish(child: &mut Child, log: &Path) -> String {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the pipeline did not finish within {limit:?}; its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "the pipeline did not finish within {limit:?}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -210,6 +259,9 @@ fn finish(child: &mut Child, log: &Path) -> String {
 
 #[test]
 fn clickhouse_away_for_a_while_is_waited_for_and_nothing_is_lost() {
+    if !services_for("clickhouse_away_for_a_while_is_waited_for_and_nothing_is_lost") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, tenants) = generate(dir.path(), 100_000);
     let expected = reference(dir.path(), &input, &tenants);
@@ -218,7 +270,8 @@ fn clickhouse_away_for_a_while_is_waited_for_and_nothing_is_lost() {
     let proxy = Proxy::start(&target);
     let database = names.database_url(&format!("http://127.0.0.1:{}", proxy.port));
     let log = dir.path().join("stderr");
-    let mut child = spawn_one_message_epochs(scaled_replay(&names, &input, &tenants, &nats_url(), &database), Some(&log));
+    let mut child =
+        spawn_one_message_epochs(scaled_replay(&names, &input, &tenants, &nats_url(), &database), Some(&log));
     let direct = names.database_url(&clickhouse_url());
     assert!(wait_for_commit(&direct, 0, &mut child), "the outage must start while the pipeline runs");
     proxy.set_open(false);
@@ -226,7 +279,11 @@ fn clickhouse_away_for_a_while_is_waited_for_and_nothing_is_lost() {
     proxy.set_open(true);
     let log = finish(&mut child, &log);
     assert!(log.contains("retrying"), "the outage should have made the pipeline retry: {log}");
-    assert_same_tables(&expected, &clickhouse_tables(&names.database_url(&clickhouse_url())), "after a ClickHouse outage");
+    assert_same_tables(
+        &expected,
+        &clickhouse_tables(&names.database_url(&clickhouse_url())),
+        "after a ClickHouse outage",
+    );
 }
 
 /// A NATS server of this test's own, so it can be restarted without disturbing other tests.
@@ -281,6 +338,9 @@ impl Drop for PrivateNats {
 
 #[test]
 fn nats_restarted_mid_run_is_reconnected_to_and_nothing_is_lost() {
+    if !services_for("nats_restarted_mid_run_is_reconnected_to_and_nothing_is_lost") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, tenants) = generate(dir.path(), 100_000);
     let expected = reference(dir.path(), &input, &tenants);
@@ -288,7 +348,8 @@ fn nats_restarted_mid_run_is_reconnected_to_and_nothing_is_lost() {
     let names = Names::new("natsdown");
     let database = names.database_url(&clickhouse_url());
     let log = dir.path().join("stderr");
-    let mut child = spawn_one_message_epochs(scaled_replay(&names, &input, &tenants, &nats.url(), &database), Some(&log));
+    let mut child =
+        spawn_one_message_epochs(scaled_replay(&names, &input, &tenants, &nats.url(), &database), Some(&log));
     assert!(wait_for_commit(&database, 0, &mut child), "the restart must happen while the pipeline runs");
     nats.stop();
     std::thread::sleep(Duration::from_secs(2));

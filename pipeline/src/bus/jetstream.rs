@@ -145,7 +145,11 @@ impl JetStreamBus {
                 for batch in pending {
                     let mut headers = HeaderMap::new();
                     headers.insert("Nats-Msg-Id", batch.id.as_str());
-                    match self.context.publish_with_headers(self.config.subject(&batch.tenant), headers, batch.body.clone()).await {
+                    match self
+                        .context
+                        .publish_with_headers(self.config.subject(&batch.tenant), headers, batch.body.clone())
+                        .await
+                    {
                         Ok(ack) => acks.push((batch, ack)),
                         Err(error) => {
                             tracing::warn!(%error, "publish failed; retrying");
@@ -192,7 +196,8 @@ impl JetStreamBus {
                 return Ok(Consumer { inner: existing, acks: true });
             }
             tracing::info!(consumer = %name, unacked = info.num_ack_pending, from = info.ack_floor.stream_sequence + 1, "redelivering unacknowledged messages");
-            deliver_policy = consumer::DeliverPolicy::ByStartSequence { start_sequence: info.ack_floor.stream_sequence + 1 };
+            deliver_policy =
+                consumer::DeliverPolicy::ByStartSequence { start_sequence: info.ack_floor.stream_sequence + 1 };
             retry("recreate the consumer", || self.stream.delete_consumer(&name)).await?;
         }
         let config = consumer::pull::Config {
@@ -218,10 +223,10 @@ impl JetStreamBus {
             ..Default::default()
         };
         let consumer = retry("create an ordered consumer", || self.stream.create_consumer(config.clone())).await?;
-        consumer
-            .messages()
-            .await
-            .map_err(|error| BusError::Request { what: "read from the ordered consumer".to_owned(), reason: error.to_string() })
+        consumer.messages().await.map_err(|error| BusError::Request {
+            what: "read from the ordered consumer".to_owned(),
+            reason: error.to_string(),
+        })
     }
 
     /// When the stream was created (ms): a stream deleted and made again starts its sequences

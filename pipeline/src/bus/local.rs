@@ -104,12 +104,19 @@ impl LocalLog {
 
     /// A reader of the records from `offset` on.
     pub fn reader(&self, offset: u64) -> Result<LogReader, LogError> {
-        let file = File::open(&self.path).map_err(|source| LogError::Io { path: self.path.display().to_string(), source })?;
+        let file =
+            File::open(&self.path).map_err(|source| LogError::Io { path: self.path.display().to_string(), source })?;
         Ok(LogReader { file, path: self.path.clone(), offset })
     }
 }
 
-fn write_loop(mut file: File, path: PathBuf, mut end: u64, appends: mpsc::Receiver<Append>, durable: watch::Sender<u64>) {
+fn write_loop(
+    mut file: File,
+    path: PathBuf,
+    mut end: u64,
+    appends: mpsc::Receiver<Append>,
+    durable: watch::Sender<u64>,
+) {
     // Set when a failed write could not be cut off: appending after unknown bytes would put
     // records where readers cannot find them, so every later append fails instead.
     let mut broken: Option<String> = None;
@@ -236,7 +243,10 @@ impl LogReader {
             let mut payload = vec![0u8; size];
             self.file.read_exact_at(&mut payload, self.offset + HEADER_BYTES).map_err(io)?;
             if crc32fast::hash(&payload) != crc {
-                let source = std::io::Error::new(std::io::ErrorKind::InvalidData, format!("CRC mismatch at offset {}", self.offset));
+                let source = std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("CRC mismatch at offset {}", self.offset),
+                );
                 return Err(io(source));
             }
             records.push(LogRecord { offset: self.offset, payload });
@@ -265,7 +275,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = LocalLog::open(dir.path()).expect("open");
         let appends: Vec<_> = (0..50).map(|i| log.append(format!("record {i}\n").into_bytes())).collect();
-        let offsets: Vec<u64> = futures::future::join_all(appends).await.into_iter().map(|r| r.expect("append")).collect();
+        let offsets: Vec<u64> =
+            futures::future::join_all(appends).await.into_iter().map(|r| r.expect("append")).collect();
         let end = *log.durable_end().borrow();
         let mut reader = log.reader(0).expect("reader");
         let records = reader.read_until(end, usize::MAX).expect("read");
@@ -297,8 +308,12 @@ mod tests {
             assert_eq!(*log.durable_end().borrow(), whole.len() as u64);
             assert_eq!(std::fs::metadata(&path).expect("stat").len(), whole.len() as u64);
             let offset = log.append(b"next\n".to_vec()).await.expect("append");
-            let records = log.reader(0).expect("reader").read_until(*log.durable_end().borrow(), usize::MAX).expect("read");
-            assert_eq!(records.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), vec![b"whole\n".to_vec(), b"next\n".to_vec()]);
+            let records =
+                log.reader(0).expect("reader").read_until(*log.durable_end().borrow(), usize::MAX).expect("read");
+            assert_eq!(
+                records.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+                vec![b"whole\n".to_vec(), b"next\n".to_vec()]
+            );
             assert_eq!(offset, whole.len() as u64);
         }
     }

@@ -6,10 +6,10 @@ pub mod local;
 
 use bytes::Bytes;
 use convoflow_events::{parse_event, split_lines};
-use std::hash::Hasher;
 use convoflow_operators::dedup::Positioned;
 use convoflow_operators::RejectedRow;
 use std::collections::HashMap;
+use std::hash::Hasher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -124,7 +124,12 @@ pub fn position(sequence: u64, line: u64) -> u64 {
 
 /// Parses a delivered message's lines; lines that are not valid events become `rejected` rows
 /// naming `origin` (the stream or log), the message's sequence and the line.
-pub fn parse_message(origin: &str, sequence: u64, payload: &[u8], received_at: i64) -> (Vec<Positioned>, Vec<RejectedRow>) {
+pub fn parse_message(
+    origin: &str,
+    sequence: u64,
+    payload: &[u8],
+    received_at: i64,
+) -> (Vec<Positioned>, Vec<RejectedRow>) {
     let mut events = Vec::new();
     let mut rejected = Vec::new();
     for line in split_lines(payload, 1) {
@@ -169,7 +174,10 @@ pub fn parse_messages(
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
     });
     let mut events = Vec::new();
     let mut rejected = Vec::new();
@@ -185,7 +193,9 @@ mod tests {
     use super::*;
 
     fn line(tenant: &str, id: usize) -> String {
-        format!(r#"{{"event_id":"e{id}","tenant_id":"{tenant}","ts":{id},"type":"touch","contact_id":"c","channel":"ad"}}"#)
+        format!(
+            r#"{{"event_id":"e{id}","tenant_id":"{tenant}","ts":{id},"type":"touch","contact_id":"c","channel":"ad"}}"#
+        )
     }
 
     #[test]
@@ -203,9 +213,11 @@ mod tests {
         assert_eq!(first.rejected[0].source, format!("in.ndjson:{}", BATCH_EVENTS + 11));
         let events: u64 = first.batches.iter().map(|b| b.events).sum();
         assert_eq!(events, BATCH_EVENTS as u64 + 10);
-        assert!(first.batches.iter().all(|b| b.body.split(|c| *c == b'\n').filter(|l| !l.is_empty()).all(|l| {
-            parse_event(l).map(|e| e.tenant_id == b.tenant).unwrap_or(false)
-        })));
+        assert!(first.batches.iter().all(|b| b
+            .body
+            .split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .all(|l| { parse_event(l).map(|e| e.tenant_id == b.tenant).unwrap_or(false) })));
         let ids: Vec<&str> = first.batches.iter().map(|b| b.id.as_str()).collect();
         let ids_again: Vec<&str> = again.batches.iter().map(|b| b.id.as_str()).collect();
         assert_eq!(ids, ids_again);
@@ -224,7 +236,13 @@ mod tests {
 
     #[test]
     fn rejection_lines_come_back_as_the_rows_they_carry() {
-        let row = RejectedRow::new(Some("acme"), 5, "ts: missing".to_owned(), b"{\"event_id\":\"x\"}", "api:req-1:2".to_owned());
+        let row = RejectedRow::new(
+            Some("acme"),
+            5,
+            "ts: missing".to_owned(),
+            b"{\"event_id\":\"x\"}",
+            "api:req-1:2".to_owned(),
+        );
         let payload = format!("{}\n{}\n", row.to_bus_line(), line("acme", 1));
         let (events, rejected) = parse_message("log", 0, payload.as_bytes(), 99);
         assert_eq!(events.len(), 1);

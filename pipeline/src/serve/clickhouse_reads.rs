@@ -12,7 +12,12 @@ pub struct ClickHouseReads {
 }
 
 impl Store for ClickHouseReads {
-    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str, limits: &'a Limits) -> BoxFuture<'a, Result<Collected, StoreError>> {
+    fn query<'a>(
+        &'a self,
+        scope: &'a Scope,
+        sql: &'a str,
+        limits: &'a Limits,
+    ) -> BoxFuture<'a, Result<Collected, StoreError>> {
         Box::pin(async move {
             let sql = match scope {
                 Scope::All => sql.to_owned(),

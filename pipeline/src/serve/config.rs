@@ -155,7 +155,13 @@ impl ServeConfig {
             body_bytes: file.limits.body_bytes.unwrap_or(defaults.body_bytes),
             requests_per_second: file.limits.requests_per_second.unwrap_or(defaults.requests_per_second),
             burst: file.limits.burst.unwrap_or(defaults.burst),
-            sql_timeout: file.limits.sql_timeout.as_deref().map(|t| duration("limits.sql_timeout", t)).transpose()?.unwrap_or(defaults.sql_timeout),
+            sql_timeout: file
+                .limits
+                .sql_timeout
+                .as_deref()
+                .map(|t| duration("limits.sql_timeout", t))
+                .transpose()?
+                .unwrap_or(defaults.sql_timeout),
             sql_max_rows: file.limits.sql_max_rows.unwrap_or(defaults.sql_max_rows),
             sql_max_result_bytes: file.limits.sql_max_result_bytes.unwrap_or(defaults.sql_max_result_bytes),
             sql_memory_bytes: file.limits.sql_memory_bytes.unwrap_or(defaults.sql_memory_bytes),
@@ -170,7 +176,9 @@ impl ServeConfig {
         for key in file.api_keys {
             if key.key.len() < 16 {
                 let owner = key.tenant.as_deref().unwrap_or("admin");
-                return Err(ConfigError::Invalid(format!("api_keys: the key of `{owner}` is shorter than 16 characters")));
+                return Err(ConfigError::Invalid(format!(
+                    "api_keys: the key of `{owner}` is shorter than 16 characters"
+                )));
             }
             api_keys.push(ApiKey { key: key.key, tenant: key.tenant });
         }
@@ -180,7 +188,9 @@ impl ServeConfig {
         let mut whatsapp = HashMap::new();
         for (tenant, app) in file.whatsapp {
             if app.app_secret.is_empty() {
-                return Err(ConfigError::Invalid(format!("whatsapp.{tenant}.app_secret is empty: webhooks could not be verified")));
+                return Err(ConfigError::Invalid(format!(
+                    "whatsapp.{tenant}.app_secret is empty: webhooks could not be verified"
+                )));
             }
             whatsapp.insert(tenant, WhatsAppApp { app_secret: app.app_secret, verify_token: app.verify_token });
         }
@@ -194,9 +204,17 @@ impl ServeConfig {
             text.as_deref().map(|t| duration(field, t)).transpose().map(|d| d.unwrap_or(default))
         };
         let server = ServerLimits {
-            header_timeout: timeout("limits.header_timeout", &file.limits.header_timeout, server_defaults.header_timeout)?,
+            header_timeout: timeout(
+                "limits.header_timeout",
+                &file.limits.header_timeout,
+                server_defaults.header_timeout,
+            )?,
             body_timeout: timeout("limits.body_timeout", &file.limits.body_timeout, server_defaults.body_timeout)?,
-            request_timeout: timeout("limits.request_timeout", &file.limits.request_timeout, server_defaults.request_timeout)?,
+            request_timeout: timeout(
+                "limits.request_timeout",
+                &file.limits.request_timeout,
+                server_defaults.request_timeout,
+            )?,
             max_connections: file.limits.max_connections.unwrap_or(server_defaults.max_connections).max(1),
         };
         Ok(ServeConfig {
@@ -207,7 +225,12 @@ impl ServeConfig {
             clickhouse: overrides.clickhouse.or(file.clickhouse),
             tenants: overrides.tenants.or(file.tenants.map(relative)),
             workers,
-            snapshot_interval: file.snapshot_interval.as_deref().map(|t| duration("snapshot_interval", t)).transpose()?.unwrap_or(Duration::from_secs(60)),
+            snapshot_interval: file
+                .snapshot_interval
+                .as_deref()
+                .map(|t| duration("snapshot_interval", t))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(60)),
             limits,
             api_keys,
             whatsapp,
@@ -217,8 +240,10 @@ impl ServeConfig {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-    toml::from_str(&text).map_err(|error| ConfigError::Parse { path: path.display().to_string(), message: error.to_string() })
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    toml::from_str(&text)
+        .map_err(|error| ConfigError::Parse { path: path.display().to_string(), message: error.to_string() })
 }
 
 #[cfg(test)]
@@ -245,8 +270,12 @@ verify_token = "v"
 "#,
         )
         .expect("write");
-        let config = ServeConfig::load(Overrides { config: Some(path.clone()), listen: Some("127.0.0.1:1".to_owned()), ..Overrides::default() })
-            .expect("load");
+        let config = ServeConfig::load(Overrides {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:1".to_owned()),
+            ..Overrides::default()
+        })
+        .expect("load");
         assert_eq!(config.listen, "127.0.0.1:1");
         assert_eq!(config.data, dir.path().join("d"));
         assert_eq!(config.limits.burst, 5.0);
@@ -261,7 +290,8 @@ verify_token = "v"
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "listn = \"x\"\n").expect("write");
-        let error = ServeConfig::load(Overrides { config: Some(path.clone()), ..Overrides::default() }).expect_err("unknown key");
+        let error = ServeConfig::load(Overrides { config: Some(path.clone()), ..Overrides::default() })
+            .expect_err("unknown key");
         assert!(error.to_string().contains("listn"), "{error}");
         std::fs::write(&path, "[[api_keys]]\nkey = \"short\"\n").expect("write");
         let error = ServeConfig::load(Overrides { config: Some(path), ..Overrides::default() }).expect_err("short key");

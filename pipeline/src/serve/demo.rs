@@ -42,7 +42,13 @@ pub async fn feed(state: Arc<ApiState>, seed: u64) {
                 Ok(event) => {
                     admission.event(&state.seen, &event, received_at, source);
                 }
-                Err(error) => admission.reject(RejectedRow::new(error.tenant_id.as_deref(), received_at, error.to_string(), bytes, source())),
+                Err(error) => admission.reject(RejectedRow::new(
+                    error.tenant_id.as_deref(),
+                    received_at,
+                    error.to_string(),
+                    bytes,
+                    source(),
+                )),
             }
         }
         if let Err(error) = admission.commit(&state).await {

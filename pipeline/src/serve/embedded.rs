@@ -4,9 +4,9 @@
 use crate::bus::local::{LocalLog, LogError};
 use convoflow_api::{BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch};
 use convoflow_queries::{Collected, Dialect, SqlEngine};
-use datafusion::execution::runtime_env::RuntimeEnv;
 use convoflow_sinks::{read_table, LiveTables, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use std::sync::{Arc, Mutex};
 
 pub struct LocalLogBus {
@@ -39,7 +39,8 @@ pub struct LiveStore {
 /// missed here could only come out empty, never show another tenant's rows.
 fn mentioned_tables(sql: &str) -> Vec<&'static str> {
     let lower = sql.to_ascii_lowercase();
-    let words: std::collections::HashSet<&str> = lower.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
+    let words: std::collections::HashSet<&str> =
+        lower.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
     TABLES.iter().copied().filter(|table| words.contains(table)).collect()
 }
 
@@ -66,12 +67,21 @@ impl LiveStore {
 }
 
 impl Store for LiveStore {
-    fn query<'a>(&'a self, scope: &'a Scope, sql: &'a str, limits: &'a Limits) -> BoxFuture<'a, Result<Collected, StoreError>> {
+    fn query<'a>(
+        &'a self,
+        scope: &'a Scope,
+        sql: &'a str,
+        limits: &'a Limits,
+    ) -> BoxFuture<'a, Result<Collected, StoreError>> {
         Box::pin(async move {
             // Rebuilding a changed table's batches is CPU work: keep it off the async workers.
             let batches = tokio::task::block_in_place(|| self.scoped_batches(scope, sql))?;
-            let engine = SqlEngine::over_batches(batches, self.runtime.clone()).map_err(|error| StoreError::Unavailable(error.to_string()))?;
-            engine.query_limited(sql, limits.sql_max_rows, limits.sql_max_result_bytes).await.map_err(|error| StoreError::Query(error.to_string()))
+            let engine = SqlEngine::over_batches(batches, self.runtime.clone())
+                .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            engine
+                .query_limited(sql, limits.sql_max_rows, limits.sql_max_result_bytes)
+                .await
+                .map_err(|error| StoreError::Query(error.to_string()))
         })
     }
 
@@ -86,7 +96,10 @@ mod tests {
 
     #[test]
     fn mentioned_tables_are_found_as_whole_words() {
-        assert_eq!(mentioned_tables("SELECT * FROM Responses r JOIN contacts c USING (tenant_id)"), vec!["responses", "contacts"]);
+        assert_eq!(
+            mentioned_tables("SELECT * FROM Responses r JOIN contacts c USING (tenant_id)"),
+            vec!["responses", "contacts"]
+        );
         assert_eq!(mentioned_tables("select count(*) from \"events\""), vec!["events"]);
         assert!(mentioned_tables("SELECT 1 AS responses_total").is_empty());
     }

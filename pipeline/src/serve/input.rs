@@ -22,10 +22,20 @@ pub struct Record {
     pub payload: bytes::Bytes,
 }
 
+// One per process: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
-    Log { reader: LogReader, durable: watch::Receiver<u64> },
+    Log {
+        reader: LogReader,
+        durable: watch::Receiver<u64>,
+    },
     /// `pending`: messages on the stream past `position`, as the last delivery said.
-    Stream { bus: Arc<JetStreamBus>, messages: Ordered, position: u64, pending: u64 },
+    Stream {
+        bus: Arc<JetStreamBus>,
+        messages: Ordered,
+        position: u64,
+        pending: u64,
+    },
 }
 
 impl Input {
@@ -85,27 +95,42 @@ impl Input {
                     end = *durable.borrow_and_update();
                 }
                 let records = reader.read_until(end, EPOCH_BYTES)?;
-                Ok(records.into_iter().map(|record| Record { position: record.offset, payload: record.payload.into() }).collect())
+                Ok(records
+                    .into_iter()
+                    .map(|record| Record { position: record.offset, payload: record.payload.into() })
+                    .collect())
             }
-            Input::Stream { messages, position, pending, .. } => handle.block_on(next_messages(messages, position, pending, wait)),
+            Input::Stream { messages, position, pending, .. } => {
+                handle.block_on(next_messages(messages, position, pending, wait))
+            }
         }
     }
 }
 
 /// Messages that have arrived (waiting up to `wait` for the first), up to about `EPOCH_BYTES`.
-async fn next_messages(messages: &mut Ordered, position: &mut u64, pending: &mut u64, wait: Duration) -> Result<Vec<Record>, ServeError> {
+async fn next_messages(
+    messages: &mut Ordered,
+    position: &mut u64,
+    pending: &mut u64,
+    wait: Duration,
+) -> Result<Vec<Record>, ServeError> {
     let mut records = Vec::new();
     let Ok(mut next) = tokio::time::timeout(wait, messages.next()).await else { return Ok(records) };
     let mut bytes = 0;
     loop {
         match next {
             Some(Ok(message)) => {
-                let (sequence, left) = message.info().map_or((*position + 1, 0), |info| (info.stream_sequence, info.pending));
+                let (sequence, left) =
+                    message.info().map_or((*position + 1, 0), |info| (info.stream_sequence, info.pending));
                 // (A consumer recreated before its first delivery starts over from the stream's
                 // beginning: what was read already is skipped.)
                 if sequence > *position {
                     if sequence > *position + 1 {
-                        tracing::warn!(from = *position + 1, to = sequence - 1, "messages missing from the stream (removed by its limits or by hand)");
+                        tracing::warn!(
+                            from = *position + 1,
+                            to = sequence - 1,
+                            "messages missing from the stream (removed by its limits or by hand)"
+                        );
                     }
                     (*position, *pending) = (sequence, left);
                     bytes += message.payload.len();

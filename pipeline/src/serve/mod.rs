@@ -26,7 +26,9 @@ use crate::serve::input::Input;
 use crate::serve::output::Output;
 use crate::serve::runtime::{OpenInput, Runtime};
 use crate::serve::stream_bus::StreamBus;
-use convoflow_api::{router, ApiKey, ApiKeys, ApiState, Bus, FeedPublisher, RateLimiter, SeenEvents, SqlRuntime, Store, Telemetry};
+use convoflow_api::{
+    router, ApiKey, ApiKeys, ApiState, Bus, FeedPublisher, RateLimiter, SeenEvents, SqlRuntime, Store, Telemetry,
+};
 use convoflow_events::{Tenants, TenantsError};
 use convoflow_queries::query_runtime;
 use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, LiveTables};
@@ -132,9 +134,13 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, St
         }
         Some(url) => {
             let clickhouse = ClickHouseConfig::parse(url)?;
-            let store = Arc::new(retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(&clickhouse)).await?);
+            let store = Arc::new(
+                retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(&clickhouse))
+                    .await?,
+            );
 
-            let described = format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
+            let described =
+                format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
             Ok((Arc::new(ClickHouseReads { store: store.clone() }), Output::clickhouse(store), described))
         }
     }
@@ -143,7 +149,8 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, St
 /// Runs until Ctrl-C or SIGTERM; then stops taking requests, applies what the bus holds and
 /// stores it (a last snapshot, or a last ClickHouse commit).
 pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&config.data).map_err(|source| ServeError::Io { what: format!("data dir {}", config.data.display()), source })?;
+    std::fs::create_dir_all(&config.data)
+        .map_err(|source| ServeError::Io { what: format!("data dir {}", config.data.display()), source })?;
     let _lock = DataDirLock::acquire(&config.data)?;
     let tenants = Arc::new(match &config.tenants {
         Some(path) => Tenants::load(path)?,
@@ -154,7 +161,10 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut keys = config.api_keys.clone();
     if keys.is_empty() {
         let key = admin_key_file(&config.data)?;
-        println!("admin API key: {key}  (kept in {}; configure [[api_keys]] to choose your own)", config.data.join("admin.key").display());
+        println!(
+            "admin API key: {key}  (kept in {}; configure [[api_keys]] to choose your own)",
+            config.data.join("admin.key").display()
+        );
         keys.push(ApiKey { key, tenant: None });
     }
     let BusParts { bus, described: bus_described, input_id, open_input } = bus_parts(&config).await?;
@@ -183,8 +193,18 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         ready: ready.clone(),
         shutdown,
     });
-    let feed = FeedPublisher::start(feed).map_err(|source| ServeError::Io { what: "start the feed thread".to_owned(), source })?;
-    let runtime = Runtime { tenants, workers: config.workers, output, feed, seen, telemetry, ready: ready.clone(), stop: stop.clone() };
+    let feed = FeedPublisher::start(feed)
+        .map_err(|source| ServeError::Io { what: "start the feed thread".to_owned(), source })?;
+    let runtime = Runtime {
+        tenants,
+        workers: config.workers,
+        output,
+        feed,
+        seen,
+        telemetry,
+        ready: ready.clone(),
+        stop: stop.clone(),
+    };
     let handle = tokio::runtime::Handle::current();
     // The runtime ending (an error) shuts the server down too: a server that no longer applies
     // events must not keep accepting them.
@@ -206,7 +226,8 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| ServeError::Listen { address: config.listen.clone(), source })?;
-    let address = listener.local_addr().map_err(|source| ServeError::Listen { address: config.listen.clone(), source })?;
+    let address =
+        listener.local_addr().map_err(|source| ServeError::Listen { address: config.listen.clone(), source })?;
     println!(
         "convoflow serve: listening on http://{address} (events go to {bus_described}, tables to {store_described})\n\
          dashboard at http://{address}/, API described at http://{address}/v1/openapi.json"
@@ -215,7 +236,13 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     if config.demo {
         tokio::spawn(demo::feed(state.clone(), 42));
     }
-    let served = convoflow_api::serve(listener, router(state), config.server.clone(), shutdown_signal(runtime_ended, shutdown_sender)).await;
+    let served = convoflow_api::serve(
+        listener,
+        router(state),
+        config.server.clone(),
+        shutdown_signal(runtime_ended, shutdown_sender),
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     let result = processing.join().map_err(|_| ServeError::Snapshot("the runtime thread panicked".to_owned()))?;
     served.map_err(|source| ServeError::Io { what: "HTTP server".to_owned(), source })?;

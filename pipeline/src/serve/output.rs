@@ -32,7 +32,15 @@ pub struct Restored {
 impl Output {
     pub fn embedded(data_dir: &Path, tables: Arc<Mutex<LiveTables>>, interval: Duration) -> Result<Self, ServeError> {
         let store = Arc::new(EmbeddedStore::open(data_dir)?);
-        let snapshots = Snapshots { store, data_dir: data_dir.to_owned(), interval, covered: 0, writing: None, last: Instant::now(), input: String::new() };
+        let snapshots = Snapshots {
+            store,
+            data_dir: data_dir.to_owned(),
+            interval,
+            covered: 0,
+            writing: None,
+            last: Instant::now(),
+            input: String::new(),
+        };
         Ok(Output::Embedded { tables, snapshots })
     }
 
@@ -75,7 +83,14 @@ impl Output {
 
     /// Stores one epoch's changes, which take the tables to `position` in `input`. ClickHouse is
     /// retried until it takes the commit: meanwhile the bus keeps what comes in.
-    pub fn apply(&mut self, tables: TableSet, rejected: &[RejectedRow], positions: (u64, u64), input: &str, handle: &Handle) -> Result<(), ServeError> {
+    pub fn apply(
+        &mut self,
+        tables: TableSet,
+        rejected: &[RejectedRow],
+        positions: (u64, u64),
+        input: &str,
+        handle: &Handle,
+    ) -> Result<(), ServeError> {
         match self {
             Output::Embedded { tables: live, .. } => lock_tables(live).apply(tables, rejected)?,
             Output::ClickHouse { store, next_epoch } => {
@@ -142,7 +157,10 @@ fn checkpoint_path(data_dir: &Path) -> PathBuf {
 }
 
 fn read_checkpoint(data_dir: &Path) -> Checkpoint {
-    std::fs::read(checkpoint_path(data_dir)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+    std::fs::read(checkpoint_path(data_dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
 }
 
 fn write_checkpoint(data_dir: &Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
@@ -202,9 +220,9 @@ impl Snapshots {
     /// Waits for the snapshot being written, if any.
     fn finish(&mut self) -> Result<(), ServeError> {
         if let Some(writing) = self.writing.take() {
-            self.covered = writing.join().map_err(|_| ServeError::Snapshot("the snapshot writer panicked".to_owned()))??;
+            self.covered =
+                writing.join().map_err(|_| ServeError::Snapshot("the snapshot writer panicked".to_owned()))??;
         }
         Ok(())
     }
 }
-

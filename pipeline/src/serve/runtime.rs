@@ -82,7 +82,8 @@ impl Runtime {
             if self.stop.load(Ordering::SeqCst) {
                 // What is durable now was acknowledged to someone: apply it before stopping.
                 let end = input.end(&handle)?;
-                while input.position() < end && self.epoch(&mut live, &mut input, &input_id, end, false, &handle)? > 0 {}
+                while input.position() < end && self.epoch(&mut live, &mut input, &input_id, end, false, &handle)? > 0 {
+                }
                 break;
             }
             let epoch_started = Instant::now();
@@ -110,7 +111,15 @@ impl Runtime {
     /// Reads the next durable records (waiting a little when there are none) as one epoch and
     /// applies its changes; returns how many records it read. `end` bounds the wait while
     /// catching up: the input is known to hold records up to there.
-    fn epoch(&mut self, live: &mut LiveDataflow, input: &mut Input, input_id: &str, end: u64, catching_up: bool, handle: &Handle) -> Result<usize, ServeError> {
+    fn epoch(
+        &mut self,
+        live: &mut LiveDataflow,
+        input: &mut Input,
+        input_id: &str,
+        end: u64,
+        catching_up: bool,
+        handle: &Handle,
+    ) -> Result<usize, ServeError> {
         let wait = if input.position() < end && end != u64::MAX { Duration::from_secs(10) } else { IDLE_WAIT };
         let records = input.next(handle, wait)?;
         if records.is_empty() {
@@ -146,7 +155,13 @@ impl Runtime {
         telemetry.epochs.fetch_add(1, Ordering::Relaxed);
         telemetry.lag.store(input.lag(), Ordering::Relaxed);
         telemetry.observe_epoch(started.elapsed().as_secs_f64());
-        tracing::debug!(epoch, records = records.len(), events = processed, seconds = started.elapsed().as_secs_f64(), "epoch applied");
+        tracing::debug!(
+            epoch,
+            records = records.len(),
+            events = processed,
+            seconds = started.elapsed().as_secs_f64(),
+            "epoch applied"
+        );
         Ok(records.len())
     }
 }

@@ -43,14 +43,15 @@ pub const DEFAULT_DATABASE: &str = "convoflow";
 
 impl ClickHouseConfig {
     pub fn parse(url: &str) -> Result<Self, ClickHouseError> {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .ok_or_else(|| ClickHouseError::Config(format!("`{url}` is not an http:// URL of ClickHouse's HTTP interface")))?;
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or_else(|| {
+            ClickHouseError::Config(format!("`{url}` is not an http:// URL of ClickHouse's HTTP interface"))
+        })?;
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         let database = path.trim_matches('/');
         if !database.is_empty() && !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ClickHouseError::Config(format!("database name `{database}` may only hold letters, digits and _")));
+            return Err(ClickHouseError::Config(format!(
+                "database name `{database}` may only hold letters, digits and _"
+            )));
         }
         let scheme = &url[..url.len() - rest.len()];
         Ok(ClickHouseConfig {
@@ -107,7 +108,8 @@ impl ClickHouseStore {
     /// Connects, reads the server version and creates the database, log tables and views.
     pub async fn connect(config: &ClickHouseConfig) -> Result<Self, ClickHouseError> {
         let client = clickhouse::Client::default().with_url(&config.url).with_validation(false);
-        let mut store = ClickHouseStore { client, config: config.clone(), version: String::new(), instant_type: "UInt64" };
+        let mut store =
+            ClickHouseStore { client, config: config.clone(), version: String::new(), instant_type: "UInt64" };
         let version = store.fetch("SELECT version()", "TabSeparated", "read the server version").await?;
         store.version = String::from_utf8_lossy(&version).trim().to_owned();
         if has_datetime64(&store.version) {
@@ -154,7 +156,12 @@ impl ClickHouseStore {
     /// Runs a query with `readonly = 2` (no writes, settings allowed) and returns the reply in
     /// `format`: the read side for analysts.
     /// `settings` are passed with it (limits: `max_execution_time`, `max_result_rows`, …).
-    pub async fn fetch_read_only(&self, sql: &str, format: &str, settings: &[(&str, String)]) -> Result<Bytes, ClickHouseError> {
+    pub async fn fetch_read_only(
+        &self,
+        sql: &str,
+        format: &str,
+        settings: &[(&str, String)],
+    ) -> Result<Bytes, ClickHouseError> {
         let mut query = self
             .client
             .clone()
@@ -207,7 +214,9 @@ impl ClickHouseStore {
             let columns = schema
                 .fields()
                 .iter()
-                .map(|field| Ok(format!("{} {}", field.name(), self.column_type(field.data_type(), field.is_nullable())?)))
+                .map(|field| {
+                    Ok(format!("{} {}", field.name(), self.column_type(field.data_type(), field.is_nullable())?))
+                })
                 .collect::<Result<Vec<String>, ClickHouseError>>()?;
             // Sorted by tenant, then the first always-present instant: how reports filter.
             let instant = schema
@@ -249,9 +258,12 @@ impl ClickHouseStore {
     pub async fn last_epoch(&self) -> Result<u64, ClickHouseError> {
         let db = &self.config.database;
         let mut last = 0u64;
-        let sources = TABLES.iter().map(|table| format!("{table}_log")).chain(["commits".to_owned(), "positions".to_owned()]);
+        let sources =
+            TABLES.iter().map(|table| format!("{table}_log")).chain(["commits".to_owned(), "positions".to_owned()]);
         for source in sources {
-            let reply = self.fetch(&format!("SELECT max(epoch) FROM {db}.{source}"), "TabSeparated", "read the last epoch").await?;
+            let reply = self
+                .fetch(&format!("SELECT max(epoch) FROM {db}.{source}"), "TabSeparated", "read the last epoch")
+                .await?;
             last = last.max(String::from_utf8_lossy(&reply).trim().parse().unwrap_or(0));
         }
         Ok(last)
@@ -284,7 +296,8 @@ impl ClickHouseStore {
     /// and the views count rows repeated within an epoch once.
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<CommitStats, ClickHouseError> {
         let db = &self.config.database;
-        let tables = table_batches(commit.tables, commit.rejected, Rows::Updates).map_err(self.rows_error("encode rows"))?;
+        let tables =
+            table_batches(commit.tables, commit.rejected, Rows::Updates).map_err(self.rows_error("encode rows"))?;
         let mut inserts = Vec::new();
         let mut rows = 0u64;
         for table in &tables {
@@ -292,7 +305,8 @@ impl ClickHouseStore {
                 continue;
             }
             // Sized once: growing a buffer of hundreds of MB by doubling costs copies and faults.
-            let mut body = Vec::with_capacity(table.batches.iter().map(|b| b.get_array_memory_size() + 9 * b.num_rows()).sum());
+            let mut body =
+                Vec::with_capacity(table.batches.iter().map(|b| b.get_array_memory_size() + 9 * b.num_rows()).sum());
             let mut offset = 0;
             for batch in &table.batches {
                 let diffs = &table.diffs[offset..offset + batch.num_rows()];
@@ -302,7 +316,8 @@ impl ClickHouseStore {
             rows += table.diffs.len() as u64;
             let Some(schema) = schema(table.table) else { continue };
             let names: Vec<&str> = schema.fields().iter().map(|field| field.name().as_str()).collect();
-            let sql = format!("INSERT INTO {db}.{}_log ({}, diff, epoch) FORMAT RowBinary", table.table, names.join(", "));
+            let sql =
+                format!("INSERT INTO {db}.{}_log ({}, diff, epoch) FORMAT RowBinary", table.table, names.join(", "));
             inserts.push(self.insert(sql, body, table.table));
         }
         if let Some(input) = commit.input {
@@ -310,16 +325,24 @@ impl ClickHouseStore {
             rowbinary::put_string(&mut row, input);
             row.extend_from_slice(&commit.last_position.to_le_bytes());
             row.extend_from_slice(&commit.epoch.to_le_bytes());
-            inserts.push(self.insert(format!("INSERT INTO {db}.positions (input, position, epoch) FORMAT RowBinary"), row, "positions"));
+            inserts.push(self.insert(
+                format!("INSERT INTO {db}.positions (input, position, epoch) FORMAT RowBinary"),
+                row,
+                "positions",
+            ));
         }
         futures::future::try_join_all(inserts).await?;
 
         let mut marker = Vec::with_capacity(40);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        for value in [commit.epoch, now, commit.first_position, commit.last_position, commit.tables.events.len() as u64] {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        for value in [commit.epoch, now, commit.first_position, commit.last_position, commit.tables.events.len() as u64]
+        {
             marker.extend_from_slice(&value.to_le_bytes());
         }
-        let sql = format!("INSERT INTO {db}.commits (epoch, committed_at, first_position, last_position, events) FORMAT RowBinary");
+        let sql = format!(
+            "INSERT INTO {db}.commits (epoch, committed_at, first_position, last_position, events) FORMAT RowBinary"
+        );
         self.insert(sql, marker, "commits").await?;
         Ok(CommitStats { rows })
     }
