@@ -17,8 +17,9 @@
 //!                              └─ duplicates, conflicts
 //! ```
 //!
-//! An accepted event is split once into the small records each branch needs, and `partition`
-//! moves each record to exactly one branch, so no consumer pays for a copy of the whole event.
+//! An accepted event is split once into the small records each branch needs, each moved to exactly
+//! one branch, so no consumer pays for a copy of the whole event. Branches are typed (see
+//! `split.rs`): a record kind without its branch, or a branch nobody reads, does not compile.
 
 use crate::attribution::{attribution, attribution_record, AttributionInput};
 use crate::contacts::{contact_record, contacts, ContactKey, ContactMessage, ContactOutput};
@@ -26,14 +27,16 @@ use crate::dedup::{dedup, Admission, Positioned};
 use crate::funnel::{funnel_progress, funnel_record, FunnelEvent};
 use crate::message_status::{inbound_record, message_status, ContactStatusInput};
 use crate::messages::{message_record, messages, MessageEvent, MessageKey, MessageOutput};
-use crate::retention::retention;
-use crate::rows::{Update, VolumeKey};
+use crate::retention::{retention, CohortKey, Membership};
+use crate::rows::VolumeKey;
 use crate::session_health::{session_health, session_record, SessionInput};
+use crate::split::branches;
+use crate::tables::Update;
 use crate::thread::{thread_record, threads, ThreadEvent, ThreadKey, ThreadRow};
 use crate::volume::{message_volume, volume_key};
-use convoflow_events::{local_time, Event, EventType, Tenants};
+use convoflow_events::{local_time, EventType, Tenants};
 use std::sync::Arc;
-use timely::dataflow::operators::vec::{Map, Partition};
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concatenate;
 use timely::dataflow::StreamVec;
 
@@ -47,198 +50,129 @@ pub struct Outputs<'s> {
 /// `(tenant_id, contact_id)` or `(tenant_id, session_id)`
 type TenantKey = (String, String);
 
-/// What an accepted event contributes to each branch. Deriving these in one place and routing
-/// each to exactly one branch avoids cloning whole events for every consumer.
-enum Branch {
-    Event(Box<Event>),
-    Thread(ThreadKey, ThreadEvent),
-    Volume(VolumeKey),
-    Contact(ContactKey, ContactMessage),
-    Refused(Admission),
-    Funnel(TenantKey, FunnelEvent),
-    Message(MessageKey, MessageEvent),
-    Inbound(TenantKey, ContactStatusInput),
-    Attribution(TenantKey, AttributionInput),
-    Session(TenantKey, SessionInput),
-}
-
-const BRANCHES: u64 = 10;
-
-impl Branch {
-    fn index(&self) -> u64 {
-        match self {
-            Branch::Event(_) => 0,
-            Branch::Thread(..) => 1,
-            Branch::Volume(_) => 2,
-            Branch::Contact(..) => 3,
-            Branch::Refused(_) => 4,
-            Branch::Funnel(..) => 5,
-            Branch::Message(..) => 6,
-            Branch::Inbound(..) => 7,
-            Branch::Attribution(..) => 8,
-            Branch::Session(..) => 9,
-        }
+branches! {
+    /// What an admission contributes to each branch. Deriving these in one place and routing
+    /// each to exactly one branch avoids cloning whole events for every consumer.
+    EventParts => EventStreams {
+        events: Update,
+        threads: (ThreadKey, ThreadEvent),
+        volume: (VolumeKey, i64),
+        contacts: (ContactKey, ContactMessage),
+        funnels: (TenantKey, FunnelEvent),
+        messages: (MessageKey, MessageEvent),
+        inbound: (TenantKey, ContactStatusInput),
+        attribution: (TenantKey, AttributionInput),
+        sessions: (TenantKey, SessionInput),
+        refused: Admission,
     }
 }
 
-fn branches(event: Box<Event>, tenants: &Tenants) -> Vec<Branch> {
-    // At most one record per branch, so this never reallocates.
-    let mut out = Vec::with_capacity(BRANCHES as usize);
-    if let Some((key, thread_event)) = thread_record(&event) {
-        out.push(Branch::Thread(key, thread_event));
+branches! {
+    /// What a contact's derivation contributes: its row, and its cohort memberships for retention.
+    ContactParts => ContactStreams {
+        rows: Update,
+        cohorts: (CohortKey, Membership),
+    }
+}
+
+branches! {
+    /// What a message's derivation contributes to the tables downstream of it.
+    MessageParts => MessageStreams {
+        reactions: Update,
+        statuses: (TenantKey, ContactStatusInput),
+        touches: (TenantKey, AttributionInput),
+        sends: (TenantKey, SessionInput),
+    }
+}
+
+fn route(admission: Admission, tenants: &Tenants, parts: &mut EventParts) {
+    let event = match admission {
+        Admission::Accepted(event) => event,
+        refused => return parts.refused.push(refused),
+    };
+    if let Some(record) = thread_record(&event) {
+        parts.threads.push(record);
     }
     if matches!(event.kind, EventType::MessageReceived | EventType::MessageSent) {
         let local = local_time(tenants.timezone(&event.tenant_id), event.ts);
         if let Some(key) = volume_key(&event, &local) {
-            out.push(Branch::Volume(key));
+            parts.volume.push((key, 1));
         }
-        if let Some((key, message)) = contact_record(&event, &local) {
-            out.push(Branch::Contact(key, message));
+        if let Some(record) = contact_record(&event, &local) {
+            parts.contacts.push(record);
         }
     }
-    if let Some((key, record)) = funnel_record(&event, tenants) {
-        out.push(Branch::Funnel(key, record));
+    if let Some(record) = funnel_record(&event, tenants) {
+        parts.funnels.push(record);
     }
-    if let Some((key, record)) = message_record(&event) {
-        out.push(Branch::Message(key, record));
+    if let Some(record) = message_record(&event) {
+        parts.messages.push(record);
     }
-    if let Some((key, record)) = inbound_record(&event) {
-        out.push(Branch::Inbound(key, record));
+    if let Some(record) = inbound_record(&event) {
+        parts.inbound.push(record);
     }
-    if let Some((key, record)) = attribution_record(&event) {
-        out.push(Branch::Attribution(key, record));
+    if let Some(record) = attribution_record(&event) {
+        parts.attribution.push(record);
     }
-    if let Some((key, record)) = session_record(&event) {
-        out.push(Branch::Session(key, record));
+    if let Some(record) = session_record(&event) {
+        parts.sessions.push(record);
     }
-    out.push(Branch::Event(event));
-    out
+    parts.events.push(Update::Event(event));
 }
 
 pub fn build<'s>(events: StreamVec<'s, u64, Positioned>, tenants: Arc<Tenants>) -> Outputs<'s> {
     let routing = tenants.clone();
-    let mut parts = dedup(events)
-        .flat_map(move |admission| match admission {
-            Admission::Accepted(event) => branches(event, &routing),
-            refused => vec![Branch::Refused(refused)],
-        })
-        .partition(BRANCHES, |branch| (branch.index(), branch))
-        .into_iter();
-    let mut part = move || parts.next().expect("partition gives one stream per branch");
-    let (events, thread_records, volume_records, contact_records, refused) = (part(), part(), part(), part(), part());
-    let (funnel_records, message_records, inbound_records, attribution_records, session_records) =
-        (part(), part(), part(), part(), part());
+    let parts = EventParts::split(dedup(events), "Route", move |admission, parts| route(admission, &routing, parts));
+    let scope = parts.events.scope();
 
-    let refused = refused.flat_map(|branch| match branch {
-        Branch::Refused(admission) => Some(admission),
-        _ => None,
-    });
-    let event_rows = events.flat_map(|branch| match branch {
-        Branch::Event(event) => Some(Update::Event(event)),
-        _ => None,
-    });
-    let thread_rows = threads(thread_records.flat_map(|branch| match branch {
-        Branch::Thread(key, event) => Some((key, event)),
-        _ => None,
-    }))
-    .map(|(row, diff)| match row {
+    let thread_rows = threads(parts.threads).map(|(row, diff)| match row {
         ThreadRow::Response(row) => Update::Response(row, diff),
         ThreadRow::Cycle(row) => Update::Cycle(row, diff),
     });
-    let volume_rows = message_volume(volume_records.flat_map(|branch| match branch {
-        Branch::Volume(key) => Some((key, 1)),
-        _ => None,
-    }))
-    .map(|(row, diff)| Update::Volume(row, diff));
-    let contact_outputs = contacts(contact_records.flat_map(|branch| match branch {
-        Branch::Contact(key, message) => Some((key, message)),
-        _ => None,
-    }));
-    let retention_rows = retention(contact_outputs.clone()).map(|(row, diff)| Update::Retention(row, diff));
-    let contact_rows = contact_outputs.flat_map(|(output, diff)| match output {
-        ContactOutput::Row(row) => Some(Update::Contact(row, diff)),
-        ContactOutput::Cohort { .. } => None,
-    });
-    let funnel_rows = funnel_progress(
-        funnel_records.flat_map(|branch| match branch {
-            Branch::Funnel(key, event) => Some((key, event)),
-            _ => None,
-        }),
-        tenants.clone(),
-    )
-    .map(|(row, diff)| Update::Funnel(row, diff));
+    let volume_rows = message_volume(parts.volume).map(|(row, diff)| Update::Volume(row, diff));
+    let contact =
+        ContactParts::split(contacts(parts.contacts), "SplitContacts", |(output, diff), parts| match output {
+            ContactOutput::Row(row) => parts.rows.push(Update::Contact(row, diff)),
+            ContactOutput::Cohort { tenant_id, cohort_week, week_offset } => {
+                parts.cohorts.push(((tenant_id, cohort_week), (week_offset, diff)))
+            }
+        });
+    let retention_rows = retention(contact.cohorts).map(|(row, diff)| Update::Retention(row, diff));
+    let funnel_rows = funnel_progress(parts.funnels, tenants.clone()).map(|(row, diff)| Update::Funnel(row, diff));
 
-    let scope = event_rows.scope();
-    let mut message_outputs = messages(
-        message_records.flat_map(|branch| match branch {
-            Branch::Message(key, event) => Some((key, event)),
-            _ => None,
-        }),
-        tenants.clone(),
-    )
-    .partition(4, |(output, diff)| {
-        let index = match &output {
-            MessageOutput::Reaction(_) => 0,
-            MessageOutput::Status(_) => 1,
-            MessageOutput::CampaignTouch { .. } => 2,
-            MessageOutput::SenderSend { .. } => 3,
-        };
-        (index, (output, diff))
-    })
-    .into_iter();
-    let mut message_part = move || message_outputs.next().expect("partition gives one stream per output kind");
-    let (reactions, pending_rows, campaign_touches, sender_sends) = (message_part(), message_part(), message_part(), message_part());
-
-    let reaction_rows = reactions.flat_map(|(output, diff)| match output {
-        MessageOutput::Reaction(row) => Some(Update::Reaction(row, diff)),
-        _ => None,
-    });
-    let pending_rows = pending_rows.flat_map(|(output, diff)| match output {
-        MessageOutput::Status(row) => Some(((row.tenant_id.clone(), row.contact_id.clone()), ContactStatusInput::Row(row, diff))),
-        _ => None,
-    });
-    let inbound = inbound_records.flat_map(|branch| match branch {
-        Branch::Inbound(key, input) => Some((key, input)),
-        _ => None,
-    });
-    let status_rows = message_status(scope.concatenate([pending_rows, inbound])).map(|(row, diff)| Update::MessageStatus(row, diff));
-
-    let campaign_touches = campaign_touches.flat_map(|(output, diff)| match output {
-        MessageOutput::CampaignTouch { tenant_id, contact_id, touch } => Some(((tenant_id, contact_id), AttributionInput::Touch(touch, diff))),
-        _ => None,
-    });
-    let attribution_inputs = attribution_records.flat_map(|branch| match branch {
-        Branch::Attribution(key, input) => Some((key, input)),
-        _ => None,
-    });
-    let attribution_rows = attribution(scope.concatenate([attribution_inputs, campaign_touches]), tenants.clone())
+    let message =
+        MessageParts::split(messages(parts.messages, tenants.clone()), "SplitMessages", |(output, diff), parts| {
+            match output {
+                MessageOutput::Reaction(row) => parts.reactions.push(Update::Reaction(row, diff)),
+                MessageOutput::Status(row) => parts
+                    .statuses
+                    .push(((row.tenant_id.clone(), row.contact_id.clone()), ContactStatusInput::Row(row, diff))),
+                MessageOutput::CampaignTouch { tenant_id, contact_id, touch } => {
+                    parts.touches.push(((tenant_id, contact_id), AttributionInput::Touch(touch, diff)))
+                }
+                MessageOutput::SenderSend { tenant_id, session_id, hour_start, failed } => {
+                    parts.sends.push(((tenant_id, session_id), SessionInput::Send { hour_start, failed, diff }))
+                }
+            }
+        });
+    let status_rows = message_status(scope.concatenate([message.statuses, parts.inbound]))
+        .map(|(row, diff)| Update::MessageStatus(row, diff));
+    let attribution_rows = attribution(scope.concatenate([parts.attribution, message.touches]), tenants.clone())
         .map(|(row, diff)| Update::Attribution(row, diff));
-
-    let sender_sends = sender_sends.flat_map(|(output, diff)| match output {
-        MessageOutput::SenderSend { tenant_id, session_id, hour_start, failed } => {
-            Some(((tenant_id, session_id), SessionInput::Send { hour_start, failed, diff }))
-        }
-        _ => None,
-    });
-    let session_inputs = session_records.flat_map(|branch| match branch {
-        Branch::Session(key, input) => Some((key, input)),
-        _ => None,
-    });
-    let session_rows =
-        session_health(scope.concatenate([session_inputs, sender_sends]), tenants).map(|(row, diff)| Update::SessionHealth(row, diff));
+    let session_rows = session_health(scope.concatenate([parts.sessions, message.sends]), tenants)
+        .map(|(row, diff)| Update::SessionHealth(row, diff));
 
     let updates = scope.concatenate([
-        event_rows,
+        parts.events,
         thread_rows,
         volume_rows,
-        contact_rows,
+        contact.rows,
         retention_rows,
         funnel_rows,
-        reaction_rows,
+        message.reactions,
         status_rows,
         attribution_rows,
         session_rows,
     ]);
-    Outputs { updates, refused }
+    Outputs { updates, refused: parts.refused }
 }
-

@@ -4,11 +4,9 @@
 //! cohort_size, retained`. Input: the per-contact cohort memberships from `contacts.rs`, whose
 //! retractions move a contact between cohorts when an earlier message arrives late.
 
-use crate::contacts::ContactOutput;
 use crate::reduce::reduce;
 use crate::rows::RetentionRow;
 use std::collections::BTreeMap;
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
 
 #[derive(Default)]
@@ -17,19 +15,21 @@ pub struct Cohort {
     retained: BTreeMap<i32, i64>,
 }
 
-pub fn retention<'s>(memberships: StreamVec<'s, u64, (ContactOutput, i64)>) -> StreamVec<'s, u64, (RetentionRow, i64)> {
-    let keyed = memberships.flat_map(|(output, diff)| match output {
-        ContactOutput::Cohort { tenant_id, cohort_week, week_offset } => Some(((tenant_id, cohort_week), (week_offset, diff))),
-        ContactOutput::Row(_) => None,
-    });
+/// `(tenant_id, cohort_week)`
+pub type CohortKey = (String, i32);
+
+/// A contact joining (+1) or leaving (−1) a cohort (`None`) or its retained set in a week offset.
+pub type Membership = (Option<i32>, i64);
+
+pub fn retention<'s>(keyed: StreamVec<'s, u64, (CohortKey, Membership)>) -> StreamVec<'s, u64, (RetentionRow, i64)> {
     reduce(
         keyed,
         "Retention",
-        |cohort: &mut Cohort, (week_offset, diff): (Option<i32>, i64)| match week_offset {
+        |cohort: &mut Cohort, (week_offset, diff): Membership| match week_offset {
             None => cohort.size += diff,
             Some(k) => *cohort.retained.entry(k).or_default() += diff,
         },
-        |(tenant_id, cohort_week): &(String, i32), cohort| {
+        |(tenant_id, cohort_week): &CohortKey, cohort| {
             cohort
                 .retained
                 .iter()

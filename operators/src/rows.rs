@@ -1,8 +1,34 @@
 //! Rows of the SPEC §5 tables as the operators emit them. Instants are UTC epoch ms, dates are
 //! days since 1970-01-01; the sinks map them to Arrow `Timestamp(ms, UTC)` and `Date32`.
 
-use convoflow_events::{Event, MessageType, Sender, Status};
+use crate::table;
+use convoflow_events::{Event, MessageType, Sender, SessionState, Status};
 use serde::{Deserialize, Serialize};
+
+table! { Event as "events", |e| {
+    event_id: text = &e.event_id,
+    tenant_id: text = &e.tenant_id,
+    ts: instant = e.ts,
+    "type": text = e.kind.as_str(),
+    contact_id: text null = e.contact_id.as_deref(),
+    conversation_id: text null = e.conversation_id.as_deref(),
+    session_id: text null = e.session_id.as_deref(),
+    message_id: text null = e.message_id.as_deref(),
+    sender: text null = e.sender.map(Sender::as_str),
+    agent_id: text null = e.agent_id.as_deref(),
+    campaign_id: text null = e.campaign_id.as_deref(),
+    message_type: text = e.message_type.as_str(),
+    status: text null = e.status.map(Status::as_str),
+    error_code: int64 null = e.error_code,
+    emoji: text null = e.emoji.as_deref(),
+    channel: text null = e.channel.as_deref(),
+    source: text null = e.source.as_deref(),
+    medium: text null = e.medium.as_deref(),
+    name: text null = e.name.as_deref(),
+    value: float64 null = e.value,
+    state: text null = e.state.map(SessionState::as_str),
+    properties: text null = e.properties.as_deref(),
+}}
 
 /// Who wrote a message, for `message_volume.sender`: the contact or a business sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -65,6 +91,19 @@ pub struct ResponseRow {
     pub agent_id: Option<String>,
 }
 
+table! { ResponseRow as "responses", |row| {
+    tenant_id: text = &row.tenant_id,
+    conversation_id: text = &row.conversation_id,
+    contact_id: text = &row.contact_id,
+    start_event_id: text = &row.start_event_id,
+    start_ts: instant = row.start_ts,
+    reply_event_id: text = &row.reply_event_id,
+    reply_ts: instant = row.reply_ts,
+    response_ms: int64 = row.response_ms,
+    responder: text = row.responder.as_str(),
+    agent_id: text null = row.agent_id.as_deref(),
+}}
+
 /// SPEC §5.2
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CycleRow {
@@ -85,6 +124,24 @@ pub struct CycleRow {
     pub outbound_count: i64,
 }
 
+table! { CycleRow as "conversation_cycles", |row| {
+    tenant_id: text = &row.tenant_id,
+    conversation_id: text = &row.conversation_id,
+    contact_id: text = &row.contact_id,
+    cycle_id: text = &row.cycle_id,
+    start_ts: instant = row.start_ts,
+    first_inbound_ts: instant null = row.first_inbound_ts,
+    first_response_ts: instant null = row.first_response_ts,
+    first_response_ms: int64 null = row.first_response_ms,
+    first_response_agent_id: text null = row.first_response_agent_id.as_deref(),
+    resolved_ts: instant null = row.resolved_ts,
+    resolution_ms: int64 null = row.resolution_ms,
+    resolved_by: text null = row.resolved_by.as_deref(),
+    assignee: text null = row.assignee.as_deref(),
+    inbound_count: int64 = row.inbound_count,
+    outbound_count: int64 = row.outbound_count,
+}}
+
 /// SPEC §5.3: the key columns of a `message_volume` row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct VolumeKey {
@@ -104,6 +161,17 @@ pub struct VolumeRow {
     pub messages: i64,
 }
 
+table! { VolumeRow as "message_volume", |row| {
+    tenant_id: text = &row.key.tenant_id,
+    hour_start: instant = row.key.hour_start,
+    local_date: date = row.key.local_date,
+    local_hour: int32 = row.key.local_hour as i32,
+    direction: text = row.key.direction.as_str(),
+    sender: text = row.key.sender.as_str(),
+    message_type: text = row.key.message_type.as_str(),
+    messages: int64 = row.messages,
+}}
+
 /// SPEC §5.4
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ContactRow {
@@ -116,6 +184,16 @@ pub struct ContactRow {
     pub cohort_week: Option<i32>,
 }
 
+table! { ContactRow as "contacts", |row| {
+    tenant_id: text = &row.tenant_id,
+    contact_id: text = &row.contact_id,
+    first_seen_ts: instant = row.first_seen_ts,
+    first_inbound_ts: instant null = row.first_inbound_ts,
+    last_inbound_ts: instant null = row.last_inbound_ts,
+    inbound_messages: int64 = row.inbound_messages,
+    cohort_week: date null = row.cohort_week,
+}}
+
 /// SPEC §5.5
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RetentionRow {
@@ -125,6 +203,14 @@ pub struct RetentionRow {
     pub cohort_size: i64,
     pub retained: i64,
 }
+
+table! { RetentionRow as "retention", |row| {
+    tenant_id: text = &row.tenant_id,
+    cohort_week: date = row.cohort_week,
+    week_offset: int32 = row.week_offset,
+    cohort_size: int64 = row.cohort_size,
+    retained: int64 = row.retained,
+}}
 
 /// SPEC §5.6: a contact's progress through a funnel from the step-1 events of one local date.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -137,6 +223,16 @@ pub struct FunnelRow {
     pub entry_ts: i64,
     pub completed_ts: i64,
 }
+
+table! { FunnelRow as "funnel_progress", |row| {
+    tenant_id: text = &row.tenant_id,
+    funnel_id: text = &row.funnel_id,
+    contact_id: text = &row.contact_id,
+    entry_date: date = row.entry_date,
+    furthest_step: int32 = row.furthest_step,
+    entry_ts: instant = row.entry_ts,
+    completed_ts: instant = row.completed_ts,
+}}
 
 /// A float with a total order, so rows holding one can be sorted, compared and hashed. Operators
 /// derive these from sorted state alone, so equal inputs give bit-identical values.
@@ -218,6 +314,23 @@ pub struct AttributionRow {
     pub credited_value: Real,
 }
 
+table! { AttributionRow as "attribution", |row| {
+    tenant_id: text = &row.tenant_id,
+    model: text = row.model.as_str(),
+    conversion_event_id: text = &row.conversion_event_id,
+    conversion_ts: instant = row.conversion_ts,
+    conversion_name: text = &row.conversion_name,
+    conversion_value: float64 = row.conversion_value.0,
+    contact_id: text = &row.contact_id,
+    touch_event_id: text null = row.touch_event_id.as_deref(),
+    touch_ts: instant null = row.touch_ts,
+    channel: text = &row.channel,
+    campaign_id: text null = row.campaign_id.as_deref(),
+    source: text null = row.source.as_deref(),
+    weight: float64 = row.weight.0,
+    credited_value: float64 = row.credited_value.0,
+}}
+
 /// SPEC §5.8: one outbound message id. `final_status` is `Read`, `Delivered`, `Failed` or `Sent`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MessageStatusRow {
@@ -236,6 +349,23 @@ pub struct MessageStatusRow {
     pub final_status: Status,
     pub replied: bool,
 }
+
+table! { MessageStatusRow as "message_status", |row| {
+    tenant_id: text = &row.tenant_id,
+    message_id: text = &row.message_id,
+    contact_id: text = &row.contact_id,
+    session_id: text null = row.session_id.as_deref(),
+    sender: text null = row.sender.map(Sender::as_str),
+    agent_id: text null = row.agent_id.as_deref(),
+    campaign_id: text null = row.campaign_id.as_deref(),
+    sent_ts: instant null = row.sent_ts,
+    delivered_ts: instant null = row.delivered_ts,
+    read_ts: instant null = row.read_ts,
+    failed_ts: instant null = row.failed_ts,
+    error_code: int64 null = row.error_code,
+    final_status: text = row.final_status.as_str(),
+    replied: boolean = row.replied,
+}}
 
 /// `reactions.sentiment`
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -270,6 +400,18 @@ pub struct ReactionRow {
     pub campaign_id: Option<String>,
 }
 
+table! { ReactionRow as "reactions", |row| {
+    tenant_id: text = &row.tenant_id,
+    message_id: text = &row.message_id,
+    contact_id: text = &row.contact_id,
+    emoji: text = &row.emoji,
+    sentiment: text = row.sentiment.as_str(),
+    ts: instant = row.ts,
+    sender: text null = row.sender.map(Sender::as_str),
+    agent_id: text null = row.agent_id.as_deref(),
+    campaign_id: text null = row.campaign_id.as_deref(),
+}}
+
 /// SPEC §5.10: one business sender in one local hour.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionHealthRow {
@@ -282,6 +424,16 @@ pub struct SessionHealthRow {
     pub health_score: i32,
 }
 
+table! { SessionHealthRow as "session_health", |row| {
+    tenant_id: text = &row.tenant_id,
+    session_id: text = &row.session_id,
+    hour_start: instant = row.hour_start,
+    uptime: float64 = row.uptime.0,
+    sent: int64 = row.sent,
+    failed: int64 = row.failed,
+    health_score: int32 = row.health_score,
+}}
+
 /// `rejected`: an input that broke a rule, with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RejectedRow {
@@ -293,6 +445,14 @@ pub struct RejectedRow {
     /// `file:line` (or another origin) of the input.
     pub source: String,
 }
+
+table! { RejectedRow as "rejected", |row| {
+    tenant_id: text = &row.tenant_id,
+    received_at: instant = row.received_at,
+    reason: text = &row.reason,
+    raw: text = &row.raw,
+    source: text = &row.source,
+}}
 
 /// Bound on `rejected.raw` once escaped in JSON (the bus line's form), so one huge bad line, or
 /// one of control bytes that take 6 bytes each escaped, cannot bloat the table.
@@ -313,7 +473,13 @@ impl RejectedRow {
                 (escaped > MAX_RAW_BYTES).then_some(at)
             })
             .unwrap_or(text.len());
-        RejectedRow { tenant_id: tenant_id.unwrap_or_default().to_owned(), received_at, reason, raw: text[..end].to_owned(), source }
+        RejectedRow {
+            tenant_id: tenant_id.unwrap_or_default().to_owned(),
+            received_at,
+            reason,
+            raw: text[..end].to_owned(),
+            source,
+        }
     }
 }
 
@@ -341,22 +507,6 @@ impl RejectedRow {
         }
         serde_json::from_slice::<BusLine>(line).ok().map(|line| line.rejected)
     }
-}
-
-/// One change to one table: a row and its multiplicity change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Update {
-    Event(Box<Event>),
-    Response(ResponseRow, i64),
-    Cycle(CycleRow, i64),
-    Volume(VolumeRow, i64),
-    Contact(ContactRow, i64),
-    Retention(RetentionRow, i64),
-    Funnel(FunnelRow, i64),
-    Attribution(AttributionRow, i64),
-    MessageStatus(MessageStatusRow, i64),
-    Reaction(ReactionRow, i64),
-    SessionHealth(SessionHealthRow, i64),
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Consolidated tables: the sum of all updates, each row with a positive multiplicity.
 
-use crate::rows::*;
+use crate::table::{same_name, Table};
 use convoflow_events::Event;
 use serde::{Deserialize, Serialize};
 
@@ -58,99 +58,95 @@ impl<R: Ord> Collection<R> {
     }
 }
 
-/// Every table the dataflow maintains.
-#[derive(Clone, Debug, Default)]
-pub struct TableSet {
-    /// Accepted events; append-only, never retracted. Kept boxed as they came through the
-    /// dataflow: growing a vector of whole events would copy hundreds of MB per worker.
-    pub events: Vec<Box<Event>>,
-    pub responses: Collection<ResponseRow>,
-    pub conversation_cycles: Collection<CycleRow>,
-    pub message_volume: Collection<VolumeRow>,
-    pub contacts: Collection<ContactRow>,
-    pub retention: Collection<RetentionRow>,
-    pub funnel_progress: Collection<FunnelRow>,
-    pub attribution: Collection<AttributionRow>,
-    pub message_status: Collection<MessageStatusRow>,
-    pub reactions: Collection<ReactionRow>,
-    pub session_health: Collection<SessionHealthRow>,
-}
-
-impl TableSet {
-    pub fn apply(&mut self, update: Update) {
-        match update {
-            Update::Event(event) => self.events.push(event),
-            Update::Response(row, diff) => self.responses.push(row, diff),
-            Update::Cycle(row, diff) => self.conversation_cycles.push(row, diff),
-            Update::Volume(row, diff) => self.message_volume.push(row, diff),
-            Update::Contact(row, diff) => self.contacts.push(row, diff),
-            Update::Retention(row, diff) => self.retention.push(row, diff),
-            Update::Funnel(row, diff) => self.funnel_progress.push(row, diff),
-            Update::Attribution(row, diff) => self.attribution.push(row, diff),
-            Update::MessageStatus(row, diff) => self.message_status.push(row, diff),
-            Update::Reaction(row, diff) => self.reactions.push(row, diff),
-            Update::SessionHealth(row, diff) => self.session_health.push(row, diff),
+/// The registry of derived tables, in SPEC order: `name: Row => Update variant`. Calls
+/// `$callback!` with the list, so every per-table item (`Update`, `TableSet`, the stores' state)
+/// is generated from these lines; each row type's columns are its [`table!`](crate::table!)
+/// declaration. Adding a table is one line here (see docs/DESIGN.md, "How to add a table").
+#[macro_export]
+macro_rules! for_each_table {
+    ($callback:ident) => {
+        $callback! {
+            responses: $crate::rows::ResponseRow => Response,
+            conversation_cycles: $crate::rows::CycleRow => Cycle,
+            message_volume: $crate::rows::VolumeRow => Volume,
+            contacts: $crate::rows::ContactRow => Contact,
+            retention: $crate::rows::RetentionRow => Retention,
+            funnel_progress: $crate::rows::FunnelRow => Funnel,
+            attribution: $crate::rows::AttributionRow => Attribution,
+            message_status: $crate::rows::MessageStatusRow => MessageStatus,
+            reactions: $crate::rows::ReactionRow => Reaction,
+            session_health: $crate::rows::SessionHealthRow => SessionHealth,
         }
-    }
-
-    /// Consolidates the derived tables. `events` is append-only and left in arrival order:
-    /// sorting a million wide rows costs more than the rest of a replay's bookkeeping.
-    pub fn consolidate(&mut self) {
-        self.responses.consolidate();
-        self.conversation_cycles.consolidate();
-        self.message_volume.consolidate();
-        self.contacts.consolidate();
-        self.retention.consolidate();
-        self.funnel_progress.consolidate();
-        self.attribution.consolidate();
-        self.message_status.consolidate();
-        self.reactions.consolidate();
-        self.session_health.consolidate();
-    }
-
-    /// Merges another worker's tables into these; call `consolidate` afterwards.
-    pub fn merge(&mut self, other: TableSet) {
-        self.events.extend(other.events);
-        self.responses.extend(other.responses);
-        self.conversation_cycles.extend(other.conversation_cycles);
-        self.message_volume.extend(other.message_volume);
-        self.contacts.extend(other.contacts);
-        self.retention.extend(other.retention);
-        self.funnel_progress.extend(other.funnel_progress);
-        self.attribution.extend(other.attribution);
-        self.message_status.extend(other.message_status);
-        self.reactions.extend(other.reactions);
-        self.session_health.extend(other.session_health);
-    }
-
-    /// Row counts per table, in SPEC order.
-    /// Rows left with a negative multiplicity in any derived table (a bug if ever non-zero).
-    pub fn negative_rows(&self) -> usize {
-        self.responses.negative_rows()
-            + self.conversation_cycles.negative_rows()
-            + self.message_volume.negative_rows()
-            + self.contacts.negative_rows()
-            + self.retention.negative_rows()
-            + self.funnel_progress.negative_rows()
-            + self.attribution.negative_rows()
-            + self.message_status.negative_rows()
-            + self.reactions.negative_rows()
-            + self.session_health.negative_rows()
-    }
-
-    pub fn counts(&self) -> Vec<(&'static str, usize)> {
-        vec![
-            ("events", self.events.len()),
-            ("responses", self.responses.len()),
-            ("conversation_cycles", self.conversation_cycles.len()),
-            ("message_volume", self.message_volume.len()),
-            ("contacts", self.contacts.len()),
-            ("retention", self.retention.len()),
-            ("funnel_progress", self.funnel_progress.len()),
-            ("attribution", self.attribution.len()),
-            ("message_status", self.message_status.len()),
-            ("reactions", self.reactions.len()),
-            ("session_health", self.session_health.len()),
-        ]
-    }
+    };
 }
+
+/// What is done with each derived table of a [`TableSet`], whatever its row type.
+pub trait Visit {
+    fn visit<R: Table + Ord>(&mut self, collection: &Collection<R>);
+}
+
+macro_rules! table_set {
+    ($($table:ident: $row:ty => $variant:ident),+ $(,)?) => {
+        /// One change to one table: a row and its multiplicity change.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        pub enum Update {
+            Event(Box<Event>),
+            $($variant($row, i64),)+
+        }
+
+        /// Every table the dataflow maintains.
+        #[derive(Clone, Debug, Default)]
+        pub struct TableSet {
+            /// Accepted events; append-only, never retracted. Kept boxed as they came through the
+            /// dataflow: growing a vector of whole events would copy hundreds of MB per worker.
+            pub events: Vec<Box<Event>>,
+            $(pub $table: Collection<$row>,)+
+        }
+
+        impl TableSet {
+            pub fn apply(&mut self, update: Update) {
+                match update {
+                    Update::Event(event) => self.events.push(event),
+                    $(Update::$variant(row, diff) => self.$table.push(row, diff),)+
+                }
+            }
+
+            /// Consolidates the derived tables. `events` is append-only and left in arrival order:
+            /// sorting a million wide rows costs more than the rest of a replay's bookkeeping.
+            pub fn consolidate(&mut self) {
+                $(self.$table.consolidate();)+
+            }
+
+            /// Merges another worker's tables into these; call `consolidate` afterwards.
+            pub fn merge(&mut self, other: TableSet) {
+                self.events.extend(other.events);
+                $(self.$table.extend(other.$table);)+
+            }
+
+            /// Rows left with a negative multiplicity in any derived table (a bug if ever non-zero).
+            pub fn negative_rows(&self) -> usize {
+                0 $(+ self.$table.negative_rows())+
+            }
+
+            /// Row counts per table, in SPEC order.
+            pub fn counts(&self) -> Vec<(&'static str, usize)> {
+                vec![("events", self.events.len()), $((stringify!($table), self.$table.len()),)+]
+            }
+
+            /// Visits every derived table, in SPEC order.
+            pub fn visit(&self, visitor: &mut impl Visit) {
+                $(visitor.visit(&self.$table);)+
+            }
+        }
+
+        /// The derived tables' names, in SPEC order.
+        pub const DERIVED_TABLES: &[&str] = &[$(stringify!($table)),+];
+
+        $(const _: () = assert!(
+            same_name(<$row as Table>::NAME, stringify!($table)),
+            "a registry line's name differs from its row type's table! name"
+        );)+
+    };
+}
+
+for_each_table!(table_set);

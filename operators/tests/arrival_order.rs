@@ -52,7 +52,8 @@ fn make_event(index: usize, (kind, tenant, contact, agent, minute, extra, varian
             }
         }
         EventType::MessageStatus => {
-            event.status = Some([Status::Sent, Status::Delivered, Status::Read, Status::Played, Status::Failed][variant as usize]);
+            event.status =
+                Some([Status::Sent, Status::Delivered, Status::Read, Status::Played, Status::Failed][variant as usize]);
             event.error_code = (variant == 4).then_some(131_026 + agent as i64);
         }
         EventType::MessageReaction => event.emoji = Some(["👍", "❤️", "", "👎🏽", "😂"][variant as usize].to_owned()),
@@ -66,8 +67,13 @@ fn make_event(index: usize, (kind, tenant, contact, agent, minute, extra, varian
         }
         EventType::SessionStatus => {
             event.state = Some(
-                [SessionState::Connected, SessionState::Disconnected, SessionState::QrRequired, SessionState::Blocked, SessionState::Error]
-                    [variant as usize],
+                [
+                    SessionState::Connected,
+                    SessionState::Disconnected,
+                    SessionState::QrRequired,
+                    SessionState::Blocked,
+                    SessionState::Error,
+                ][variant as usize],
             );
         }
         _ if agent > 0 => event.agent_id = Some(format!("a{agent}")),
@@ -86,11 +92,11 @@ fn tenants() -> Tenants {
                         {"funnel_id":"touch_to_lead","steps":[{"type":"touch"},{"type":"conversion","name":"lead"}]}],
              "attribution":{"lookback":"5d","half_life":"1d"}}]"#,
     )
-    .unwrap()
+    .expect("valid tenants")
 }
 
 fn rendered(output: &convoflow_operators::RunOutput) -> Vec<(String, Vec<serde_json::Value>)> {
-    TABLES.iter().map(|t| (t.to_string(), table_rows(&output.tables, t))).collect()
+    tables().into_iter().map(|t| (t.to_string(), table_rows(&output.tables, t))).collect()
 }
 
 fn no_negative_rows(output: &convoflow_operators::RunOutput) -> bool {

@@ -1,39 +1,10 @@
-//! Building and reading Arrow columns.
+//! Reading Arrow columns by name, to load stored tables back.
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
-use std::sync::Arc;
-
-pub fn text<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(values.collect::<StringArray>())
-}
-
-pub fn instants(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
-    Arc::new(values.collect::<TimestampMillisecondArray>().with_timezone("UTC"))
-}
-
-pub fn int64s(values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
-    Arc::new(values.collect::<Int64Array>())
-}
-
-pub fn int32s(values: impl Iterator<Item = Option<i32>>) -> ArrayRef {
-    Arc::new(values.collect::<Int32Array>())
-}
-
-pub fn float64s(values: impl Iterator<Item = Option<f64>>) -> ArrayRef {
-    Arc::new(values.collect::<Float64Array>())
-}
-
-pub fn booleans(values: impl Iterator<Item = Option<bool>>) -> ArrayRef {
-    Arc::new(values.collect::<BooleanArray>())
-}
-
-pub fn dates(values: impl Iterator<Item = Option<i32>>) -> ArrayRef {
-    Arc::new(values.collect::<Date32Array>())
-}
 
 /// Typed access to a batch's columns by name, for loading stored tables back.
 pub struct Columns<'a> {

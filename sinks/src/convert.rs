@@ -1,85 +1,118 @@
-//! Rows ⇄ Arrow record batches, column order as in `schema.rs`.
+//! Rows ⇄ Arrow record batches. Rows become batches through their `table!` declaration (one
+//! generic converter for every table); `events` and `rejected` are also read back, to restore.
 
 use crate::columns::*;
-use crate::schema::schema;
+use crate::schema::schema_of;
 use convoflow_events::{Event, EventType, MessageType, Sender, SessionState, Status};
-use convoflow_operators::{Collection, RejectedRow, TableSet};
-use datafusion::arrow::array::{ArrayRef, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
-use std::sync::Arc;
+use convoflow_operators::{Cells, Collection, Kind, RejectedRow, Table, TableSet, Visit};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
+use std::borrow::Borrow;
+use std::sync::Arc;
 
 /// Rows per record batch (and so at most per Parquet row group).
 const BATCH_ROWS: usize = 256 * 1024;
 
-fn batch(table: &str, columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
-    let schema = schema(table).ok_or_else(|| ArrowError::SchemaError(format!("no table {table}")))?;
-    RecordBatch::try_new(schema, columns)
+/// One Arrow builder per column, grouped by kind: a row's cells arrive in column order, so the
+/// n-th text cell of a row always goes to the n-th text builder.
+#[derive(Default)]
+struct ArrowCells {
+    text: Vec<StringBuilder>,
+    instant: Vec<TimestampMillisecondBuilder>,
+    int64: Vec<Int64Builder>,
+    int32: Vec<Int32Builder>,
+    float64: Vec<Float64Builder>,
+    date: Vec<Date32Builder>,
+    boolean: Vec<BooleanBuilder>,
+    /// The next builder of each kind within the current row.
+    next: [usize; 7],
 }
 
-fn chunked<R>(table: &str, rows: &[R], build: impl Fn(&[R]) -> Vec<ArrayRef>) -> Result<Vec<RecordBatch>, ArrowError> {
-    if rows.is_empty() {
-        return Ok(vec![batch(table, build(rows))?]);
+fn append<B>(builders: &mut [B], next: &mut usize, append: impl FnOnce(&mut B)) {
+    if let Some(builder) = builders.get_mut(*next) {
+        append(builder);
     }
-    rows.chunks(BATCH_ROWS).map(|chunk| batch(table, build(chunk))).collect()
+    *next += 1;
 }
 
-/// The columns of `events`, built in one pass: the events are boxed, so a pass per column would
-/// chase every pointer 22 times.
-fn event_columns(events: &[Box<Event>]) -> Vec<ArrayRef> {
-    const TEXT_COLUMNS: usize = 19;
-    let mut text: Vec<StringBuilder> = (0..TEXT_COLUMNS).map(|_| StringBuilder::with_capacity(events.len(), events.len() * 8)).collect();
-    let mut ts = TimestampMillisecondBuilder::with_capacity(events.len());
-    let mut error_code = Int64Builder::with_capacity(events.len());
-    let mut value = Float64Builder::with_capacity(events.len());
-    for e in events {
-        let texts: [Option<&str>; TEXT_COLUMNS] = [
-            Some(&e.event_id),
-            Some(&e.tenant_id),
-            Some(e.kind.as_str()),
-            e.contact_id.as_deref(),
-            e.conversation_id.as_deref(),
-            e.session_id.as_deref(),
-            e.message_id.as_deref(),
-            e.sender.map(Sender::as_str),
-            e.agent_id.as_deref(),
-            e.campaign_id.as_deref(),
-            Some(e.message_type.as_str()),
-            e.status.map(Status::as_str),
-            e.emoji.as_deref(),
-            e.channel.as_deref(),
-            e.source.as_deref(),
-            e.medium.as_deref(),
-            e.name.as_deref(),
-            e.state.map(SessionState::as_str),
-            e.properties.as_deref(),
-        ];
-        for (builder, text) in text.iter_mut().zip(texts) {
-            builder.append_option(text);
+impl Cells for ArrowCells {
+    fn text(&mut self, value: Option<&str>) {
+        append(&mut self.text, &mut self.next[0], |b| b.append_option(value));
+    }
+    fn instant(&mut self, value: Option<i64>) {
+        append(&mut self.instant, &mut self.next[1], |b| b.append_option(value));
+    }
+    fn int64(&mut self, value: Option<i64>) {
+        append(&mut self.int64, &mut self.next[2], |b| b.append_option(value));
+    }
+    fn int32(&mut self, value: Option<i32>) {
+        append(&mut self.int32, &mut self.next[3], |b| b.append_option(value));
+    }
+    fn float64(&mut self, value: Option<f64>) {
+        append(&mut self.float64, &mut self.next[4], |b| b.append_option(value));
+    }
+    fn date(&mut self, value: Option<i32>) {
+        append(&mut self.date, &mut self.next[5], |b| b.append_option(value));
+    }
+    fn boolean(&mut self, value: Option<bool>) {
+        append(&mut self.boolean, &mut self.next[6], |b| b.append_option(value));
+    }
+}
+
+/// One record batch of `rows`, by the table's declaration.
+fn batch<R: Table, B: Borrow<R>>(rows: &[B]) -> Result<RecordBatch, ArrowError> {
+    let n = rows.len();
+    let mut cells = ArrowCells::default();
+    for column in R::COLUMNS {
+        match column.kind {
+            Kind::Text => cells.text.push(StringBuilder::with_capacity(n, n * 8)),
+            Kind::Instant => cells.instant.push(TimestampMillisecondBuilder::with_capacity(n)),
+            Kind::Int64 => cells.int64.push(Int64Builder::with_capacity(n)),
+            Kind::Int32 => cells.int32.push(Int32Builder::with_capacity(n)),
+            Kind::Float64 => cells.float64.push(Float64Builder::with_capacity(n)),
+            Kind::Date => cells.date.push(Date32Builder::with_capacity(n)),
+            Kind::Boolean => cells.boolean.push(BooleanBuilder::with_capacity(n)),
         }
-        ts.append_value(e.ts);
-        error_code.append_option(e.error_code);
-        value.append_option(e.value);
     }
-    let mut text: Vec<ArrayRef> = text.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef).collect();
-    let mut columns: Vec<ArrayRef> = text.drain(..3).collect(); // event_id, tenant_id, type
-    columns.insert(2, Arc::new(ts.finish().with_timezone("UTC")));
-    columns.extend(text.drain(..9)); // contact_id … status
-    columns.push(Arc::new(error_code.finish()));
-    columns.extend(text.drain(..5)); // emoji … name
-    columns.push(Arc::new(value.finish()));
-    columns.extend(text.drain(..)); // state, properties
-    columns
+    for row in rows {
+        row.borrow().cells(&mut cells);
+        cells.next = [0; 7];
+    }
+    let mut text = cells.text.iter_mut();
+    let mut instant = cells.instant.iter_mut();
+    let mut int64 = cells.int64.iter_mut();
+    let mut int32 = cells.int32.iter_mut();
+    let mut float64 = cells.float64.iter_mut();
+    let mut date = cells.date.iter_mut();
+    let mut boolean = cells.boolean.iter_mut();
+    let columns = R::COLUMNS
+        .iter()
+        .map(|column| {
+            let array: Option<ArrayRef> = match column.kind {
+                Kind::Text => text.next().map(|b| Arc::new(b.finish()) as ArrayRef),
+                Kind::Instant => instant.next().map(|b| Arc::new(b.finish().with_timezone("UTC")) as ArrayRef),
+                Kind::Int64 => int64.next().map(|b| Arc::new(b.finish()) as ArrayRef),
+                Kind::Int32 => int32.next().map(|b| Arc::new(b.finish()) as ArrayRef),
+                Kind::Float64 => float64.next().map(|b| Arc::new(b.finish()) as ArrayRef),
+                Kind::Date => date.next().map(|b| Arc::new(b.finish()) as ArrayRef),
+                Kind::Boolean => boolean.next().map(|b| Arc::new(b.finish()) as ArrayRef),
+            };
+            array.ok_or_else(|| ArrowError::SchemaError(format!("{}: no builder for `{}`", R::NAME, column.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema_of(R::COLUMNS), columns)
 }
 
-fn rejected_columns(rows: &[RejectedRow]) -> Vec<ArrayRef> {
-    vec![
-        text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-        instants(rows.iter().map(|r| Some(r.received_at))),
-        text(rows.iter().map(|r| Some(r.reason.as_str()))),
-        text(rows.iter().map(|r| Some(r.raw.as_str()))),
-        text(rows.iter().map(|r| Some(r.source.as_str()))),
-    ]
+/// `rows` as record batches of at most [`BATCH_ROWS`] rows; one empty batch when there are none.
+pub fn batches<R: Table, B: Borrow<R>>(rows: &[B]) -> Result<Vec<RecordBatch>, ArrowError> {
+    if rows.is_empty() {
+        return Ok(vec![batch::<R, B>(rows)?]);
+    }
+    rows.chunks(BATCH_ROWS).map(batch::<R, B>).collect()
 }
 
 /// Which rows of the derived tables become batch rows.
@@ -98,168 +131,48 @@ pub struct TableBatches {
     pub diffs: Vec<i64>,
 }
 
-fn select<R: Ord>(collection: &Collection<R>, rows: Rows) -> (Vec<&R>, Vec<i64>) {
-    match rows {
-        Rows::Contents => {
-            let selected: Vec<&R> = collection.rows().collect();
-            let diffs = vec![1; selected.len()];
-            (selected, diffs)
-        }
-        Rows::Updates => collection.updates.iter().map(|(row, diff)| (row, *diff)).unzip(),
+impl TableBatches {
+    /// Rows that are all inserted once (`events`, `rejected`).
+    fn inserted<R: Table>(rows: &[impl Borrow<R>]) -> Result<Self, ArrowError> {
+        Ok(TableBatches { table: R::NAME, batches: batches::<R, _>(rows)?, diffs: vec![1; rows.len()] })
     }
 }
 
-/// Every table of `tables` (plus `rejected`) as record batches, named by table.
+/// Converts each derived table of a `TableSet`.
+struct Convert {
+    rows: Rows,
+    out: Vec<TableBatches>,
+    error: Option<ArrowError>,
+}
+
+impl Visit for Convert {
+    fn visit<R: Table + Ord>(&mut self, collection: &Collection<R>) {
+        if self.error.is_some() {
+            return;
+        }
+        let (selected, diffs): (Vec<&R>, Vec<i64>) = match self.rows {
+            Rows::Contents => collection.rows().map(|row| (row, 1)).unzip(),
+            Rows::Updates => collection.updates.iter().map(|(row, diff)| (row, *diff)).unzip(),
+        };
+        match batches::<R, _>(&selected) {
+            Ok(batches) => self.out.push(TableBatches { table: R::NAME, batches, diffs }),
+            Err(error) => self.error = Some(error),
+        }
+    }
+}
+
+/// Every table of `tables` (plus `rejected`) as record batches, named by table, in SPEC order.
 pub fn table_batches(tables: &TableSet, rejected: &[RejectedRow], rows: Rows) -> Result<Vec<TableBatches>, ArrowError> {
-    let (responses, responses_diffs) = select(&tables.responses, rows);
-    let (cycles, cycles_diffs) = select(&tables.conversation_cycles, rows);
-    let (volume, volume_diffs) = select(&tables.message_volume, rows);
-    let (contacts, contacts_diffs) = select(&tables.contacts, rows);
-    let (retention, retention_diffs) = select(&tables.retention, rows);
-    let (funnels, funnels_diffs) = select(&tables.funnel_progress, rows);
-    let (attribution, attribution_diffs) = select(&tables.attribution, rows);
-    let (statuses, statuses_diffs) = select(&tables.message_status, rows);
-    let (reactions, reactions_diffs) = select(&tables.reactions, rows);
-    let (health, health_diffs) = select(&tables.session_health, rows);
-    let diffs = [
-        vec![1; tables.events.len()],
-        vec![1; rejected.len()],
-        responses_diffs,
-        cycles_diffs,
-        volume_diffs,
-        contacts_diffs,
-        retention_diffs,
-        funnels_diffs,
-        attribution_diffs,
-        statuses_diffs,
-        reactions_diffs,
-        health_diffs,
-    ];
-    let named = vec![
-        ("events", chunked("events", &tables.events, event_columns)?),
-        ("rejected", chunked("rejected", rejected, rejected_columns)?),
-        ("responses", chunked("responses", &responses, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.conversation_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.start_event_id.as_str()))),
-            instants(rows.iter().map(|r| Some(r.start_ts))),
-            text(rows.iter().map(|r| Some(r.reply_event_id.as_str()))),
-            instants(rows.iter().map(|r| Some(r.reply_ts))),
-            int64s(rows.iter().map(|r| Some(r.response_ms))),
-            text(rows.iter().map(|r| Some(r.responder.as_str()))),
-            text(rows.iter().map(|r| r.agent_id.as_deref())),
-        ])?),
-        ("conversation_cycles", chunked("conversation_cycles", &cycles, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.conversation_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.cycle_id.as_str()))),
-            instants(rows.iter().map(|r| Some(r.start_ts))),
-            instants(rows.iter().map(|r| r.first_inbound_ts)),
-            instants(rows.iter().map(|r| r.first_response_ts)),
-            int64s(rows.iter().map(|r| r.first_response_ms)),
-            text(rows.iter().map(|r| r.first_response_agent_id.as_deref())),
-            instants(rows.iter().map(|r| r.resolved_ts)),
-            int64s(rows.iter().map(|r| r.resolution_ms)),
-            text(rows.iter().map(|r| r.resolved_by.as_deref())),
-            text(rows.iter().map(|r| r.assignee.as_deref())),
-            int64s(rows.iter().map(|r| Some(r.inbound_count))),
-            int64s(rows.iter().map(|r| Some(r.outbound_count))),
-        ])?),
-        ("message_volume", chunked("message_volume", &volume, |rows| vec![
-            text(rows.iter().map(|r| Some(r.key.tenant_id.as_str()))),
-            instants(rows.iter().map(|r| Some(r.key.hour_start))),
-            dates(rows.iter().map(|r| Some(r.key.local_date))),
-            int32s(rows.iter().map(|r| Some(r.key.local_hour as i32))),
-            text(rows.iter().map(|r| Some(r.key.direction.as_str()))),
-            text(rows.iter().map(|r| Some(r.key.sender.as_str()))),
-            text(rows.iter().map(|r| Some(r.key.message_type.as_str()))),
-            int64s(rows.iter().map(|r| Some(r.messages))),
-        ])?),
-        ("contacts", chunked("contacts", &contacts, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
-            instants(rows.iter().map(|r| Some(r.first_seen_ts))),
-            instants(rows.iter().map(|r| r.first_inbound_ts)),
-            instants(rows.iter().map(|r| r.last_inbound_ts)),
-            int64s(rows.iter().map(|r| Some(r.inbound_messages))),
-            dates(rows.iter().map(|r| r.cohort_week)),
-        ])?),
-        ("retention", chunked("retention", &retention, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            dates(rows.iter().map(|r| Some(r.cohort_week))),
-            int32s(rows.iter().map(|r| Some(r.week_offset))),
-            int64s(rows.iter().map(|r| Some(r.cohort_size))),
-            int64s(rows.iter().map(|r| Some(r.retained))),
-        ])?),
-        ("funnel_progress", chunked("funnel_progress", &funnels, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.funnel_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
-            dates(rows.iter().map(|r| Some(r.entry_date))),
-            int32s(rows.iter().map(|r| Some(r.furthest_step))),
-            instants(rows.iter().map(|r| Some(r.entry_ts))),
-            instants(rows.iter().map(|r| Some(r.completed_ts))),
-        ])?),
-        ("attribution", chunked("attribution", &attribution, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.model.as_str()))),
-            text(rows.iter().map(|r| Some(r.conversion_event_id.as_str()))),
-            instants(rows.iter().map(|r| Some(r.conversion_ts))),
-            text(rows.iter().map(|r| Some(r.conversion_name.as_str()))),
-            float64s(rows.iter().map(|r| Some(r.conversion_value.0))),
-            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
-            text(rows.iter().map(|r| r.touch_event_id.as_deref())),
-            instants(rows.iter().map(|r| r.touch_ts)),
-            text(rows.iter().map(|r| Some(r.channel.as_str()))),
-            text(rows.iter().map(|r| r.campaign_id.as_deref())),
-            text(rows.iter().map(|r| r.source.as_deref())),
-            float64s(rows.iter().map(|r| Some(r.weight.0))),
-            float64s(rows.iter().map(|r| Some(r.credited_value.0))),
-        ])?),
-        ("message_status", chunked("message_status", &statuses, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.message_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
-            text(rows.iter().map(|r| r.session_id.as_deref())),
-            text(rows.iter().map(|r| r.sender.map(Sender::as_str))),
-            text(rows.iter().map(|r| r.agent_id.as_deref())),
-            text(rows.iter().map(|r| r.campaign_id.as_deref())),
-            instants(rows.iter().map(|r| r.sent_ts)),
-            instants(rows.iter().map(|r| r.delivered_ts)),
-            instants(rows.iter().map(|r| r.read_ts)),
-            instants(rows.iter().map(|r| r.failed_ts)),
-            int64s(rows.iter().map(|r| r.error_code)),
-            text(rows.iter().map(|r| Some(r.final_status.as_str()))),
-            booleans(rows.iter().map(|r| Some(r.replied))),
-        ])?),
-        ("reactions", chunked("reactions", &reactions, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.message_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.contact_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.emoji.as_str()))),
-            text(rows.iter().map(|r| Some(r.sentiment.as_str()))),
-            instants(rows.iter().map(|r| Some(r.ts))),
-            text(rows.iter().map(|r| r.sender.map(Sender::as_str))),
-            text(rows.iter().map(|r| r.agent_id.as_deref())),
-            text(rows.iter().map(|r| r.campaign_id.as_deref())),
-        ])?),
-        ("session_health", chunked("session_health", &health, |rows| vec![
-            text(rows.iter().map(|r| Some(r.tenant_id.as_str()))),
-            text(rows.iter().map(|r| Some(r.session_id.as_str()))),
-            instants(rows.iter().map(|r| Some(r.hour_start))),
-            float64s(rows.iter().map(|r| Some(r.uptime.0))),
-            int64s(rows.iter().map(|r| Some(r.sent))),
-            int64s(rows.iter().map(|r| Some(r.failed))),
-            int32s(rows.iter().map(|r| Some(r.health_score))),
-        ])?),
-    ];
-    Ok(named
-        .into_iter()
-        .zip(diffs)
-        .map(|((table, batches), diffs)| TableBatches { table, batches, diffs })
-        .collect())
+    let mut convert = Convert {
+        rows,
+        out: vec![TableBatches::inserted::<Event>(&tables.events)?, TableBatches::inserted::<RejectedRow>(rejected)?],
+        error: None,
+    };
+    tables.visit(&mut convert);
+    match convert.error {
+        Some(error) => Err(error),
+        None => Ok(convert.out),
+    }
 }
 
 fn missing(column: &str) -> ArrowError {

@@ -9,7 +9,10 @@ mod live;
 mod schema;
 mod store;
 
-pub use clickhouse::{decode as decode_row_binary, string_literal as clickhouse_string, ClickHouseConfig, ClickHouseError, ClickHouseStore, Commit, CommitStats};
+pub use clickhouse::{
+    decode as decode_row_binary, string_literal as clickhouse_string, ClickHouseConfig, ClickHouseError,
+    ClickHouseStore, Commit, CommitStats,
+};
 pub use convert::{events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};
 pub use live::{lock_tables, read_table, snapshot_table, split_by_tenant, LiveTables, TenantBatches};
 pub use schema::{schema, TABLES};

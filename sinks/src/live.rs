@@ -7,8 +7,9 @@
 //! that changed since its last rebuild, outside the lock (`read_table`). `events` and `rejected` only grow: each epoch's new rows
 //! are converted once and appended.
 
-use crate::convert::{table_batches, Rows, TableBatches};
-use convoflow_operators::{Collection, RejectedRow, TableSet};
+use crate::convert::{batches, TableBatches};
+use convoflow_events::Event;
+use convoflow_operators::{for_each_table, Collection, RejectedRow, Table, TableSet};
 use datafusion::arrow::array::{Array, AsArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::error::ArrowError;
@@ -33,10 +34,7 @@ impl<R> Default for Contents<R> {
     }
 }
 
-impl<R: Hash + Eq + Clone + Ord + Send + 'static> Contents<R>
-where
-    TableSet: WithCollection<R>,
-{
+impl<R: Table + Hash + Eq + Clone + Ord + Send + 'static> Contents<R> {
     fn apply(&mut self, updates: Collection<R>) {
         for (row, diff) in updates.updates {
             self.generation += 1;
@@ -57,14 +55,14 @@ where
 
     /// The cached batches if current; else a copy of the rows and how to turn them into
     /// batches, which the caller runs without holding the tables' lock.
-    fn lookup(&self, name: &'static str) -> Lookup {
+    fn lookup(&self) -> Lookup {
         if let Some((generation, cached)) = &self.cached {
             if *generation == self.generation {
                 return Lookup::Ready(cached.clone());
             }
         }
         let rows: Vec<(R, i64)> = self.rows.iter().map(|(row, count)| (row.clone(), *count)).collect();
-        Lookup::Stale { generation: self.generation, build: Box::new(move || build(name, rows)) }
+        Lookup::Stale { generation: self.generation, build: Box::new(move || build(rows)) }
     }
 
     fn keep(&mut self, generation: u64, batches: Arc<TenantBatches>) {
@@ -75,22 +73,14 @@ where
 }
 
 /// A table's rows as batches by tenant, in a stable order (reproducible snapshots and results).
-fn build<R: Ord>(name: &str, mut rows: Vec<(R, i64)>) -> Result<TenantBatches, ArrowError>
-where
-    TableSet: WithCollection<R>,
-{
+fn build<R: Table + Ord>(mut rows: Vec<(R, i64)>) -> Result<TenantBatches, ArrowError> {
     rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut tables = TableSet::default();
-    *tables.collection_mut() = Collection { updates: rows };
+    let contents = Collection { updates: rows };
+    let rows: Vec<&R> = contents.rows().collect();
     let mut by_tenant = TenantBatches::new();
-    for table in table_batches(&tables, &[], Rows::Contents)? {
-        if table.table != name {
-            continue;
-        }
-        for batch in &table.batches {
-            for (tenant, part) in split_by_tenant(batch)? {
-                by_tenant.entry(tenant).or_default().push(part);
-            }
+    for batch in &batches::<R, _>(&rows)? {
+        for (tenant, part) in split_by_tenant(batch)? {
+            by_tenant.entry(tenant).or_default().push(part);
         }
     }
     Ok(by_tenant)
@@ -103,85 +93,56 @@ enum Lookup {
     Unknown,
 }
 
-/// Every table held in memory; see the module doc.
-#[derive(Default)]
-pub struct LiveTables {
-    responses: Contents<convoflow_operators::ResponseRow>,
-    conversation_cycles: Contents<convoflow_operators::CycleRow>,
-    message_volume: Contents<convoflow_operators::VolumeRow>,
-    contacts: Contents<convoflow_operators::ContactRow>,
-    retention: Contents<convoflow_operators::RetentionRow>,
-    funnel_progress: Contents<convoflow_operators::FunnelRow>,
-    attribution: Contents<convoflow_operators::AttributionRow>,
-    message_status: Contents<convoflow_operators::MessageStatusRow>,
-    reactions: Contents<convoflow_operators::ReactionRow>,
-    session_health: Contents<convoflow_operators::SessionHealthRow>,
-    events: TenantBatches,
-    rejected: TenantBatches,
-    rejected_seen: HashSet<RejectedRow>,
-    event_count: u64,
+macro_rules! live_tables {
+    ($($table:ident: $row:ty => $variant:ident),+ $(,)?) => {
+        /// Every table held in memory; see the module doc.
+        #[derive(Default)]
+        pub struct LiveTables {
+            $($table: Contents<$row>,)+
+            events: TenantBatches,
+            rejected: TenantBatches,
+            rejected_seen: HashSet<RejectedRow>,
+            event_count: u64,
+        }
+
+        impl LiveTables {
+            /// Applies the derived tables' updates, leaving `tables.events`.
+            fn apply_derived(&mut self, tables: &mut TableSet) {
+                $(self.$table.apply(std::mem::take(&mut tables.$table));)+
+            }
+
+            fn lookup_derived(&self, table: &str) -> Lookup {
+                match table {
+                    $(stringify!($table) => self.$table.lookup(),)+
+                    _ => Lookup::Unknown,
+                }
+            }
+
+            fn keep(&mut self, table: &str, generation: u64, batches: Arc<TenantBatches>) {
+                match table {
+                    $(stringify!($table) => self.$table.keep(generation, batches),)+
+                    _ => {}
+                }
+            }
+        }
+    };
 }
 
-/// Runs `$body` with `$contents` bound to each derived table's contents and `$name` to its name.
-macro_rules! each_derived {
-    ($self:expr, |$name:ident, $contents:ident| $body:expr) => {{
-        { let $name = "responses"; let $contents = &mut $self.responses; $body; }
-        { let $name = "conversation_cycles"; let $contents = &mut $self.conversation_cycles; $body; }
-        { let $name = "message_volume"; let $contents = &mut $self.message_volume; $body; }
-        { let $name = "contacts"; let $contents = &mut $self.contacts; $body; }
-        { let $name = "retention"; let $contents = &mut $self.retention; $body; }
-        { let $name = "funnel_progress"; let $contents = &mut $self.funnel_progress; $body; }
-        { let $name = "attribution"; let $contents = &mut $self.attribution; $body; }
-        { let $name = "message_status"; let $contents = &mut $self.message_status; $body; }
-        { let $name = "reactions"; let $contents = &mut $self.reactions; $body; }
-        { let $name = "session_health"; let $contents = &mut $self.session_health; $body; }
-    }};
-}
+for_each_table!(live_tables);
 
 impl LiveTables {
     /// Applies one epoch's consolidated updates and its new rejections (a rejection already held
     /// is kept once, like the Parquet store does).
-    pub fn apply(&mut self, tables: TableSet, rejected: &[RejectedRow]) -> Result<(), ArrowError> {
-        let TableSet {
-            events,
-            responses,
-            conversation_cycles,
-            message_volume,
-            contacts,
-            retention,
-            funnel_progress,
-            attribution,
-            message_status,
-            reactions,
-            session_health,
-        } = tables;
-        self.responses.apply(responses);
-        self.conversation_cycles.apply(conversation_cycles);
-        self.message_volume.apply(message_volume);
-        self.contacts.apply(contacts);
-        self.retention.apply(retention);
-        self.funnel_progress.apply(funnel_progress);
-        self.attribution.apply(attribution);
-        self.message_status.apply(message_status);
-        self.reactions.apply(reactions);
-        self.session_health.apply(session_health);
-        let fresh: Vec<RejectedRow> = rejected.iter().filter(|row| self.rejected_seen.insert((*row).clone())).cloned().collect();
-        if events.is_empty() && fresh.is_empty() {
-            return Ok(());
+    pub fn apply(&mut self, mut tables: TableSet, rejected: &[RejectedRow]) -> Result<(), ArrowError> {
+        self.apply_derived(&mut tables);
+        let fresh: Vec<RejectedRow> =
+            rejected.iter().filter(|row| self.rejected_seen.insert((*row).clone())).cloned().collect();
+        self.event_count += tables.events.len() as u64;
+        if !tables.events.is_empty() {
+            append(&mut self.events, batches::<Event, _>(&tables.events)?)?;
         }
-        self.event_count += events.len() as u64;
-        let appended = TableSet { events, ..TableSet::default() };
-        for table in table_batches(&appended, &fresh, Rows::Contents)? {
-            let target = match table.table {
-                "events" => &mut self.events,
-                "rejected" => &mut self.rejected,
-                _ => continue,
-            };
-            for batch in &table.batches {
-                for (tenant, part) in split_by_tenant(batch)? {
-                    target.entry(tenant).or_default().push(part);
-                }
-            }
+        if !fresh.is_empty() {
+            append(&mut self.rejected, batches::<RejectedRow, _>(&fresh)?)?;
         }
         Ok(())
     }
@@ -193,22 +154,21 @@ impl LiveTables {
 
     fn lookup(&mut self, table: &str) -> Lookup {
         match table {
-            "events" => return Lookup::Ready(Arc::new(self.events.clone())),
-            "rejected" => return Lookup::Ready(Arc::new(self.rejected.clone())),
-            _ => {}
+            "events" => Lookup::Ready(Arc::new(self.events.clone())),
+            "rejected" => Lookup::Ready(Arc::new(self.rejected.clone())),
+            _ => self.lookup_derived(table),
         }
-        let mut found = Lookup::Unknown;
-        each_derived!(self, |name, contents| if name == table {
-            found = contents.lookup(name);
-        });
-        found
     }
+}
 
-    fn keep(&mut self, table: &str, generation: u64, batches: Arc<TenantBatches>) {
-        each_derived!(self, |name, contents| if name == table {
-            contents.keep(generation, batches.clone());
-        });
+/// Appends batches to a table's batches by tenant.
+fn append(target: &mut TenantBatches, batches: Vec<RecordBatch>) -> Result<(), ArrowError> {
+    for batch in &batches {
+        for (tenant, part) in split_by_tenant(batch)? {
+            target.entry(tenant).or_default().push(part);
+        }
     }
+    Ok(())
 }
 
 /// The tables, also when a thread panicked holding them (their contents are whole between calls).
@@ -241,34 +201,6 @@ pub fn snapshot_table(tables: &Mutex<LiveTables>, table: &'static str) -> Result
     Ok(TableBatches { table, batches, diffs: Vec::new() })
 }
 
-/// Access to the one collection of a `TableSet` holding rows of type `R`.
-pub trait WithCollection<R> {
-    fn collection_mut(&mut self) -> &mut Collection<R>;
-}
-
-macro_rules! with_collection {
-    ($($field:ident: $row:ty),+ $(,)?) => {
-        $(impl WithCollection<$row> for TableSet {
-            fn collection_mut(&mut self) -> &mut Collection<$row> {
-                &mut self.$field
-            }
-        })+
-    };
-}
-
-with_collection!(
-    responses: convoflow_operators::ResponseRow,
-    conversation_cycles: convoflow_operators::CycleRow,
-    message_volume: convoflow_operators::VolumeRow,
-    contacts: convoflow_operators::ContactRow,
-    retention: convoflow_operators::RetentionRow,
-    funnel_progress: convoflow_operators::FunnelRow,
-    attribution: convoflow_operators::AttributionRow,
-    message_status: convoflow_operators::MessageStatusRow,
-    reactions: convoflow_operators::ReactionRow,
-    session_health: convoflow_operators::SessionHealthRow,
-);
-
 /// Splits a batch by its `tenant_id` column (every table has one), keeping row order.
 pub fn split_by_tenant(batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>, ArrowError> {
     if batch.num_rows() == 0 {
@@ -277,7 +209,8 @@ pub fn split_by_tenant(batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>
     let column = batch
         .column_by_name("tenant_id")
         .ok_or_else(|| ArrowError::SchemaError("batch has no tenant_id column".to_owned()))?;
-    let tenants = column.as_string_opt::<i32>().ok_or_else(|| ArrowError::SchemaError("tenant_id is not text".to_owned()))?;
+    let tenants =
+        column.as_string_opt::<i32>().ok_or_else(|| ArrowError::SchemaError("tenant_id is not text".to_owned()))?;
     let mut groups: Vec<(&str, Vec<u32>)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for row in 0..tenants.len() {
@@ -331,20 +264,33 @@ mod tests {
     #[test]
     fn reads_follow_every_change_and_never_keep_a_stale_rebuild() {
         let tables = Mutex::new(LiveTables::default());
-        lock_tables(&tables).apply(epoch(vec![(contact("a", "c2", 1), 1), (contact("a", "c1", 1), 1), (contact("b", "c9", 1), 1)]), &[]).expect("apply");
+        lock_tables(&tables)
+            .apply(epoch(vec![(contact("a", "c2", 1), 1), (contact("a", "c1", 1), 1), (contact("b", "c9", 1), 1)]), &[])
+            .expect("apply");
         assert_eq!(ids(&tables, "a"), vec!["c1", "c2"]);
         assert_eq!(ids(&tables, "b"), vec!["c9"]);
         assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Ready(_)), "unchanged since the last read");
         // A rebuild started before a change must not be kept as current.
         lock_tables(&tables).apply(epoch(vec![(contact("b", "c8", 1), 1)]), &[]).expect("apply");
-        let Lookup::Stale { generation, build } = lock_tables(&tables).lookup("contacts") else { panic!("changed, so stale") };
-        lock_tables(&tables).apply(epoch(vec![(contact("a", "c1", 1), -1), (contact("a", "c1", 2), 1)]), &[]).expect("apply");
+        let Lookup::Stale { generation, build } = lock_tables(&tables).lookup("contacts") else {
+            panic!("changed, so stale")
+        };
+        lock_tables(&tables)
+            .apply(epoch(vec![(contact("a", "c1", 1), -1), (contact("a", "c1", 2), 1)]), &[])
+            .expect("apply");
         lock_tables(&tables).keep("contacts", generation, Arc::new(build().expect("build")));
         assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Stale { .. }));
         let batches = read_table(&tables, "contacts").expect("read").expect("known");
         let messages: Vec<i64> = batches["a"]
             .iter()
-            .flat_map(|batch| batch.column_by_name("inbound_messages").expect("column").as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().to_vec())
+            .flat_map(|batch| {
+                batch
+                    .column_by_name("inbound_messages")
+                    .expect("column")
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
             .collect();
         assert_eq!(messages, vec![2, 1]);
         assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Ready(_)));

@@ -10,7 +10,9 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int32Type, Int64Type, SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Float64Type, Int32Type, Int64Type, SchemaRef, TimestampMillisecondType,
+};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -58,7 +60,9 @@ pub fn encode(batch: &RecordBatch, bookkeeping: Option<(&[i64], u64)>, out: &mut
                 }
                 DataType::Int64 => out.extend_from_slice(&column.as_primitive::<Int64Type>().value(row).to_le_bytes()),
                 DataType::Int32 => out.extend_from_slice(&column.as_primitive::<Int32Type>().value(row).to_le_bytes()),
-                DataType::Float64 => out.extend_from_slice(&column.as_primitive::<Float64Type>().value(row).to_le_bytes()),
+                DataType::Float64 => {
+                    out.extend_from_slice(&column.as_primitive::<Float64Type>().value(row).to_le_bytes())
+                }
                 DataType::Timestamp(_, _) => {
                     let ms = column.as_primitive::<TimestampMillisecondType>().value(row);
                     out.extend_from_slice(&(ms.max(0) as u64).to_le_bytes());
@@ -188,7 +192,9 @@ const DECODE_BATCH_ROWS: usize = 64 * 1024;
 pub fn decode(schema: SchemaRef, bytes: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
     let new_builders =
         || schema.fields().iter().map(|field| Builder::new(field.data_type())).collect::<Result<Vec<_>, _>>();
-    let finish = |builders: Vec<Builder>| RecordBatch::try_new(schema.clone(), builders.into_iter().map(Builder::finish).collect());
+    let finish = |builders: Vec<Builder>| {
+        RecordBatch::try_new(schema.clone(), builders.into_iter().map(Builder::finish).collect())
+    };
     let mut batches = Vec::new();
     let mut builders = new_builders()?;
     let mut rows = 0;
@@ -217,21 +223,26 @@ pub fn decode(schema: SchemaRef, bytes: &[u8]) -> Result<Vec<RecordBatch>, Arrow
 mod tests {
     use super::*;
     use crate::schema::schema;
-    use datafusion::arrow::array::{Date32Array, Int64Array};
+    use convoflow_operators::ContactRow;
+    use datafusion::arrow::array::{BooleanArray, Float64Array};
 
     #[test]
     fn a_table_survives_encode_then_decode() {
         let schema = schema("contacts").expect("table");
-        let columns: Vec<ArrayRef> = vec![
-            crate::columns::text([Some("t"), Some("ü-tenant")].into_iter()),
-            crate::columns::text([Some("c1"), Some(&*"x".repeat(300))].into_iter()),
-            crate::columns::instants([Some(1_700_000_000_000), Some(5)].into_iter()),
-            crate::columns::instants([None, Some(6)].into_iter()),
-            crate::columns::instants([None, Some(7)].into_iter()),
-            Arc::new(Int64Array::from(vec![0, 3])),
-            Arc::new(Date32Array::from(vec![None, Some(20_000)])),
+        let contact = |tenant: &str, id: &str, first: i64, inbound: Option<i64>, week: Option<i32>| ContactRow {
+            tenant_id: tenant.to_owned(),
+            contact_id: id.to_owned(),
+            first_seen_ts: first,
+            first_inbound_ts: inbound,
+            last_inbound_ts: inbound,
+            inbound_messages: 3,
+            cohort_week: week,
+        };
+        let rows = [
+            contact("t", "c1", 1_700_000_000_000, None, None),
+            contact("ü-tenant", &"x".repeat(300), 5, Some(6), Some(20_000)),
         ];
-        let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+        let batch = crate::convert::batches::<ContactRow, _>(&rows).expect("batch").remove(0);
         let mut bytes = Vec::new();
         encode(&batch, None, &mut bytes).expect("encode");
         assert_eq!(decode(schema.clone(), &bytes).expect("decode"), vec![batch.clone()]);
@@ -250,10 +261,8 @@ mod tests {
             Field::new("replied", DataType::Boolean, false),
             Field::new("weight", DataType::Float64, false),
         ]));
-        let columns: Vec<ArrayRef> = vec![
-            crate::columns::booleans([Some(true), Some(false)].into_iter()),
-            crate::columns::float64s([Some(1.0 / 3.0), Some(0.0)].into_iter()),
-        ];
+        let columns: Vec<ArrayRef> =
+            vec![Arc::new(BooleanArray::from(vec![true, false])), Arc::new(Float64Array::from(vec![1.0 / 3.0, 0.0]))];
         let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
         let mut bytes = Vec::new();
         encode(&batch, None, &mut bytes).expect("encode");
