@@ -9,7 +9,7 @@
 use crate::auth::{authenticate, Caller};
 use crate::body::read_body;
 use crate::error::ApiError;
-use crate::state::{ApiState, BusError, Scope, TenantBatch};
+use crate::state::{ApiState, AppendError, Scope, TenantBatch};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -164,7 +164,7 @@ async fn ingest(state: &ApiState, method: &Method, headers: &HeaderMap, body: Bo
     }
     let received_at = now_ms();
     let request_id = request_id(received_at);
-    let mut admission = Admission::default();
+    let mut admission = Intake::default();
     let results = admit_lines(state, &caller, &lines, received_at, &request_id, &mut admission);
     let first_rejected = results.iter().find(|line| line.status == "rejected");
     let counts = admission.charge(state, &caller, first_rejected)?.commit(state).await?;
@@ -193,7 +193,7 @@ pub const REJECTED_LINES_PER_CHARGE: u64 = 100;
 
 /// What one request admits: new events and rejections by tenant, answered only once durable.
 #[derive(Default)]
-pub struct Admission {
+pub struct Intake {
     bodies: BTreeMap<String, Vec<u8>>,
     /// Rejections stored one by one so far.
     rejections_kept: usize,
@@ -213,7 +213,7 @@ pub struct Counts {
     pub rejected: u64,
 }
 
-impl Admission {
+impl Intake {
     /// Admits `event` unless this tenant already has it; a different copy is rejected.
     pub fn event(
         &mut self,
@@ -313,10 +313,10 @@ impl Admission {
             Err(error) => {
                 state.seen.release(&self.claimed);
                 return Err(match error {
-                    BusError::TooLarge(reason) => {
+                    AppendError::TooLarge(reason) => {
                         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", reason)
                     }
-                    BusError::Unavailable(reason) => ApiError::unavailable(format!(
+                    AppendError::Unavailable(reason) => ApiError::unavailable(format!(
                         "the input could not be stored durably ({reason}); nothing was accepted, retry"
                     )),
                 });
@@ -360,7 +360,7 @@ fn admit_lines(
     lines: &[(u64, Vec<u8>)],
     received_at: i64,
     request_id: &str,
-    admission: &mut Admission,
+    admission: &mut Intake,
 ) -> Vec<LineResult> {
     let own_tenant = match &caller.scope {
         Scope::Tenant(tenant) => Some(tenant.as_str()),

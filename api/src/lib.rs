@@ -19,11 +19,11 @@ mod webhooks;
 pub use auth::{ApiKey, ApiKeys, RateLimiter};
 pub use error::ApiError;
 pub use feed::{FeedEpoch, FeedPublisher};
-pub use ingest::{Admission, Claim, Counts, SeenEvents};
+pub use ingest::{Claim, Counts, Intake, SeenEvents};
 pub use openapi::PATHS;
 pub use server::{serve, ServerLimits};
 pub use sql_runtime::{lower_priority, SqlRuntime};
-pub use state::{ApiState, BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch, WhatsAppApp};
+pub use state::{ApiState, AppendError, BoxFuture, Bus, Limits, ReadError, Reader, Scope, TenantBatch, WhatsAppApp};
 pub use telemetry::Telemetry;
 pub use webhooks::verify_signature;
 

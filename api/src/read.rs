@@ -5,7 +5,7 @@ use crate::auth::{authenticate, url_query_value, Caller};
 use crate::body::read_body;
 use crate::error::ApiError;
 use crate::feed::json_array;
-use crate::state::{ApiState, Scope, StoreError};
+use crate::state::{ApiState, ReadError, Scope};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -166,8 +166,8 @@ async fn run_query(state: &ApiState, caller: &Caller, scope: Scope, query: Strin
     let (store, limits) = (state.store.clone(), state.limits.clone());
     let work = async move {
         store.query(&scope, &query, &limits).await.map_err(|error| match error {
-            StoreError::Query(message) => ApiError::bad_request("bad_query", message),
-            StoreError::Unavailable(message) => ApiError::unavailable(message),
+            ReadError::Query(message) => ApiError::bad_request("bad_query", message),
+            ReadError::Unavailable(message) => ApiError::unavailable(message),
         })
     };
     state.sql.run(&caller.key, state.limits.sql_timeout, work).await

@@ -25,7 +25,7 @@ pub struct TenantBatch {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BusError {
+pub enum AppendError {
     /// The input is more than the bus takes in one append.
     #[error("{0}")]
     TooLarge(String),
@@ -35,7 +35,7 @@ pub enum BusError {
 
 /// The bus: `append` returns once every batch is durable (local log fsynced, JetStream acked).
 pub trait Bus: Send + Sync {
-    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), BusError>>;
+    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), AppendError>>;
 }
 
 /// Whose rows a request may see.
@@ -47,7 +47,7 @@ pub enum Scope {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum ReadError {
     /// The query itself is at fault (syntax, read-only rule, unknown column, a limit).
     #[error("{0}")]
     Query(String),
@@ -56,7 +56,7 @@ pub enum StoreError {
 }
 
 /// The read side.
-pub trait Store: Send + Sync {
+pub trait Reader: Send + Sync {
     /// Runs one read-only query over the SPEC §5 tables, seeing only `scope`'s rows, returning
     /// at most `limits.sql_max_rows` rows of at most `limits.sql_max_result_bytes`.
     fn query<'a>(
@@ -64,7 +64,7 @@ pub trait Store: Send + Sync {
         scope: &'a Scope,
         sql: &'a str,
         limits: &'a Limits,
-    ) -> BoxFuture<'a, Result<Collected, StoreError>>;
+    ) -> BoxFuture<'a, Result<Collected, ReadError>>;
     /// The SQL dialect of the store, for the named reports.
     fn dialect(&self) -> Dialect;
 }
@@ -118,7 +118,7 @@ pub struct WhatsAppApp {
 
 pub struct ApiState {
     pub bus: Arc<dyn Bus>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Reader>,
     pub feed: broadcast::Sender<Arc<FeedEpoch>>,
     pub tenants: Arc<Tenants>,
     pub keys: ApiKeys,

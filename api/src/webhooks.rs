@@ -10,7 +10,7 @@
 
 use crate::body::read_body;
 use crate::error::ApiError;
-use crate::ingest::{request_id, Admission};
+use crate::ingest::{request_id, Intake};
 use crate::state::ApiState;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -115,7 +115,7 @@ async fn ingest(state: &ApiState, tenant: &str, headers: &HeaderMap, body: Body)
     let numbers = state.tenants.phone_number_ids(tenant);
     let tenant_of =
         |number: &str| (numbers.is_empty() || numbers.iter().any(|n| n == number)).then(|| tenant.to_owned());
-    let mut admission = Admission::default();
+    let mut admission = Intake::default();
     let mut skipped = 0u64;
     match normalize_webhook(&bytes, &tenant_of) {
         Err(error) => {

@@ -5,7 +5,7 @@ use crate::Target;
 use convoflow_api::{ApiError, SqlRuntime};
 use convoflow_events::{normalize_webhook, parse_event, Event, Tenants};
 use convoflow_fixtures::{generate, GeneratorConfig, Rng};
-use convoflow_operators::LiveDataflow;
+use convoflow_operators::Driver;
 use convoflow_queries::{
     query_runtime, report_sql, scope_to_tenant, Dialect, Report, ReportParams, ScopeError, SqlEngine,
 };
@@ -342,10 +342,10 @@ impl Sql {
             .enumerate()
             .map(|(i, event)| (i as u64, Box::new(event)))
             .collect();
-        let mut live = LiveDataflow::start(1, Arc::new(Tenants::default()))?;
-        live.submit(events, 0)?;
-        let output = live.next_output()?;
-        live.shutdown()?;
+        let mut driver = Driver::start(1, Arc::new(Tenants::default()))?;
+        driver.submit(events, 0)?;
+        let output = driver.next_output()?;
+        driver.shutdown()?;
         let tables = table_batches(&output.tables, &output.rejected, Rows::Contents)?
             .into_iter()
             .map(|table| (table.table, table.batches))

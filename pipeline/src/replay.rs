@@ -42,7 +42,7 @@ pub enum ReplayError {
     #[error(transparent)]
     Store(#[from] convoflow_sinks::StoreError),
     #[error(transparent)]
-    Runtime(#[from] convoflow_operators::RuntimeError),
+    Runtime(#[from] convoflow_operators::DriverError),
 }
 
 pub use convoflow_events::now_ms;

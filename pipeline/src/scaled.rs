@@ -1,7 +1,7 @@
 //! `convoflow replay` through the scaled deployment's parts: input files are published to
 //! JetStream, and the stream is consumed into ClickHouse (or the embedded store).
 //!
-//! The ClickHouse consumer runs the dataflow live, one epoch per fetch of up to
+//! The ClickHouse consumer runs the dataflow driver, one epoch per fetch of up to
 //! [`FETCH_MESSAGES`] messages: the epoch's updates are committed to ClickHouse, retrying with
 //! backoff while it is away, and only then are its messages acknowledged. A crash at any point
 //! leaves either a committed epoch whose messages come again (absorbed as duplicates, since
@@ -14,7 +14,7 @@ use crate::replay::{now_ms, read_inputs, replay, thousands, ReplayError, ReplayO
 use crate::retry::{retry_for, until_done};
 use crate::source::InputFile;
 use convoflow_events::{Event, Tenants};
-use convoflow_operators::{EpochOutput, LiveDataflow, RejectedRow, RuntimeError, TableSet};
+use convoflow_operators::{Driver, DriverError, EpochOutput, RejectedRow, TableSet};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseError, ClickHouseStore, Commit, TABLES};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +59,7 @@ pub enum ScaledError {
     #[error(transparent)]
     Replay(#[from] ReplayError),
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Runtime(#[from] DriverError),
     #[error("the publisher stopped: {0}")]
     Publisher(String),
 }
@@ -227,12 +227,12 @@ async fn table_counts(store: &ClickHouseStore) -> Vec<(String, u64)> {
     counts
 }
 
-fn restore(live: &mut LiveDataflow, stored: Vec<Event>) -> Result<(), RuntimeError> {
+fn restore(driver: &mut Driver, stored: Vec<Event>) -> Result<(), DriverError> {
     let mut stored = stored.into_iter().map(|event| (0, Box::new(event))).peekable();
     while stored.peek().is_some() {
         let chunk: Vec<_> = stored.by_ref().take(RESTORE_EPOCH_EVENTS).collect();
-        live.submit(chunk, 0)?;
-        live.next_output()?;
+        driver.submit(chunk, 0)?;
+        driver.next_output()?;
     }
     Ok(())
 }
@@ -276,8 +276,8 @@ pub async fn consume_into_clickhouse(
     let mut stats = ConsumeStats::default();
     let stored = until_done("load the committed events", || store.load_events()).await;
     stats.restored_events = stored.len() as u64;
-    let mut live = LiveDataflow::start(workers, Arc::new(tenants))?;
-    tokio::task::block_in_place(|| restore(&mut live, stored))?;
+    let mut driver = Driver::start(workers, Arc::new(tenants))?;
+    tokio::task::block_in_place(|| restore(&mut driver, stored))?;
     stats.restore_seconds = started.elapsed().as_secs_f64();
     let mut epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
 
@@ -300,16 +300,16 @@ pub async fn consume_into_clickhouse(
         let (events, mut rejected) =
             tokio::task::block_in_place(|| parse_messages(&format!("nats:{stream}"), &messages, received_at, workers));
         stats.lines += (events.len() + rejected.len()) as u64;
-        live.submit(events, received_at)?;
+        driver.submit(events, received_at)?;
         if let Some(finished) = uncommitted.take() {
             commit_then_ack(store, finished, &mut stats).await;
         }
-        let output = tokio::task::block_in_place(|| live.next_output())?;
+        let output = tokio::task::block_in_place(|| driver.next_output())?;
         rejected.extend(output.rejected.iter().cloned());
         uncommitted = Some(Finished { epoch, output, rejected, deliveries });
         epoch += 1;
     }
-    live.shutdown()?;
+    driver.shutdown()?;
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }

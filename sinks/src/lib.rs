@@ -5,7 +5,7 @@
 mod clickhouse;
 mod columns;
 mod convert;
-mod live;
+mod memory;
 mod schema;
 mod store;
 
@@ -14,6 +14,6 @@ pub use clickhouse::{
     ClickHouseStore, Commit, CommitStats,
 };
 pub use convert::{events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};
-pub use live::{lock_tables, read_table, snapshot_table, split_by_tenant, LiveTables, TenantBatches};
+pub use memory::{lock_tables, read_table, snapshot_table, split_by_tenant, MemoryTables, TenantBatches};
 pub use schema::{schema, TABLES};
 pub use store::{DataDirLock, EmbeddedStore, StoreError};

@@ -1,7 +1,7 @@
 //! `convoflow serve --demo`: generated traffic (the `generate` data set) fed live through the
 //! same admission path as `POST /v1/events`, so the dashboard and the feed move.
 
-use convoflow_api::{Admission, ApiState};
+use convoflow_api::{ApiState, Intake};
 use convoflow_events::{now_ms, parse_event, split_lines};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
 use convoflow_operators::RejectedRow;
@@ -35,7 +35,7 @@ pub async fn feed(state: Arc<ApiState>, seed: u64) {
     for chunk in all.chunks(LINES_PER_TICK) {
         tick.tick().await;
         let received_at = now_ms();
-        let mut admission = Admission::default();
+        let mut admission = Intake::default();
         for (number, bytes) in chunk {
             let source = || format!("demo:{number}");
             match parse_event(bytes) {

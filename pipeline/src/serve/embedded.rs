@@ -2,9 +2,9 @@
 //! tables (snapshotted to Parquet) as the store.
 
 use crate::bus::local::{LocalLog, LogError};
-use convoflow_api::{BoxFuture, Bus, BusError, Limits, Scope, Store, StoreError, TenantBatch};
+use convoflow_api::{AppendError, BoxFuture, Bus, Limits, ReadError, Reader, Scope, TenantBatch};
 use convoflow_queries::{Collected, Dialect, SqlEngine};
-use convoflow_sinks::{read_table, LiveTables, TABLES};
+use convoflow_sinks::{read_table, MemoryTables, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use std::sync::{Arc, Mutex};
@@ -15,22 +15,22 @@ pub struct LocalLogBus {
 
 impl Bus for LocalLogBus {
     /// One request's batches become one record: durable together or not at all.
-    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), BusError>> {
+    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), AppendError>> {
         Box::pin(async move {
             let payload: Vec<u8> = batches.into_iter().flat_map(|batch| batch.body).collect();
             if payload.is_empty() {
                 return Ok(());
             }
             self.log.append(payload).await.map(|_| ()).map_err(|error| match error {
-                LogError::TooLarge(_) => BusError::TooLarge(error.to_string()),
-                other => BusError::Unavailable(other.to_string()),
+                LogError::TooLarge(_) => AppendError::TooLarge(error.to_string()),
+                other => AppendError::Unavailable(other.to_string()),
             })
         })
     }
 }
 
-pub struct LiveStore {
-    pub tables: Arc<Mutex<LiveTables>>,
+pub struct MemoryReader {
+    pub tables: Arc<Mutex<MemoryTables>>,
     /// The memory pool every query shares (`convoflow_queries::query_runtime`).
     pub runtime: Arc<RuntimeEnv>,
 }
@@ -44,13 +44,13 @@ fn mentioned_tables(sql: &str) -> Vec<&'static str> {
     TABLES.iter().copied().filter(|table| words.contains(table)).collect()
 }
 
-impl LiveStore {
+impl MemoryReader {
     /// The batches of `scope`'s rows of the tables `sql` mentions.
-    fn scoped_batches(&self, scope: &Scope, sql: &str) -> Result<Vec<(&'static str, Vec<RecordBatch>)>, StoreError> {
+    fn scoped_batches(&self, scope: &Scope, sql: &str) -> Result<Vec<(&'static str, Vec<RecordBatch>)>, ReadError> {
         let mut out = Vec::new();
         for table in mentioned_tables(sql) {
             let by_tenant = read_table(&self.tables, table)
-                .map_err(|error| StoreError::Unavailable(format!("cannot read table {table}: {error}")))?
+                .map_err(|error| ReadError::Unavailable(format!("cannot read table {table}: {error}")))?
                 .unwrap_or_default();
             let batches = match scope {
                 Scope::Tenant(tenant) => by_tenant.get(tenant).cloned().unwrap_or_default(),
@@ -66,22 +66,22 @@ impl LiveStore {
     }
 }
 
-impl Store for LiveStore {
+impl Reader for MemoryReader {
     fn query<'a>(
         &'a self,
         scope: &'a Scope,
         sql: &'a str,
         limits: &'a Limits,
-    ) -> BoxFuture<'a, Result<Collected, StoreError>> {
+    ) -> BoxFuture<'a, Result<Collected, ReadError>> {
         Box::pin(async move {
             // Rebuilding a changed table's batches is CPU work: keep it off the async workers.
             let batches = tokio::task::block_in_place(|| self.scoped_batches(scope, sql))?;
             let engine = SqlEngine::over_batches(batches, self.runtime.clone())
-                .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+                .map_err(|error| ReadError::Unavailable(error.to_string()))?;
             engine
                 .query_limited(sql, limits.sql_max_rows, limits.sql_max_result_bytes)
                 .await
-                .map_err(|error| StoreError::Query(error.to_string()))
+                .map_err(|error| ReadError::Query(error.to_string()))
         })
     }
 

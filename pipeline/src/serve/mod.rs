@@ -7,7 +7,7 @@
 //! which then answers the reads — and publishes them on the live feed. Any bus goes with any
 //! store.
 
-mod clickhouse_reads;
+mod clickhouse_reader;
 pub mod config;
 mod demo;
 mod embedded;
@@ -19,19 +19,19 @@ mod stream_bus;
 use crate::bus::jetstream::{JetStreamBus, JetStreamConfig};
 use crate::bus::local::{random_hex, LocalLog, LogError};
 use crate::retry::retry_for;
-use crate::serve::clickhouse_reads::ClickHouseReads;
+use crate::serve::clickhouse_reader::ClickHouseReader;
 use crate::serve::config::ServeConfig;
-use crate::serve::embedded::{LiveStore, LocalLogBus};
+use crate::serve::embedded::{LocalLogBus, MemoryReader};
 use crate::serve::input::Input;
 use crate::serve::output::Output;
 use crate::serve::runtime::{OpenInput, Runtime};
 use crate::serve::stream_bus::StreamBus;
 use convoflow_api::{
-    router, ApiKey, ApiKeys, ApiState, Bus, FeedPublisher, RateLimiter, SeenEvents, SqlRuntime, Store, Telemetry,
+    router, ApiKey, ApiKeys, ApiState, Bus, FeedPublisher, RateLimiter, Reader, SeenEvents, SqlRuntime, Telemetry,
 };
 use convoflow_events::{Tenants, TenantsError};
 use convoflow_queries::query_runtime;
-use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, LiveTables};
+use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, MemoryTables};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,7 +48,7 @@ pub enum ServeError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
-    Runtime(#[from] convoflow_operators::RuntimeError),
+    Runtime(#[from] convoflow_operators::DriverError),
     #[error("cannot convert tables to Arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("cannot listen on {address}: {source}")]
@@ -123,14 +123,14 @@ async fn bus_parts(config: &ServeConfig) -> Result<BusParts, ServeError> {
 }
 
 /// The store reads go to, where the runtime writes, and its description for the start-up line.
-async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, String), ServeError> {
+async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Reader>, Output, String), ServeError> {
     match &config.clickhouse {
         None => {
-            let tables = Arc::new(Mutex::new(LiveTables::default()));
+            let tables = Arc::new(Mutex::new(MemoryTables::default()));
             let output = Output::embedded(&config.data, tables.clone(), config.snapshot_interval)?;
             let described = format!("the embedded store {}", config.data.join("tables").display());
             let runtime = query_runtime(config.limits.sql_memory_bytes)?;
-            Ok((Arc::new(LiveStore { tables, runtime }), output, described))
+            Ok((Arc::new(MemoryReader { tables, runtime }), output, described))
         }
         Some(url) => {
             let clickhouse = ClickHouseConfig::parse(url)?;
@@ -141,7 +141,7 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Store>, Output, St
 
             let described =
                 format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
-            Ok((Arc::new(ClickHouseReads { store: store.clone() }), Output::clickhouse(store), described))
+            Ok((Arc::new(ClickHouseReader { store: store.clone() }), Output::clickhouse(store), described))
         }
     }
 }

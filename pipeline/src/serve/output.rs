@@ -11,14 +11,14 @@ use crate::retry::until_done;
 use crate::serve::ServeError;
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
-use convoflow_sinks::{lock_tables, snapshot_table, ClickHouseStore, Commit, EmbeddedStore, LiveTables, TABLES};
+use convoflow_sinks::{lock_tables, snapshot_table, ClickHouseStore, Commit, EmbeddedStore, MemoryTables, TABLES};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 pub enum Output {
-    Embedded { tables: Arc<Mutex<LiveTables>>, snapshots: Snapshots },
+    Embedded { tables: Arc<Mutex<MemoryTables>>, snapshots: Snapshots },
     ClickHouse { store: Arc<ClickHouseStore>, next_epoch: u64 },
 }
 
@@ -30,7 +30,7 @@ pub struct Restored {
 }
 
 impl Output {
-    pub fn embedded(data_dir: &Path, tables: Arc<Mutex<LiveTables>>, interval: Duration) -> Result<Self, ServeError> {
+    pub fn embedded(data_dir: &Path, tables: Arc<Mutex<MemoryTables>>, interval: Duration) -> Result<Self, ServeError> {
         let store = Arc::new(EmbeddedStore::open(data_dir)?);
         let snapshots = Snapshots {
             store,
@@ -75,8 +75,8 @@ impl Output {
 
     /// Takes in the tables' rows derived while restoring.
     pub fn restored(&mut self, tables: TableSet) -> Result<(), ServeError> {
-        if let Output::Embedded { tables: live, .. } = self {
-            lock_tables(live).apply(tables, &[])?;
+        if let Output::Embedded { tables: memory, .. } = self {
+            lock_tables(memory).apply(tables, &[])?;
         }
         Ok(())
     }
@@ -92,7 +92,7 @@ impl Output {
         handle: &Handle,
     ) -> Result<(), ServeError> {
         match self {
-            Output::Embedded { tables: live, .. } => lock_tables(live).apply(tables, rejected)?,
+            Output::Embedded { tables: memory, .. } => lock_tables(memory).apply(tables, rejected)?,
             Output::ClickHouse { store, next_epoch } => {
                 let commit = Commit {
                     epoch: *next_epoch,
@@ -191,7 +191,7 @@ impl Snapshots {
     /// nothing while one is being written or when nothing changed. The writer thread takes the
     /// tables one at a time, so epochs go on between them: `events` (taken after `position`)
     /// may hold more than the checkpoint says, which a restart absorbs as duplicates.
-    fn start(&mut self, tables: &Arc<Mutex<LiveTables>>, position: u64) -> Result<(), ServeError> {
+    fn start(&mut self, tables: &Arc<Mutex<MemoryTables>>, position: u64) -> Result<(), ServeError> {
         if self.writing.as_ref().is_some_and(|writing| !writing.is_finished()) {
             return Ok(());
         }

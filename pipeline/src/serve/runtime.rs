@@ -1,6 +1,6 @@
 //! The processing loop of `serve`, on a thread of its own: read what is durable on the input (the
 //! local log or JetStream), run it through the dataflow as one epoch, store the changes (embedded
-//! tables or ClickHouse), then publish them on the live feed.
+//! tables or ClickHouse), then publish them on the driver feed.
 //!
 //! On start, operator state is restored from the store's `events`, then the input is read from
 //! the position the store reaches to where the input ended at start; only then is the process
@@ -14,7 +14,7 @@ use crate::serve::output::Output;
 use crate::serve::ServeError;
 use convoflow_api::{FeedPublisher, SeenEvents, Telemetry};
 use convoflow_events::{Event, Tenants};
-use convoflow_operators::{EpochOutput, LiveDataflow};
+use convoflow_operators::{Driver, EpochOutput};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,10 +46,10 @@ impl Runtime {
     /// `input_id` names the input whose position the store records.
     pub fn run(mut self, input_id: String, open_input: OpenInput, handle: Handle) -> Result<(), ServeError> {
         let started = Instant::now();
-        let mut live = LiveDataflow::start(self.workers, self.tenants.clone())?;
+        let mut driver = Driver::start(self.workers, self.tenants.clone())?;
         let restored = self.output.restore(&input_id, &handle)?;
         let restored_events = restored.events.len();
-        self.restore(&mut live, restored.events)?;
+        self.restore(&mut driver, restored.events)?;
         let mut input = open_input(restored.position)?;
         // Catch up with what the input held at start, then serve.
         let start_end = input.end(&handle)?;
@@ -64,7 +64,7 @@ impl Runtime {
         // a stream by its limits.
         let mut empty_reads = 0;
         while input.position() < start_end && empty_reads < CATCH_UP_EMPTY_READS {
-            let read = self.epoch(&mut live, &mut input, &input_id, start_end, true, &handle)?;
+            let read = self.epoch(&mut driver, &mut input, &input_id, start_end, true, &handle)?;
             empty_reads = if read == 0 { empty_reads + 1 } else { 0 };
         }
         self.ready.store(true, Ordering::SeqCst);
@@ -82,26 +82,27 @@ impl Runtime {
             if self.stop.load(Ordering::SeqCst) {
                 // What is durable now was acknowledged to someone: apply it before stopping.
                 let end = input.end(&handle)?;
-                while input.position() < end && self.epoch(&mut live, &mut input, &input_id, end, false, &handle)? > 0 {
+                while input.position() < end && self.epoch(&mut driver, &mut input, &input_id, end, false, &handle)? > 0
+                {
                 }
                 break;
             }
             let epoch_started = Instant::now();
-            if self.epoch(&mut live, &mut input, &input_id, u64::MAX, false, &handle)? > 0 {
+            if self.epoch(&mut driver, &mut input, &input_id, u64::MAX, false, &handle)? > 0 {
                 std::thread::sleep(spacing.saturating_sub(epoch_started.elapsed()));
             }
         }
         self.output.finish(input.position())?;
-        live.shutdown()?;
+        driver.shutdown()?;
         Ok(())
     }
 
-    fn restore(&mut self, live: &mut LiveDataflow, stored: Vec<Event>) -> Result<(), ServeError> {
+    fn restore(&mut self, driver: &mut Driver, stored: Vec<Event>) -> Result<(), ServeError> {
         let mut stored = stored.into_iter().map(|event| (0, Box::new(event))).peekable();
         while stored.peek().is_some() {
             let chunk: Vec<_> = stored.by_ref().take(RESTORE_EPOCH_EVENTS).collect();
-            live.submit(chunk, 0)?;
-            let output = live.next_output()?;
+            driver.submit(chunk, 0)?;
+            let output = driver.next_output()?;
             self.seen.remember(output.tables.events.iter().map(|event| &**event));
             self.output.restored(output.tables)?;
         }
@@ -113,7 +114,7 @@ impl Runtime {
     /// catching up: the input is known to hold records up to there.
     fn epoch(
         &mut self,
-        live: &mut LiveDataflow,
+        driver: &mut Driver,
         input: &mut Input,
         input_id: &str,
         end: u64,
@@ -135,8 +136,8 @@ impl Runtime {
             events.extend(record_events);
             rejected.extend(record_rejected);
         }
-        live.submit(events, received_at)?;
-        let EpochOutput { epoch, tables, rejected: conflicts, duplicates: _ } = live.next_output()?;
+        driver.submit(events, received_at)?;
+        let EpochOutput { epoch, tables, rejected: conflicts, duplicates: _ } = driver.next_output()?;
         rejected.extend(conflicts);
         if catching_up {
             // Before the API was up these events were never claimed at ingest.

@@ -3,7 +3,7 @@
 
 use crate::bus::jetstream::JetStreamBus;
 use crate::bus::split_batch;
-use convoflow_api::{BoxFuture, Bus, BusError, TenantBatch};
+use convoflow_api::{AppendError, BoxFuture, Bus, TenantBatch};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,22 +19,22 @@ pub struct StreamBus {
 }
 
 impl Bus for StreamBus {
-    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), BusError>> {
+    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), AppendError>> {
         Box::pin(async move {
             let messages: Vec<_> = batches.iter().flat_map(|batch| split_batch(&batch.tenant, &batch.body)).collect();
             if messages.is_empty() {
                 return Ok(());
             }
             if let Some(message) = messages.iter().find(|message| message.body.len() > MAX_MESSAGE_BYTES) {
-                return Err(BusError::TooLarge(format!(
+                return Err(AppendError::TooLarge(format!(
                     "an event of {} bytes is more than a NATS message takes ({MAX_MESSAGE_BYTES} bytes)",
                     message.body.len()
                 )));
             }
             match tokio::time::timeout(PUBLISH_TIMEOUT, self.bus.publish(&messages)).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(error)) => Err(BusError::Unavailable(error.to_string())),
-                Err(_) => Err(BusError::Unavailable(format!(
+                Ok(Err(error)) => Err(AppendError::Unavailable(error.to_string())),
+                Err(_) => Err(AppendError::Unavailable(format!(
                     "NATS JetStream did not acknowledge the events within {} s; retry (repeated events are answered as duplicates)",
                     PUBLISH_TIMEOUT.as_secs()
                 ))),

@@ -2,27 +2,27 @@
 //! reads holds only the tenant's rows (`convoflow_queries::scope_to_tenant`; 18.16 has no row
 //! policies); the server runs it read-only with time, row and memory limits.
 
-use convoflow_api::{BoxFuture, Limits, Scope, Store, StoreError};
+use convoflow_api::{BoxFuture, Limits, ReadError, Reader, Scope};
 use convoflow_queries::{clickhouse_batches, clickhouse_dialect, scope_to_tenant, Collected, Dialect, ReadLimits};
 use convoflow_sinks::{ClickHouseError, ClickHouseStore, TABLES};
 use std::sync::Arc;
 
-pub struct ClickHouseReads {
+pub struct ClickHouseReader {
     pub store: Arc<ClickHouseStore>,
 }
 
-impl Store for ClickHouseReads {
+impl Reader for ClickHouseReader {
     fn query<'a>(
         &'a self,
         scope: &'a Scope,
         sql: &'a str,
         limits: &'a Limits,
-    ) -> BoxFuture<'a, Result<Collected, StoreError>> {
+    ) -> BoxFuture<'a, Result<Collected, ReadError>> {
         Box::pin(async move {
             let sql = match scope {
                 Scope::All => sql.to_owned(),
                 Scope::Tenant(tenant) => scope_to_tenant(sql, tenant, &self.store.config().database, TABLES)
-                    .map_err(|error| StoreError::Query(error.to_string()))?,
+                    .map_err(|error| ReadError::Query(error.to_string()))?,
             };
             let read = ReadLimits {
                 time: limits.sql_timeout,
@@ -33,9 +33,9 @@ impl Store for ClickHouseReads {
             match clickhouse_batches(&self.store, &sql, read).await {
                 Ok(batch) => Ok(Collected::cut(vec![batch], limits.sql_max_rows)),
                 Err(ClickHouseError::Request { source: clickhouse::error::Error::BadResponse(message), .. }) => {
-                    Err(StoreError::Query(server_message(&message)))
+                    Err(ReadError::Query(server_message(&message)))
                 }
-                Err(error) => Err(StoreError::Unavailable(error.to_string())),
+                Err(error) => Err(ReadError::Unavailable(error.to_string())),
             }
         })
     }

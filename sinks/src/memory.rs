@@ -97,7 +97,7 @@ macro_rules! live_tables {
     ($($table:ident: $row:ty => $variant:ident),+ $(,)?) => {
         /// Every table held in memory; see the module doc.
         #[derive(Default)]
-        pub struct LiveTables {
+        pub struct MemoryTables {
             $($table: Contents<$row>,)+
             events: TenantBatches,
             rejected: TenantBatches,
@@ -105,7 +105,7 @@ macro_rules! live_tables {
             event_count: u64,
         }
 
-        impl LiveTables {
+        impl MemoryTables {
             /// Applies the derived tables' updates, leaving `tables.events`.
             fn apply_derived(&mut self, tables: &mut TableSet) {
                 $(self.$table.apply(std::mem::take(&mut tables.$table));)+
@@ -130,7 +130,7 @@ macro_rules! live_tables {
 
 for_each_table!(live_tables);
 
-impl LiveTables {
+impl MemoryTables {
     /// Applies one epoch's consolidated updates and its new rejections (a rejection already held
     /// is kept once, like the Parquet store does).
     pub fn apply(&mut self, mut tables: TableSet, rejected: &[RejectedRow]) -> Result<(), ArrowError> {
@@ -172,14 +172,14 @@ fn append(target: &mut TenantBatches, batches: Vec<RecordBatch>) -> Result<(), A
 }
 
 /// The tables, also when a thread panicked holding them (their contents are whole between calls).
-pub fn lock_tables(tables: &Mutex<LiveTables>) -> MutexGuard<'_, LiveTables> {
+pub fn lock_tables(tables: &Mutex<MemoryTables>) -> MutexGuard<'_, MemoryTables> {
     tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The table's current batches by tenant; `None` for an unknown table. A table that changed
 /// since it was last read is rebuilt from a copy of its rows taken under the lock, and converted
 /// after letting go of it, so epochs can be applied meanwhile.
-pub fn read_table(tables: &Mutex<LiveTables>, table: &str) -> Result<Option<Arc<TenantBatches>>, ArrowError> {
+pub fn read_table(tables: &Mutex<MemoryTables>, table: &str) -> Result<Option<Arc<TenantBatches>>, ArrowError> {
     let lookup = lock_tables(tables).lookup(table);
     match lookup {
         Lookup::Ready(batches) => Ok(Some(batches)),
@@ -193,7 +193,7 @@ pub fn read_table(tables: &Mutex<LiveTables>, table: &str) -> Result<Option<Arc<
 }
 
 /// One table, all tenants, as the Parquet store writes it.
-pub fn snapshot_table(tables: &Mutex<LiveTables>, table: &'static str) -> Result<TableBatches, ArrowError> {
+pub fn snapshot_table(tables: &Mutex<MemoryTables>, table: &'static str) -> Result<TableBatches, ArrowError> {
     let by_tenant = read_table(tables, table)?.unwrap_or_default();
     let mut tenants: Vec<&String> = by_tenant.keys().collect();
     tenants.sort();
@@ -251,7 +251,7 @@ mod tests {
         TableSet { contacts: Collection { updates }, ..TableSet::default() }
     }
 
-    fn ids(tables: &Mutex<LiveTables>, tenant: &str) -> Vec<String> {
+    fn ids(tables: &Mutex<MemoryTables>, tenant: &str) -> Vec<String> {
         let batches = read_table(tables, "contacts").expect("read").expect("known table");
         let mut ids = Vec::new();
         for batch in batches.get(tenant).map(Vec::as_slice).unwrap_or_default() {
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn reads_follow_every_change_and_never_keep_a_stale_rebuild() {
-        let tables = Mutex::new(LiveTables::default());
+        let tables = Mutex::new(MemoryTables::default());
         lock_tables(&tables)
             .apply(epoch(vec![(contact("a", "c2", 1), 1), (contact("a", "c1", 1), 1), (contact("b", "c9", 1), 1)]), &[])
             .expect("apply");

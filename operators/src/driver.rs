@@ -1,0 +1,361 @@
+//! The dataflow driver: builds the dataflow on `workers` threads and feeds it epochs.
+//!
+//! - [`run`] drives it over a finite source to completion and collects the tables. Each worker
+//!   pulls batches from its own share of the source; a batch is one epoch.
+//! - [`Driver`] keeps it running, fed epoch by epoch from outside (a bus consumer), and hands back
+//!   each epoch's table updates once every worker has finished it — the point at which a sink may
+//!   commit them and the bus may acknowledge the input. Operator state lives as long as the
+//!   dataflow: every event ever admitted stays known to dedup, so a redelivered message is
+//!   absorbed as duplicates and changes no table.
+
+use crate::dataflow::build;
+use crate::dedup::{Admission, Positioned};
+use crate::rows::RejectedRow;
+use crate::tables::TableSet;
+use convoflow_events::{Event, Tenants};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{InputHandle, ProbeHandle};
+
+/// Epochs a worker may run ahead of the slowest operator before it waits; bounds memory.
+const MAX_EPOCHS_IN_FLIGHT: u64 = 2;
+
+/// One epoch of one worker's input: parsed events with their input positions (the first of
+/// conflicting copies wins), and the lines that failed to parse.
+#[derive(Default)]
+pub struct SourceBatch {
+    pub events: Vec<Positioned>,
+    pub rejected: Vec<RejectedRow>,
+    /// Input lines this batch read (0 for stored events).
+    pub lines: u64,
+}
+
+/// The result of a run: consolidated tables plus what was refused.
+#[derive(Default)]
+pub struct RunOutput {
+    pub tables: TableSet,
+    /// Parse failures and conflicting duplicates.
+    pub rejected: Vec<RejectedRow>,
+    pub duplicates: u64,
+    /// Input lines read by the sources.
+    pub lines: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("timely dataflow failed to start: {0}")]
+    Start(String),
+    #[error("a dataflow worker panicked: {0}")]
+    Worker(String),
+}
+
+/// What one worker's dataflow produced since it was last drained.
+#[derive(Default)]
+pub(crate) struct WorkerOutput {
+    pub tables: TableSet,
+    pub rejected: Vec<RejectedRow>,
+    /// Copies refused as conflicting duplicates; made into `rejected` rows by the caller.
+    pub conflicts: Vec<Event>,
+    pub duplicates: u64,
+    pub lines: u64,
+}
+
+pub(crate) type EventInput = InputHandle<u64, CapacityContainerBuilder<Vec<Positioned>>>;
+
+/// Builds the dataflow on `worker` with collectors of its outputs.
+pub(crate) fn attach(
+    worker: &mut timely::worker::Worker,
+    tenants: Arc<Tenants>,
+) -> (EventInput, ProbeHandle<u64>, Rc<RefCell<WorkerOutput>>) {
+    let collected = Rc::new(RefCell::new(WorkerOutput::default()));
+    let mut input = EventInput::new();
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let outputs = build(input.to_stream(scope), tenants);
+        // Collectors come before the probe, so a probe past an epoch means they have taken all
+        // of its updates (a probe before them would only say the updates were produced).
+        let sink = collected.clone();
+        outputs
+            .updates
+            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "CollectTables", move |_, _| {
+                move |input, _| {
+                    let mut out = sink.borrow_mut();
+                    input.for_each(|_, data| data.drain(..).for_each(|update| out.tables.apply(update)));
+                }
+            })
+            .probe_with(&probe);
+        let sink = collected.clone();
+        outputs
+            .refused
+            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "CollectRefused", move |_, _| {
+                move |input, _| {
+                    let mut out = sink.borrow_mut();
+                    input.for_each(|_, data| {
+                        for admission in data.drain(..) {
+                            match admission {
+                                Admission::Conflicting(event) => out.conflicts.push(*event),
+                                Admission::Duplicate => out.duplicates += 1,
+                                Admission::Accepted(_) => {}
+                            }
+                        }
+                    });
+                }
+            })
+            .probe_with(&probe);
+    });
+    (input, probe, collected)
+}
+
+/// Runs the dataflow to completion. `source(worker_index, workers)` yields that worker's batches;
+/// `received_at` stamps rejections found by the dataflow (conflicting duplicates).
+pub fn run<F, I>(workers: usize, tenants: Arc<Tenants>, received_at: i64, source: F) -> Result<RunOutput, DriverError>
+where
+    F: Fn(usize, usize) -> I + Send + Sync + 'static,
+    I: Iterator<Item = SourceBatch>,
+{
+    let config = timely::Config::process(workers.max(1));
+    let guards = timely::execute(config, move |worker| {
+        let (mut input, probe, collected) = attach(worker, tenants.clone());
+
+        for mut batch in source(worker.index(), worker.peers()) {
+            {
+                let mut out = collected.borrow_mut();
+                out.rejected.append(&mut batch.rejected);
+                out.lines += batch.lines;
+            }
+            input.send_batch(&mut batch.events);
+            let next = *input.time() + 1;
+            input.advance_to(next);
+            let wait_until = next.saturating_sub(MAX_EPOCHS_IN_FLIGHT);
+            while probe.less_than(&wait_until) {
+                worker.step();
+            }
+        }
+        input.close();
+        while worker.step() {}
+        let mut collected = collected.take();
+        collected.tables.consolidate();
+        let rejected = collected.conflicts.iter().map(|event| conflict_row(event, received_at));
+        collected.rejected.extend(rejected);
+        collected
+    })
+    .map_err(DriverError::Start)?;
+
+    let mut total = RunOutput::default();
+    for result in guards.join() {
+        let output = result.map_err(DriverError::Worker)?;
+        total.tables.merge(output.tables);
+        total.rejected.extend(output.rejected);
+        total.duplicates += output.duplicates;
+        total.lines += output.lines;
+    }
+    // Every key is maintained by exactly one worker, so the merged per-worker consolidations are
+    // already consolidated: no row can cancel against another worker's.
+    Ok(total)
+}
+
+/// Why a copy of an accepted event with other content is rejected (the API gives the same reason).
+pub fn conflict_reason(event_id: &str) -> String {
+    format!("conflicting_duplicate: event_id `{event_id}` was already accepted with different content")
+}
+
+pub(crate) fn conflict_row(event: &Event, received_at: i64) -> RejectedRow {
+    let reason = conflict_reason(&event.event_id);
+    RejectedRow::new(Some(&event.tenant_id), received_at, reason, event.to_json().as_bytes(), "dedup".to_owned())
+}
+
+/// The consolidated changes one epoch made.
+#[derive(Default)]
+pub struct EpochOutput {
+    pub epoch: u64,
+    /// Updates with their diffs (consolidated within the epoch), and newly accepted events.
+    pub tables: TableSet,
+    /// Conflicting duplicates found by the dataflow.
+    pub rejected: Vec<RejectedRow>,
+    pub duplicates: u64,
+}
+
+struct WorkerDone {
+    epoch: u64,
+    output: WorkerOutput,
+}
+
+pub struct Driver {
+    feeds: Vec<Sender<(u64, Vec<Positioned>)>>,
+    done: Receiver<WorkerDone>,
+    pending: BTreeMap<u64, (usize, EpochOutput)>,
+    received_at: BTreeMap<u64, i64>,
+    next_epoch: u64,
+    next_output: u64,
+    guards: Option<timely::communication::WorkerGuards<()>>,
+}
+
+impl Driver {
+    /// Starts `workers` worker threads, idle until the first epoch is submitted.
+    pub fn start(workers: usize, tenants: Arc<Tenants>) -> Result<Self, DriverError> {
+        let workers = workers.max(1);
+        let (feeds, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| channel()).unzip();
+        let receivers = std::sync::Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>());
+        let (done_sender, done) = channel();
+        let config = timely::Config::process(workers);
+        let guards = timely::execute(config, move |worker| {
+            let feed: Receiver<(u64, Vec<Positioned>)> = {
+                let mut receivers = receivers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match receivers.get_mut(worker.index()).and_then(Option::take) {
+                    Some(feed) => feed,
+                    None => return,
+                }
+            };
+            let done_sender: Sender<WorkerDone> = done_sender.clone();
+            let (mut input, probe, collected) = attach(worker, tenants.clone());
+            // Blocking between epochs is safe: every worker gets every epoch (maybe empty), and
+            // one only waits for the next after the whole dataflow has finished this one.
+            while let Ok((epoch, mut events)) = feed.recv() {
+                input.send_batch(&mut events);
+                input.advance_to(epoch + 1);
+                while probe.less_than(&(epoch + 1)) {
+                    worker.step();
+                }
+                let mut output = collected.take();
+                output.tables.consolidate();
+                if done_sender.send(WorkerDone { epoch, output }).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(DriverError::Start)?;
+        Ok(Driver {
+            feeds,
+            done,
+            pending: BTreeMap::new(),
+            received_at: BTreeMap::new(),
+            next_epoch: 0,
+            next_output: 0,
+            guards: Some(guards),
+        })
+    }
+
+    /// Feeds one epoch, spread evenly over the workers; returns its number. `received_at`
+    /// stamps the conflicting duplicates it finds.
+    pub fn submit(&mut self, mut events: Vec<Positioned>, received_at: i64) -> Result<u64, DriverError> {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        self.received_at.insert(epoch, received_at);
+        let workers = self.feeds.len();
+        let share = events.len().div_ceil(workers);
+        for index in (0..workers).rev() {
+            let part = events.split_off((index * share).min(events.len()));
+            self.feeds[index].send((epoch, part)).map_err(|_| self.failure())?;
+        }
+        Ok(epoch)
+    }
+
+    /// Epochs submitted and not yet returned by `next_output`.
+    pub fn in_flight(&self) -> u64 {
+        self.next_epoch - self.next_output
+    }
+
+    /// Waits for the oldest submitted epoch to finish on every worker and returns its changes.
+    pub fn next_output(&mut self) -> Result<EpochOutput, DriverError> {
+        let workers = self.feeds.len();
+        let wanted = self.next_output;
+        loop {
+            if let Some((count, _)) = self.pending.get(&wanted) {
+                if *count == workers {
+                    break;
+                }
+            }
+            let WorkerDone { epoch, output } = self.done.recv().map_err(|_| self.failure())?;
+            let received_at = self.received_at.get(&epoch).copied().unwrap_or_default();
+            let (count, merged) =
+                self.pending.entry(epoch).or_insert_with(|| (0, EpochOutput { epoch, ..EpochOutput::default() }));
+            *count += 1;
+            merged.tables.merge(output.tables);
+            merged.rejected.extend(output.conflicts.iter().map(|event| conflict_row(event, received_at)));
+            merged.duplicates += output.duplicates;
+        }
+        self.next_output += 1;
+        self.received_at.remove(&wanted);
+        let (_, output) = self.pending.remove(&wanted).unwrap_or_default();
+        Ok(output)
+    }
+
+    /// Stops the workers after the epochs already submitted.
+    pub fn shutdown(mut self) -> Result<(), DriverError> {
+        self.feeds.clear();
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), DriverError> {
+        if let Some(guards) = self.guards.take() {
+            for result in guards.join() {
+                result.map_err(DriverError::Worker)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker went away: report why, if it panicked.
+    fn failure(&mut self) -> DriverError {
+        self.feeds.clear();
+        match self.join() {
+            Err(error) => error,
+            Ok(()) => DriverError::Worker("the dataflow workers stopped".to_owned()),
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.feeds.clear();
+        let _ = self.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoflow_events::parse_event;
+
+    fn positioned(line: &str, position: u64) -> Positioned {
+        (position, Box::new(parse_event(line.as_bytes()).expect("valid event")))
+    }
+
+    const IN: &str = r#"{"event_id":"in1","tenant_id":"t","ts":1000,"type":"message.received","contact_id":"c","conversation_id":"v","message_id":"m"}"#;
+    const OUT: &str = r#"{"event_id":"out1","tenant_id":"t","ts":4000,"type":"message.sent","contact_id":"c","conversation_id":"v","message_id":"m2","sender":"agent","agent_id":"a"}"#;
+    const LATE: &str = r#"{"event_id":"in0","tenant_id":"t","ts":500,"type":"message.received","contact_id":"c","conversation_id":"v","message_id":"m"}"#;
+
+    #[test]
+    fn each_epoch_returns_only_its_own_changes_and_redelivery_changes_nothing() {
+        for workers in [1, 2] {
+            let mut driver = Driver::start(workers, Arc::new(Tenants::default())).expect("start");
+            driver.submit(vec![positioned(IN, 1), positioned(OUT, 2)], 7).expect("submit");
+            let first = driver.next_output().expect("epoch 0");
+            assert_eq!(first.tables.events.len(), 2);
+            assert_eq!(first.tables.responses.len(), 1);
+            assert_eq!(first.tables.responses.updates[0].0.response_ms, 3000);
+
+            // A late inbound message moves the waiting period's start: −1 old row, +1 new row.
+            driver.submit(vec![positioned(LATE, 3)], 7).expect("submit");
+            let second = driver.next_output().expect("epoch 1");
+            let diffs: Vec<(i64, i64)> =
+                second.tables.responses.updates.iter().map(|(row, diff)| (row.response_ms, *diff)).collect();
+            assert_eq!(diffs.len(), 2, "workers = {workers}");
+            assert!(diffs.contains(&(3000, -1)) && diffs.contains(&(3500, 1)), "{diffs:?}");
+
+            // The same events again: all duplicates, no change to any table.
+            driver.submit(vec![positioned(IN, 1), positioned(OUT, 2), positioned(LATE, 3)], 7).expect("submit");
+            let third = driver.next_output().expect("epoch 2");
+            assert_eq!(third.duplicates, 3);
+            assert!(third.tables.events.is_empty() && third.tables.counts().iter().all(|(_, rows)| *rows == 0));
+            driver.shutdown().expect("shutdown");
+        }
+    }
+}
