@@ -4,6 +4,7 @@ pub mod bench_ingest;
 pub mod bus;
 pub mod replay;
 pub mod retry;
+pub mod runtime;
 pub mod scaled;
 pub mod serve;
 pub mod source;

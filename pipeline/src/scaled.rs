@@ -12,14 +12,18 @@ use crate::bus::jetstream::{Consumer, Delivery, JetStreamBus, JetStreamConfig, P
 use crate::bus::{batch_file, parse_messages, BusError};
 use crate::replay::{now_ms, read_inputs, replay, thousands, ReplayError, ReplayOptions, ReplaySummary};
 use crate::retry::{retry_for, until_done};
+use crate::runtime::{restore, Batch, Quiet, Read, Runtime, RuntimeError, Source};
+use crate::serve::output::Output;
 use crate::source::InputFile;
-use convoflow_events::{Event, Tenants};
-use convoflow_operators::{Driver, DriverError, EpochOutput, RejectedRow, TableSet};
+use convoflow_events::Tenants;
+use convoflow_operators::{Driver, DriverError, RejectedRow, TableSet};
 use convoflow_sinks::{ClickHouseConfig, ClickHouseError, ClickHouseStore, Commit, TABLES};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 
 /// Messages per epoch (each holds up to `bus::BATCH_EVENTS` events), unless
 /// `CONVOFLOW_EPOCH_MESSAGES` says otherwise (smaller epochs: more, smaller commits).
@@ -32,9 +36,6 @@ fn epoch_messages() -> usize {
         .filter(|n| *n > 0)
         .unwrap_or(FETCH_MESSAGES)
 }
-
-/// Stored events per epoch while rebuilding operator state.
-const RESTORE_EPOCH_EVENTS: usize = 64 * 1024;
 
 pub struct ScaledOptions {
     pub inputs: Vec<PathBuf>,
@@ -59,7 +60,9 @@ pub enum ScaledError {
     #[error(transparent)]
     Replay(#[from] ReplayError),
     #[error(transparent)]
-    Runtime(#[from] DriverError),
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("the publisher stopped: {0}")]
     Publisher(String),
 }
@@ -151,16 +154,17 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
                 retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(config))
                     .await?;
             summary.target = format!("ClickHouse {} at {}, database {}", store.version(), config.url, config.database);
-            let stream = summary.stream.clone();
-            summary.consume = consume_into_clickhouse(
-                &mut consumer,
-                &store,
-                &stream,
-                options.tenants,
-                options.workers,
-                &publishing_done,
-            )
-            .await?;
+            let (stream, store) = (summary.stream.clone(), Arc::new(store));
+            summary.consume = tokio::task::block_in_place(|| {
+                consume_into_clickhouse(
+                    &mut consumer,
+                    store.clone(),
+                    &stream,
+                    options.tenants,
+                    options.workers,
+                    &publishing_done,
+                )
+            })?;
             let publish = published(publisher.await)?;
             // Invalid lines never reach the stream; the publisher's rejections are stored directly.
             if !publish.rejected.is_empty() {
@@ -227,91 +231,113 @@ async fn table_counts(store: &ClickHouseStore) -> Vec<(String, u64)> {
     counts
 }
 
-fn restore(driver: &mut Driver, stored: Vec<Event>) -> Result<(), DriverError> {
-    let mut stored = stored.into_iter().map(|event| (0, Box::new(event))).peekable();
-    while stored.peek().is_some() {
-        let chunk: Vec<_> = stored.by_ref().take(RESTORE_EPOCH_EVENTS).collect();
-        driver.submit(chunk, 0)?;
-        driver.next_output()?;
+/// A JetStream consumer as the runtime's source. It keeps its place by acknowledgements, so its
+/// positions count reads: position n is the n-th read, acknowledged once the sink holds it.
+struct ConsumerSource<'a> {
+    consumer: &'a mut Consumer,
+    handle: Handle,
+    origin: String,
+    workers: usize,
+    epoch_messages: usize,
+    publishing_done: &'a AtomicBool,
+    reads: u64,
+    /// Each read's deliveries, until the sink holds it.
+    unacknowledged: VecDeque<(u64, Vec<Delivery>)>,
+}
+
+impl Source for ConsumerSource<'_> {
+    fn input_id(&self) -> Option<&str> {
+        None
     }
-    Ok(())
+
+    fn read(&mut self, wait: Duration) -> Result<Read, RuntimeError> {
+        let deliveries = self.handle.block_on(self.consumer.fetch(self.epoch_messages));
+        if deliveries.is_empty() {
+            if self.unacknowledged.is_empty()
+                && self.publishing_done.load(Ordering::SeqCst)
+                && self.handle.block_on(self.consumer.finished(0))
+            {
+                return Ok(Read::End);
+            }
+            if self.unacknowledged.is_empty() {
+                std::thread::sleep(wait.min(Duration::from_millis(20)));
+            }
+            return Ok(Read::Idle);
+        }
+        let messages: Vec<(u64, &[u8])> = deliveries.iter().map(|d| (d.sequence, &d.payload[..])).collect();
+        let (events, rejected) = parse_messages(&self.origin, &messages, now_ms(), self.workers);
+        self.reads += 1;
+        let batch = Batch {
+            events,
+            rejected,
+            records: deliveries.len() as u64,
+            first: deliveries.iter().map(|d| d.sequence).min().unwrap_or(0),
+            last: deliveries.iter().map(|d| d.sequence).max().unwrap_or(0),
+        };
+        self.unacknowledged.push_back((self.reads, deliveries));
+        Ok(Read::Batch(batch))
+    }
+
+    fn position(&self) -> u64 {
+        self.reads
+    }
+
+    fn end(&mut self) -> Result<u64, RuntimeError> {
+        Ok(self.reads)
+    }
+
+    fn acknowledge(&mut self, position: u64) -> Result<(), RuntimeError> {
+        let mut acks = Vec::new();
+        while self.unacknowledged.front().is_some_and(|(read, _)| *read <= position) {
+            if let Some((_, deliveries)) = self.unacknowledged.pop_front() {
+                acks.extend(deliveries.into_iter().map(Delivery::ack));
+            }
+        }
+        self.handle.block_on(futures::future::join_all(acks));
+        Ok(())
+    }
 }
 
-/// An epoch the dataflow has finished and ClickHouse has yet to commit.
-struct Finished {
-    epoch: u64,
-    output: EpochOutput,
-    rejected: Vec<RejectedRow>,
-    deliveries: Vec<Delivery>,
-}
-
-async fn commit_then_ack(store: &ClickHouseStore, finished: Finished, stats: &mut ConsumeStats) {
-    let Finished { epoch, output, rejected, deliveries } = finished;
-    let first_position = deliveries.iter().map(|d| d.sequence).min().unwrap_or(0);
-    let last_position = deliveries.iter().map(|d| d.sequence).max().unwrap_or(0);
-    let commit =
-        Commit { epoch, tables: &output.tables, rejected: &rejected, first_position, last_position, input: None };
-    let written = until_done("commit an epoch", || store.commit(&commit)).await;
-    stats.messages += deliveries.len() as u64;
-    futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await;
-    tracing::debug!(epoch, events = output.tables.events.len(), rows = written.rows, "epoch committed");
-    stats.accepted += output.tables.events.len() as u64;
-    stats.duplicates += output.duplicates;
-    stats.rejected += rejected.len() as u64;
-    stats.rows += written.rows;
-    stats.commits += 1;
-}
-
-/// Consumes until the publisher is done and every message is acknowledged. An epoch is committed
-/// before its messages are acknowledged; while it commits, the dataflow already works on the next.
-pub async fn consume_into_clickhouse(
+/// Consumes until the publisher is done and every message is acknowledged: the runtime loop
+/// with this consumer as its source and ClickHouse as its sink.
+pub fn consume_into_clickhouse(
     consumer: &mut Consumer,
-    store: &ClickHouseStore,
+    store: Arc<ClickHouseStore>,
     stream: &str,
     tenants: Tenants,
     workers: usize,
     publishing_done: &AtomicBool,
 ) -> Result<ConsumeStats, ScaledError> {
-    let started = Instant::now();
-    let mut stats = ConsumeStats::default();
-    let stored = until_done("load the committed events", || store.load_events()).await;
-    stats.restored_events = stored.len() as u64;
+    let handle = Handle::current();
+    let mut sink = Output::clickhouse(store, handle.clone());
     let mut driver = Driver::start(workers, Arc::new(tenants))?;
-    tokio::task::block_in_place(|| restore(&mut driver, stored))?;
-    stats.restore_seconds = started.elapsed().as_secs_f64();
-    let mut epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
-
-    let epoch_messages = epoch_messages();
-    let mut uncommitted: Option<Finished> = None;
-    loop {
-        let deliveries = consumer.fetch(epoch_messages).await;
-        if deliveries.is_empty() {
-            if let Some(finished) = uncommitted.take() {
-                commit_then_ack(store, finished, &mut stats).await;
-            } else if publishing_done.load(Ordering::SeqCst) && consumer.finished(0).await {
-                break;
-            } else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            continue;
-        }
-        let received_at = now_ms();
-        let messages: Vec<(u64, &[u8])> = deliveries.iter().map(|d| (d.sequence, &d.payload[..])).collect();
-        let (events, mut rejected) =
-            tokio::task::block_in_place(|| parse_messages(&format!("nats:{stream}"), &messages, received_at, workers));
-        stats.lines += (events.len() + rejected.len()) as u64;
-        driver.submit(events, received_at)?;
-        if let Some(finished) = uncommitted.take() {
-            commit_then_ack(store, finished, &mut stats).await;
-        }
-        let output = tokio::task::block_in_place(|| driver.next_output())?;
-        rejected.extend(output.rejected.iter().cloned());
-        uncommitted = Some(Finished { epoch, output, rejected, deliveries });
-        epoch += 1;
-    }
-    driver.shutdown()?;
-    stats.seconds = started.elapsed().as_secs_f64();
-    Ok(stats)
+    let (_, stats) = restore(&mut driver, &mut sink, &mut Quiet, None)?;
+    let source = ConsumerSource {
+        consumer,
+        handle,
+        origin: format!("nats:{stream}"),
+        workers,
+        epoch_messages: epoch_messages(),
+        publishing_done,
+        reads: 0,
+        unacknowledged: VecDeque::new(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = Runtime { source, sink: &mut sink, observer: Quiet, driver, stop, spacing: Duration::ZERO };
+    let (stats, _) = runtime.run(stats)?;
+    Ok(ConsumeStats {
+        messages: stats.records,
+        lines: stats.lines,
+        accepted: stats.accepted,
+        duplicates: stats.duplicates,
+        rejected: stats.rejected,
+        commits: stats.commits,
+        rows: stats.rows,
+        restored_events: stats.restored_events,
+        restore_seconds: stats.restore_seconds,
+        seconds: stats.seconds + stats.restore_seconds,
+        table_rows: Vec::new(),
+    })
 }
 
 fn rate(count: u64, seconds: f64) -> String {

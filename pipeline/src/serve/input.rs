@@ -1,11 +1,12 @@
 //! Where `serve`'s runtime reads durable input: the local log (positions are byte offsets) or a
 //! JetStream stream (positions are stream sequences). Either way the runtime keeps its place
 //! itself, with the store: a position says how much input the store's tables hold.
+//! [`BusSource`] is either as the runtime's [`Source`].
 
 use crate::bus::jetstream::JetStreamBus;
 use crate::bus::local::{LocalLog, LogError, LogReader};
-use crate::bus::BusError;
-use crate::serve::ServeError;
+use crate::bus::{parse_message, BusError};
+use crate::runtime::{Batch, Read, RuntimeError, Source};
 use async_nats::jetstream::consumer::pull::Ordered;
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
@@ -76,7 +77,7 @@ impl Input {
     }
 
     /// Where the input ends now; what is there must be read before the server is ready.
-    pub fn end(&mut self, handle: &Handle) -> Result<u64, ServeError> {
+    pub fn end(&mut self, handle: &Handle) -> Result<u64, RuntimeError> {
         match self {
             Input::Log { durable, .. } => Ok(*durable.borrow_and_update()),
             Input::Stream { bus, .. } => Ok(handle.block_on(bus.last_sequence())?),
@@ -85,7 +86,7 @@ impl Input {
 
     /// The next durable records, up to about `EPOCH_BYTES`; waits up to `wait` when there are
     /// none yet, and returns none if none came.
-    pub fn next(&mut self, handle: &Handle, wait: Duration) -> Result<Vec<Record>, ServeError> {
+    pub fn next(&mut self, handle: &Handle, wait: Duration) -> Result<Vec<Record>, RuntimeError> {
         match self {
             Input::Log { reader, durable, .. } => {
                 let mut end = *durable.borrow_and_update();
@@ -113,7 +114,7 @@ async fn next_messages(
     position: &mut u64,
     pending: &mut u64,
     wait: Duration,
-) -> Result<Vec<Record>, ServeError> {
+) -> Result<Vec<Record>, RuntimeError> {
     let mut records = Vec::new();
     let Ok(mut next) = tokio::time::timeout(wait, messages.next()).await else { return Ok(records) };
     let mut bytes = 0;
@@ -142,7 +143,7 @@ async fn next_messages(
                 tracing::warn!(%error, "reading the stream failed; retrying");
                 break;
             }
-            None => return Err(ServeError::Input("the JetStream consumer ended".to_owned())),
+            None => return Err(RuntimeError::Input("the JetStream consumer ended".to_owned())),
         }
         if bytes >= EPOCH_BYTES {
             break;
@@ -154,4 +155,53 @@ async fn next_messages(
         }
     }
     Ok(records)
+}
+
+/// The log or the stream as the runtime's source.
+pub struct BusSource {
+    pub input: Input,
+    pub input_id: String,
+    pub handle: Handle,
+}
+
+impl Source for BusSource {
+    fn input_id(&self) -> Option<&str> {
+        Some(&self.input_id)
+    }
+
+    fn read(&mut self, wait: Duration) -> Result<Read, RuntimeError> {
+        let records = self.input.next(&self.handle, wait)?;
+        if records.is_empty() {
+            return Ok(Read::Idle);
+        }
+        let received_at = crate::replay::now_ms();
+        let origin = match self.input {
+            Input::Log { .. } => "log",
+            Input::Stream { .. } => "nats",
+        };
+        let mut batch = Batch {
+            records: records.len() as u64,
+            first: records.first().map_or(0, |record| record.position),
+            last: self.input.position(),
+            ..Batch::default()
+        };
+        for record in &records {
+            let (events, rejected) = parse_message(origin, record.position, &record.payload, received_at);
+            batch.events.extend(events);
+            batch.rejected.extend(rejected);
+        }
+        Ok(Read::Batch(batch))
+    }
+
+    fn position(&self) -> u64 {
+        self.input.position()
+    }
+
+    fn end(&mut self) -> Result<u64, RuntimeError> {
+        self.input.end(&self.handle)
+    }
+
+    fn lag(&self) -> u64 {
+        self.input.lag()
+    }
 }

@@ -12,19 +12,20 @@ pub mod config;
 mod demo;
 mod embedded;
 mod input;
-mod output;
+pub(crate) mod output;
 mod runtime;
 mod stream_bus;
 
 use crate::bus::jetstream::{JetStreamBus, JetStreamConfig};
 use crate::bus::local::{random_hex, LocalLog, LogError};
 use crate::retry::retry_for;
+use crate::runtime::{restore, Runtime, RuntimeError};
 use crate::serve::clickhouse_reader::ClickHouseReader;
 use crate::serve::config::ServeConfig;
 use crate::serve::embedded::{LocalLogBus, MemoryReader};
-use crate::serve::input::Input;
+use crate::serve::input::{BusSource, Input};
 use crate::serve::output::Output;
-use crate::serve::runtime::{OpenInput, Runtime};
+use crate::serve::runtime::ServeObserver;
 use crate::serve::stream_bus::StreamBus;
 use convoflow_api::{
     router, ApiKey, ApiKeys, ApiState, Bus, FeedPublisher, RateLimiter, Reader, SeenEvents, SqlRuntime, Telemetry,
@@ -48,9 +49,7 @@ pub enum ServeError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
-    Runtime(#[from] convoflow_operators::DriverError),
-    #[error("cannot convert tables to Arrow: {0}")]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    Runtime(#[from] RuntimeError),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
     #[error("{what}: {source}")]
@@ -61,8 +60,6 @@ pub enum ServeError {
     Bus(#[from] crate::bus::BusError),
     #[error(transparent)]
     ClickHouse(#[from] convoflow_sinks::ClickHouseError),
-    #[error("input: {0}")]
-    Input(String),
     #[error("query engine: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
 }
@@ -91,6 +88,9 @@ fn admin_key_file(data_dir: &Path) -> Result<String, ServeError> {
     file.sync_all().map_err(io)?;
     Ok(key)
 }
+
+/// Opens the input at a position (the one the store reaches).
+type OpenInput = Box<dyn FnOnce(u64) -> Result<Input, RuntimeError> + Send>;
 
 /// The bus ingest appends to, and how the runtime reads it back.
 struct BusParts {
@@ -141,7 +141,8 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Reader>, Output, S
 
             let described =
                 format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
-            Ok((Arc::new(ClickHouseReader { store: store.clone() }), Output::clickhouse(store), described))
+            let output = Output::clickhouse(store.clone(), tokio::runtime::Handle::current());
+            Ok((Arc::new(ClickHouseReader { store }), output, described))
         }
     }
 }
@@ -195,27 +196,19 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     });
     let feed = FeedPublisher::start(feed)
         .map_err(|source| ServeError::Io { what: "start the feed thread".to_owned(), source })?;
-    let runtime = Runtime {
-        tenants,
-        workers: config.workers,
-        output,
-        feed,
-        seen,
-        telemetry,
-        ready: ready.clone(),
-        stop: stop.clone(),
-    };
-    let handle = tokio::runtime::Handle::current();
+    let observer = ServeObserver::new(feed, seen, telemetry, ready.clone(), input_id.clone());
+    let (workers, handle) = (config.workers, tokio::runtime::Handle::current());
     // The runtime ending (an error) shuts the server down too: a server that no longer applies
     // events must not keep accepting them.
     let runtime_ended = Arc::new(tokio::sync::Notify::new());
     let ended = runtime_ended.clone();
     let ended_guard = RuntimeEnded { ended, ready: ready.clone() };
+    let stopped = stop.clone();
     let processing = std::thread::Builder::new()
         .name("convoflow-runtime".to_owned())
         .spawn(move || {
             let _ended = ended_guard;
-            let result = runtime.run(input_id, open_input, handle);
+            let result = run_runtime(output, observer, (input_id, open_input), tenants, workers, stopped, handle);
             if let Err(error) = &result {
                 tracing::error!(%error, "the runtime stopped");
             }
@@ -246,7 +239,26 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     stop.store(true, Ordering::SeqCst);
     let result = processing.join().map_err(|_| ServeError::Snapshot("the runtime thread panicked".to_owned()))?;
     served.map_err(|source| ServeError::Io { what: "HTTP server".to_owned(), source })?;
-    result
+    Ok(result?)
+}
+
+/// Restores state from the store, opens the input where the store's tables end, and runs until
+/// `stop`; errors here end the process.
+fn run_runtime(
+    mut output: Output,
+    mut observer: ServeObserver,
+    (input_id, open_input): (String, OpenInput),
+    tenants: Arc<Tenants>,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    handle: tokio::runtime::Handle,
+) -> Result<(), RuntimeError> {
+    let mut driver = convoflow_operators::Driver::start(workers, tenants)?;
+    let (position, stats) = restore(&mut driver, &mut output, &mut observer, Some(&input_id))?;
+    let source = BusSource { input: open_input(position)?, input_id, handle };
+    let spacing = output.epoch_spacing();
+    Runtime { source, sink: &mut output, observer, driver, stop, spacing }.run(stats)?;
+    Ok(())
 }
 
 /// Dropped when the runtime thread ends, even by a panic: the server stops being ready and shuts

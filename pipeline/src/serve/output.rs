@@ -8,10 +8,9 @@
 //! come again as duplicates and change nothing.
 
 use crate::retry::until_done;
-use crate::serve::ServeError;
-use convoflow_events::Event;
-use convoflow_operators::{RejectedRow, TableSet};
-use convoflow_sinks::{lock_tables, snapshot_table, ClickHouseStore, Commit, EmbeddedStore, MemoryTables, TABLES};
+use crate::runtime::{Commit, Committed, Restored, RuntimeError, Sink};
+use convoflow_operators::TableSet;
+use convoflow_sinks::{lock_tables, snapshot_table, ClickHouseStore, EmbeddedStore, MemoryTables, TABLES};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,18 +18,15 @@ use tokio::runtime::Handle;
 
 pub enum Output {
     Embedded { tables: Arc<Mutex<MemoryTables>>, snapshots: Snapshots },
-    ClickHouse { store: Arc<ClickHouseStore>, next_epoch: u64 },
-}
-
-/// What a store holds at start.
-pub struct Restored {
-    pub events: Vec<Event>,
-    /// How far into the input the stored tables reach.
-    pub position: u64,
+    ClickHouse { store: Arc<ClickHouseStore>, next_epoch: u64, handle: Handle },
 }
 
 impl Output {
-    pub fn embedded(data_dir: &Path, tables: Arc<Mutex<MemoryTables>>, interval: Duration) -> Result<Self, ServeError> {
+    pub fn embedded(
+        data_dir: &Path,
+        tables: Arc<Mutex<MemoryTables>>,
+        interval: Duration,
+    ) -> Result<Self, RuntimeError> {
         let store = Arc::new(EmbeddedStore::open(data_dir)?);
         let snapshots = Snapshots {
             store,
@@ -44,18 +40,29 @@ impl Output {
         Ok(Output::Embedded { tables, snapshots })
     }
 
-    pub fn clickhouse(store: Arc<ClickHouseStore>) -> Self {
-        Output::ClickHouse { store, next_epoch: 0 }
+    pub fn clickhouse(store: Arc<ClickHouseStore>, handle: Handle) -> Self {
+        Output::ClickHouse { store, next_epoch: 0, handle }
     }
 
+    /// Whether epochs should be spaced (see `Runtime::spacing`).
+    pub fn epoch_spacing(&self) -> Duration {
+        match self {
+            Output::Embedded { .. } => Duration::ZERO,
+            Output::ClickHouse { .. } => Duration::from_millis(200),
+        }
+    }
+}
+
+impl Sink for Output {
     /// The stored events and the position reached in `input`.
-    pub fn restore(&mut self, input: &str, handle: &Handle) -> Result<Restored, ServeError> {
+    fn restore(&mut self, input: Option<&str>) -> Result<Restored, RuntimeError> {
         match self {
             Output::Embedded { tables, snapshots } => {
                 let events = snapshots.store.load_events()?;
                 let rejected = snapshots.store.load_rejected()?;
                 lock_tables(tables).apply(TableSet::default(), &rejected)?;
                 let checkpoint = read_checkpoint(&snapshots.data_dir);
+                let input = input.unwrap_or_default();
                 // A snapshot of another input's tables is still right; only its position is not.
                 // (Checkpoints without an input were all of a local log.)
                 let same_input = checkpoint.input.as_deref().map_or(input.starts_with("log:"), |id| id == input);
@@ -64,9 +71,12 @@ impl Output {
                 snapshots.covered = position;
                 Ok(Restored { events, position })
             }
-            Output::ClickHouse { store, next_epoch } => handle.block_on(async {
+            Output::ClickHouse { store, next_epoch, handle } => handle.block_on(async {
                 let events = until_done("load the committed events", || store.load_events()).await;
-                let position = until_done("read the committed position", || store.committed_position(input)).await;
+                let position = match input {
+                    Some(input) => until_done("read the committed position", || store.committed_position(input)).await,
+                    None => 0,
+                };
                 *next_epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
                 Ok(Restored { events, position })
             }),
@@ -74,70 +84,57 @@ impl Output {
     }
 
     /// Takes in the tables' rows derived while restoring.
-    pub fn restored(&mut self, tables: TableSet) -> Result<(), ServeError> {
+    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
         if let Output::Embedded { tables: memory, .. } = self {
             lock_tables(memory).apply(tables, &[])?;
         }
         Ok(())
     }
 
-    /// Stores one epoch's changes, which take the tables to `position` in `input`. ClickHouse is
-    /// retried until it takes the commit: meanwhile the bus keeps what comes in.
-    pub fn apply(
-        &mut self,
-        tables: TableSet,
-        rejected: &[RejectedRow],
-        positions: (u64, u64),
-        input: &str,
-        handle: &Handle,
-    ) -> Result<(), ServeError> {
+    /// Stores one epoch's changes. ClickHouse is retried until it takes the commit (meanwhile the
+    /// bus keeps what comes in); its commit is durable at once, the in-memory tables' only with
+    /// the next snapshot.
+    fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
         match self {
-            Output::Embedded { tables: memory, .. } => lock_tables(memory).apply(tables, rejected)?,
-            Output::ClickHouse { store, next_epoch } => {
-                let commit = Commit {
+            Output::Embedded { tables: memory, .. } => {
+                lock_tables(memory).apply(tables, commit.rejected)?;
+                Ok(Committed { rows: 0, durable: None })
+            }
+            Output::ClickHouse { store, next_epoch, handle } => {
+                let insert = convoflow_sinks::Commit {
                     epoch: *next_epoch,
                     tables: &tables,
-                    rejected,
-                    first_position: positions.0,
-                    last_position: positions.1,
-                    input: Some(input),
+                    rejected: commit.rejected,
+                    first_position: commit.first,
+                    last_position: commit.last,
+                    input: commit.input_id,
                 };
-                handle.block_on(until_done("commit an epoch to ClickHouse", || store.commit(&commit)));
+                let written = handle.block_on(until_done("commit an epoch to ClickHouse", || store.commit(&insert)));
                 *next_epoch += 1;
+                Ok(Committed { rows: written.rows, durable: Some(commit.position) })
             }
-        }
-        Ok(())
-    }
-
-    /// The least time between the starts of two epochs. ClickHouse takes a commit as an insert
-    /// per table, and many tiny inserts make many parts for it to merge: its epochs gather what
-    /// came in over a fifth of a second.
-    pub fn epoch_spacing(&self) -> Duration {
-        match self {
-            Output::Embedded { .. } => Duration::ZERO,
-            Output::ClickHouse { .. } => Duration::from_millis(200),
         }
     }
 
     /// After an epoch: starts a snapshot when one is due.
-    pub fn tick(&mut self, position: u64) -> Result<(), ServeError> {
+    fn tick(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         if let Output::Embedded { tables, snapshots } = self {
             // Checked after every epoch too, so a steady stream of input cannot hold snapshots off.
             if snapshots.last.elapsed() >= snapshots.interval {
                 snapshots.start(tables, position)?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// At shutdown: a last snapshot holding everything up to `position`.
-    pub fn finish(&mut self, position: u64) -> Result<(), ServeError> {
+    fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         if let Output::Embedded { tables, snapshots } = self {
             snapshots.finish()?;
             snapshots.start(tables, position)?;
             snapshots.finish()?;
         }
-        Ok(())
+        Ok(Some(position))
     }
 }
 
@@ -182,7 +179,7 @@ pub struct Snapshots {
     input: String,
     /// The input position the last finished snapshot covers.
     covered: u64,
-    writing: Option<std::thread::JoinHandle<Result<u64, ServeError>>>,
+    writing: Option<std::thread::JoinHandle<Result<u64, RuntimeError>>>,
     last: Instant,
 }
 
@@ -191,7 +188,7 @@ impl Snapshots {
     /// nothing while one is being written or when nothing changed. The writer thread takes the
     /// tables one at a time, so epochs go on between them: `events` (taken after `position`)
     /// may hold more than the checkpoint says, which a restart absorbs as duplicates.
-    fn start(&mut self, tables: &Arc<Mutex<MemoryTables>>, position: u64) -> Result<(), ServeError> {
+    fn start(&mut self, tables: &Arc<Mutex<MemoryTables>>, position: u64) -> Result<(), RuntimeError> {
         if self.writing.as_ref().is_some_and(|writing| !writing.is_finished()) {
             return Ok(());
         }
@@ -210,7 +207,8 @@ impl Snapshots {
                 batches.push(snapshot_table(&tables, table)?);
             }
             store.write_batches(&batches)?;
-            write_checkpoint(&data_dir, &Checkpoint { input: Some(input), position })?;
+            write_checkpoint(&data_dir, &Checkpoint { input: Some(input), position })
+                .map_err(|source| RuntimeError::Io { what: "write the snapshot's checkpoint".to_owned(), source })?;
             tracing::info!(position, seconds = started.elapsed().as_secs_f64(), "tables snapshotted to Parquet");
             Ok(position)
         }));
@@ -218,10 +216,10 @@ impl Snapshots {
     }
 
     /// Waits for the snapshot being written, if any.
-    fn finish(&mut self) -> Result<(), ServeError> {
+    fn finish(&mut self) -> Result<(), RuntimeError> {
         if let Some(writing) = self.writing.take() {
             self.covered =
-                writing.join().map_err(|_| ServeError::Snapshot("the snapshot writer panicked".to_owned()))??;
+                writing.join().map_err(|_| RuntimeError::Snapshot("the snapshot writer panicked".to_owned()))??;
         }
         Ok(())
     }

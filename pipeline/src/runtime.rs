@@ -1,0 +1,355 @@
+//! The one runtime loop: a position-addressed [`Source`], the dataflow [`Driver`] and a [`Sink`].
+//! `serve` (the local log or JetStream into the in-memory tables or ClickHouse) and
+//! `replay --nats --clickhouse` / `replay --from-nats --clickhouse` (a JetStream consumer into
+//! ClickHouse) are this loop with different parts; restoring and commit-then-acknowledge exist
+//! only here.
+//!
+//! 1. **Restore.** The sink gives back the events it holds and how far into the source's input its
+//!    tables reach. The events go through the driver (in epochs of [`RESTORE_EPOCH_EVENTS`]) to
+//!    rebuild operator state; the rows they derive go back to the sink.
+//! 2. **Catch up.** The source opens at that position and is read up to where its input ended at
+//!    start; only then is the caller told it is ready ([`Observer::ready`]).
+//! 3. **Epochs.** Each read is one epoch. While the workers run it, the previous epoch is
+//!    committed by the sink, with the input position it takes the tables to, and then the source
+//!    is told to acknowledge what the sink now holds durably. An epoch is therefore acknowledged
+//!    only once committed: a crash between the two leaves a committed epoch whose input comes
+//!    again, absorbed as duplicates because state is restored from the committed events.
+//! 4. **End.** A finite source ends; an endless one is read until `stop`, then up to where its
+//!    input ends at that moment (what was acknowledged to a client must be applied). The sink then
+//!    finishes (a last snapshot) and the source acknowledges what it holds.
+
+use crate::bus::local::LogError;
+use crate::bus::BusError;
+use convoflow_events::Event;
+use convoflow_operators::dedup::Positioned;
+use convoflow_operators::{Driver, DriverError, EpochOutput, RejectedRow, TableSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Stored events per epoch while restoring.
+pub const RESTORE_EPOCH_EVENTS: usize = 64 * 1024;
+/// Empty reads in a row after which catching up stops short of the input's end (messages removed
+/// from a stream by its limits never come).
+const CATCH_UP_EMPTY_READS: u32 = 3;
+/// How long a read waits for input when there is none, before `stop` is looked at again.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How long a read waits while catching up: the input is known to hold more.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Store(#[from] convoflow_sinks::StoreError),
+    #[error(transparent)]
+    ClickHouse(#[from] convoflow_sinks::ClickHouseError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot convert tables to Arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error("input: {0}")]
+    Input(String),
+}
+
+/// One read: parsed events with their input positions, the lines that did not parse, and where
+/// in the input it lies.
+#[derive(Default)]
+pub struct Batch {
+    pub events: Vec<Positioned>,
+    pub rejected: Vec<RejectedRow>,
+    /// Records (log records, stream messages) read.
+    pub records: u64,
+    /// The first and last record positions, for the commit's bookkeeping.
+    pub first: u64,
+    pub last: u64,
+}
+
+pub enum Read {
+    Batch(Batch),
+    /// Nothing came within the wait.
+    Idle,
+    /// A finite source has nothing more.
+    End,
+}
+
+/// Input addressed by position (a log offset, a stream sequence, a count of reads).
+pub trait Source {
+    /// The input whose position a sink records with its tables, or `None` when the source keeps
+    /// its own place (a durable consumer, by acknowledgements).
+    fn input_id(&self) -> Option<&str>;
+    /// The next records past [`Source::position`], parsed; waits up to `wait` when there are none.
+    fn read(&mut self, wait: Duration) -> Result<Read, RuntimeError>;
+    /// How far has been read.
+    fn position(&self) -> u64;
+    /// Where the input ends now (what must be read before the caller is ready, or before it stops).
+    fn end(&mut self) -> Result<u64, RuntimeError>;
+    /// How far behind the input's end the reading is, in the source's units.
+    fn lag(&self) -> u64 {
+        0
+    }
+    /// The sink holds everything read up to `position` durably.
+    fn acknowledge(&mut self, _position: u64) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+}
+
+/// What a sink holds at start.
+pub struct Restored {
+    pub events: Vec<Event>,
+    /// How far into the source's input the stored tables reach.
+    pub position: u64,
+}
+
+/// One epoch's bookkeeping, beside its tables.
+pub struct Commit<'a> {
+    /// The driver's epoch number.
+    pub epoch: u64,
+    pub rejected: &'a [RejectedRow],
+    /// The first and last record positions read, and the position the epoch takes the tables to.
+    pub first: u64,
+    pub last: u64,
+    pub position: u64,
+    pub input_id: Option<&'a str>,
+}
+
+/// Where epochs go, and where state comes back from.
+pub trait Sink {
+    fn restore(&mut self, input_id: Option<&str>) -> Result<Restored, RuntimeError>;
+    /// Takes the rows derived while restoring.
+    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError>;
+    /// Stores one epoch's consolidated changes.
+    fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError>;
+    /// Between epochs (a snapshot when one is due); returns a position now held durably, if any.
+    fn tick(&mut self, _position: u64) -> Result<Option<u64>, RuntimeError> {
+        Ok(None)
+    }
+    /// At the end (a last snapshot); returns the position held durably, if any.
+    fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError>;
+}
+
+pub struct Committed {
+    pub rows: u64,
+    /// The input position held durably now, if the commit made it so.
+    pub durable: Option<u64>,
+}
+
+/// What the caller does around the loop (`serve`: the seen-events index, the feed, telemetry).
+pub trait Observer {
+    /// Rows derived from stored events while restoring.
+    fn restored(&mut self, _tables: &TableSet) {}
+    /// An epoch is finished by the dataflow and about to be committed.
+    fn finished(&mut self, _epoch: &EpochOutput, _rejected: &[RejectedRow], _catching_up: bool) {}
+    /// The epoch is committed.
+    fn committed(&mut self, _epoch: u64, _rejected: &[RejectedRow], _stats: &EpochStats) {}
+    /// Restored and caught up with what the input held at start (`from`..`to`).
+    fn ready(&mut self, _stats: &RunStats, _from: u64, _to: u64) {}
+}
+
+/// Nothing around the loop.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+pub struct EpochStats {
+    pub records: u64,
+    pub events: u64,
+    pub lag: u64,
+    pub seconds: f64,
+}
+
+/// Counts of one run.
+#[derive(Debug, Default, Clone)]
+pub struct RunStats {
+    pub records: u64,
+    pub lines: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub commits: u64,
+    pub rows: u64,
+    pub restored_events: u64,
+    pub restore_seconds: f64,
+    pub seconds: f64,
+}
+
+/// An epoch the dataflow finished and the sink has yet to commit.
+struct Finished {
+    output: EpochOutput,
+    rejected: Vec<RejectedRow>,
+    first: u64,
+    last: u64,
+    position: u64,
+    records: u64,
+    started: Instant,
+}
+
+/// Restores operator state from what `sink` holds; returns where in the input its tables end.
+pub fn restore<K: Sink, O: Observer>(
+    driver: &mut Driver,
+    sink: &mut K,
+    observer: &mut O,
+    input_id: Option<&str>,
+) -> Result<(u64, RunStats), RuntimeError> {
+    let started = Instant::now();
+    let Restored { events, position } = sink.restore(input_id)?;
+    let mut stats = RunStats { restored_events: events.len() as u64, ..RunStats::default() };
+    let mut stored = events.into_iter().map(|event| (0, Box::new(event))).peekable();
+    while stored.peek().is_some() {
+        let chunk: Vec<_> = stored.by_ref().take(RESTORE_EPOCH_EVENTS).collect();
+        driver.submit(chunk, 0)?;
+        let output = driver.next_output()?;
+        observer.restored(&output.tables);
+        sink.restored(output.tables)?;
+    }
+    stats.restore_seconds = started.elapsed().as_secs_f64();
+    Ok((position, stats))
+}
+
+/// The loop; see the module doc.
+pub struct Runtime<'a, S: Source, K: Sink, O: Observer> {
+    /// Opened where [`restore`] said the sink's tables end.
+    pub source: S,
+    pub sink: &'a mut K,
+    pub observer: O,
+    pub driver: Driver,
+    /// Set to end an endless source.
+    pub stop: Arc<AtomicBool>,
+    /// The least time between the starts of two epochs once caught up. Zero: epochs are
+    /// pipelined, the next one running while the previous one is committed. ClickHouse under
+    /// `serve` takes a commit as an insert per table, and many tiny inserts make many parts for it
+    /// to merge, so there epochs gather what came in over a fifth of a second.
+    pub spacing: Duration,
+}
+
+impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
+    /// Runs until a finite source ends, or `stop` is set; `stats` are [`restore`]'s.
+    pub fn run(mut self, mut stats: RunStats) -> Result<(RunStats, O), RuntimeError> {
+        let started = Instant::now();
+        let from = self.source.position();
+        let start_end = self.source.end()?;
+        if from > start_end {
+            let input = self.source.input_id().unwrap_or("the input").to_owned();
+            return Err(RuntimeError::Input(format!(
+                "the store's tables reach position {from} of {input}, but it ends at {start_end}: the input was cut or \
+                 replaced; restore it, or start from an empty store"
+            )));
+        }
+        let pipelined = self.spacing.is_zero();
+        let mut catching_up = true;
+        let mut empty_reads = 0;
+        let mut stop_at: Option<u64> = None;
+        let mut held: Option<Finished> = None;
+        let mut last_batch: Option<Instant> = None;
+        loop {
+            if catching_up && (self.source.position() >= start_end || empty_reads >= CATCH_UP_EMPTY_READS) {
+                if let Some(finished) = held.take() {
+                    self.commit(finished, &mut stats)?;
+                }
+                catching_up = false;
+                self.observer.ready(&stats, from, start_end);
+            }
+            if !catching_up {
+                if let Some(durable) = self.sink.tick(self.source.position())? {
+                    self.source.acknowledge(durable)?;
+                }
+            }
+            if stop_at.is_none() && self.stop.load(Ordering::SeqCst) {
+                // What is durable now was acknowledged to someone: apply it before stopping.
+                stop_at = Some(self.source.end()?);
+            }
+            if stop_at.is_some_and(|end| self.source.position() >= end) {
+                break;
+            }
+            if !catching_up && stop_at.is_none() {
+                if let Some(last) = last_batch {
+                    std::thread::sleep(self.spacing.saturating_sub(last.elapsed()));
+                }
+            }
+            // With an epoch waiting to be committed, take only what is there already: the waiting
+            // epoch is committed before any wait.
+            let wait = match (&held, catching_up || stop_at.is_some()) {
+                (Some(_), _) => Duration::ZERO,
+                (None, true) => CATCH_UP_WAIT,
+                (None, false) => IDLE_WAIT,
+            };
+            let read_started = Instant::now();
+            match self.source.read(wait)? {
+                Read::Batch(batch) => {
+                    let processing = Instant::now();
+                    empty_reads = 0;
+                    last_batch = Some(read_started);
+                    stats.records += batch.records;
+                    stats.lines += (batch.events.len() + batch.rejected.len()) as u64;
+                    self.driver.submit(batch.events, crate::replay::now_ms())?;
+                    if let Some(finished) = held.take() {
+                        self.commit(finished, &mut stats)?;
+                    }
+                    let output = self.driver.next_output()?;
+                    let mut rejected = batch.rejected;
+                    rejected.extend(output.rejected.iter().cloned());
+                    self.observer.finished(&output, &rejected, catching_up);
+                    let finished = Finished {
+                        output,
+                        rejected,
+                        first: batch.first,
+                        last: batch.last,
+                        position: self.source.position(),
+                        records: batch.records,
+                        started: processing,
+                    };
+                    if pipelined {
+                        held = Some(finished);
+                    } else {
+                        self.commit(finished, &mut stats)?;
+                    }
+                }
+                Read::Idle => match held.take() {
+                    Some(finished) => self.commit(finished, &mut stats)?,
+                    None if catching_up => empty_reads += 1,
+                    // The input ends short of where it said it did: nothing more will come.
+                    None if stop_at.is_some() => break,
+                    None => {}
+                },
+                Read::End => break,
+            }
+        }
+        if let Some(finished) = held.take() {
+            self.commit(finished, &mut stats)?;
+        }
+        if let Some(durable) = self.sink.finish(self.source.position())? {
+            self.source.acknowledge(durable)?;
+        }
+        self.driver.shutdown()?;
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok((stats, self.observer))
+    }
+
+    fn commit(&mut self, finished: Finished, stats: &mut RunStats) -> Result<(), RuntimeError> {
+        let Finished { output, rejected, first, last, position, records, started } = finished;
+        let EpochOutput { epoch, tables, rejected: _, duplicates } = output;
+        let events = tables.events.len() as u64;
+        let input_id = self.source.input_id().map(str::to_owned);
+        let commit = Commit { epoch, rejected: &rejected, first, last, position, input_id: input_id.as_deref() };
+        let committed = self.sink.commit(tables, commit)?;
+        if let Some(durable) = committed.durable {
+            self.source.acknowledge(durable)?;
+        }
+        stats.accepted += events;
+        stats.duplicates += duplicates;
+        stats.rejected += rejected.len() as u64;
+        stats.rows += committed.rows;
+        stats.commits += 1;
+        let epoch_stats =
+            EpochStats { records, events, lag: self.source.lag(), seconds: started.elapsed().as_secs_f64() };
+        self.observer.committed(epoch, &rejected, &epoch_stats);
+        tracing::debug!(epoch, records, events, rows = committed.rows, "epoch committed");
+        Ok(())
+    }
+}
