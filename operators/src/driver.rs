@@ -198,8 +198,16 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Starts `workers` worker threads, idle until the first epoch is submitted.
+    /// Starts `workers` worker threads, idle until the first epoch is submitted. Each epoch's
+    /// updates come back consolidated.
     pub fn start(workers: usize, tenants: Arc<Tenants>) -> Result<Self, DriverError> {
+        Driver::start_with(workers, tenants, true)
+    }
+
+    /// [`Driver::start`], but with `consolidate_epochs` false each epoch's updates come back as
+    /// the operators emitted them, for a caller that consolidates everything once at the end
+    /// (a replay into Parquet) rather than pay for it per epoch.
+    pub fn start_with(workers: usize, tenants: Arc<Tenants>, consolidate_epochs: bool) -> Result<Self, DriverError> {
         let workers = workers.max(1);
         let (feeds, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| channel()).unzip();
         let receivers = std::sync::Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>());
@@ -224,7 +232,9 @@ impl Driver {
                     worker.step();
                 }
                 let mut output = collected.take();
-                output.tables.consolidate();
+                if consolidate_epochs {
+                    output.tables.consolidate();
+                }
                 if done_sender.send(WorkerDone { epoch, output }).is_err() {
                     break;
                 }

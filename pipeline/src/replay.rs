@@ -1,15 +1,18 @@
 //! `convoflow replay`: adds the events of NDJSON files to the embedded store and rebuilds every
-//! table. The store's events are fed first (epoch 0) to restore operator state, so tables always
-//! reflect every event ever accepted and replaying the same input again changes nothing.
+//! table. It is the runtime loop with a source that ends (the files, or a JetStream consumer)
+//! and [`ParquetSink`]: the store's events are restored first, so tables always reflect every
+//! event ever accepted and replaying the same input again changes nothing.
 
-use crate::source::{worker_sources, InputFile};
+use crate::runtime::{restore, Commit, Committed, Quiet, Restored, Runtime, RuntimeError, Sink, Source};
+use crate::source::{FileSource, InputFile};
 use convoflow_events::Tenants;
-use convoflow_operators::{run, RejectedRow};
+use convoflow_operators::{Driver, RejectedRow, TableSet};
 use convoflow_sinks::{DataDirLock, EmbeddedStore};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct ReplayOptions {
     pub inputs: Vec<InputFile>,
@@ -23,6 +26,8 @@ pub struct ReplayOptions {
 /// Counts and timings of one replay.
 #[derive(Debug, Default)]
 pub struct ReplaySummary {
+    /// Records the source read (lines of files, messages of a stream).
+    pub records: u64,
     pub lines: u64,
     pub accepted: u64,
     pub duplicates: u64,
@@ -42,55 +47,112 @@ pub enum ReplayError {
     #[error(transparent)]
     Store(#[from] convoflow_sinks::StoreError),
     #[error(transparent)]
-    Runtime(#[from] convoflow_operators::DriverError),
+    Driver(#[from] convoflow_operators::DriverError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 pub use convoflow_events::now_ms;
 
-pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+/// The embedded store as a replay's sink: every epoch's updates are gathered, and written to
+/// Parquet once, consolidated, at the end (only then are they durable).
+pub struct ParquetSink {
+    store: EmbeddedStore,
+    tables: TableSet,
+    stored_rejected: Vec<RejectedRow>,
+    rejected: Vec<RejectedRow>,
+    load_seconds: f64,
+    write_seconds: f64,
+    /// Rows per table as written, `rejected` second.
+    table_rows: Vec<(&'static str, usize)>,
+}
+
+impl ParquetSink {
+    /// `rejected`: rejections found before the dataflow (by a publisher), stored with the run's.
+    pub fn open(data_dir: &Path, rejected: Vec<RejectedRow>) -> Result<Self, ReplayError> {
+        Ok(ParquetSink {
+            store: EmbeddedStore::open(data_dir)?,
+            tables: TableSet::default(),
+            stored_rejected: Vec::new(),
+            rejected,
+            load_seconds: 0.0,
+            write_seconds: 0.0,
+            table_rows: Vec::new(),
+        })
+    }
+}
+
+impl Sink for ParquetSink {
+    fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
+        let started = Instant::now();
+        let events = self.store.load_events()?;
+        self.stored_rejected = self.store.load_rejected()?;
+        self.load_seconds = started.elapsed().as_secs_f64();
+        tracing::info!(stored_events = events.len(), "replay loaded");
+        Ok(Restored { events, position: 0 })
+    }
+
+    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
+        self.tables.merge(tables);
+        Ok(())
+    }
+
+    fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
+        self.tables.merge(tables);
+        self.rejected.extend_from_slice(commit.rejected);
+        Ok(Committed { rows: 0, durable: None })
+    }
+
+    fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
+        let started = Instant::now();
+        self.tables.consolidate();
+        let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
+        self.store.write(&self.tables, &rejected)?;
+        self.table_rows = self.tables.counts();
+        self.table_rows.insert(1, ("rejected", rejected.len()));
+        self.write_seconds = started.elapsed().as_secs_f64();
+        Ok(Some(position))
+    }
+}
+
+/// Replays `source` into the embedded store in `data_dir`, after the store's own events.
+pub fn replay_source<S: Source>(
+    source: S,
+    rejected: Vec<RejectedRow>,
+    tenants: Tenants,
+    data_dir: &Path,
+    workers: usize,
+) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
-    let received_at = now_ms();
-    let _lock = DataDirLock::acquire(&options.data_dir)?;
-    let store = EmbeddedStore::open(&options.data_dir)?;
-    let stored = store.load_events()?;
-    let stored_rejected = store.load_rejected()?;
-    let files = options.inputs;
-    let stored_before = stored.len() as u64;
-    let load_seconds = started.elapsed().as_secs_f64();
-    tracing::info!(stored_events = stored_before, input_files = files.len(), "replay loaded");
-
-    let dataflow_started = Instant::now();
-    let sources = worker_sources(files, stored, options.workers, received_at);
-    let sources = Mutex::new(sources.into_iter().map(Some).collect::<Vec<_>>());
-    let output = run(options.workers, Arc::new(options.tenants), received_at, move |index, _| {
-        let mut sources = sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        sources.get_mut(index).and_then(Option::take).into_iter().flatten()
-    })?;
-    let dataflow_seconds = dataflow_started.elapsed().as_secs_f64();
-
-    let write_started = Instant::now();
-    let rejected_before_dataflow = options.rejected.len() as u64;
-    let new_rejected = output.rejected.len() as u64 + rejected_before_dataflow;
-    let mut found = options.rejected;
-    found.extend(output.rejected);
-    let rejected = merge_rejected(stored_rejected, found);
-    store.write(&output.tables, &rejected)?;
-    let write_seconds = write_started.elapsed().as_secs_f64();
-
-    let mut table_rows = output.tables.counts();
-    table_rows.insert(1, ("rejected", rejected.len()));
+    let _lock = DataDirLock::acquire(data_dir)?;
+    let rejected_before_dataflow = rejected.len() as u64;
+    let mut sink = ParquetSink::open(data_dir, rejected)?;
+    // Consolidated once, at the end: per epoch would only cost.
+    let mut driver = Driver::start_with(workers, Arc::new(tenants), false)?;
+    let (_, stats) = restore(&mut driver, &mut sink, &mut Quiet, None)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = Runtime { source, sink: &mut sink, observer: Quiet, driver, stop, spacing: Duration::ZERO };
+    let (stats, _) = runtime.run(stats)?;
+    let total_seconds = started.elapsed().as_secs_f64();
     Ok(ReplaySummary {
-        lines: output.lines + rejected_before_dataflow,
-        accepted: output.tables.events.len() as u64 - stored_before,
-        duplicates: output.duplicates,
-        rejected: new_rejected,
-        stored_before,
-        load_seconds,
-        dataflow_seconds,
-        write_seconds,
-        total_seconds: started.elapsed().as_secs_f64(),
-        table_rows,
+        records: stats.records,
+        lines: stats.lines + rejected_before_dataflow,
+        accepted: stats.accepted,
+        duplicates: stats.duplicates,
+        rejected: stats.rejected + rejected_before_dataflow,
+        stored_before: stats.restored_events,
+        load_seconds: sink.load_seconds,
+        dataflow_seconds: total_seconds - sink.load_seconds - sink.write_seconds,
+        write_seconds: sink.write_seconds,
+        total_seconds,
+        table_rows: sink.table_rows,
     })
+}
+
+/// Replays the input files (`convoflow replay --input …`).
+pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+    let source = FileSource::new(options.inputs, options.workers, now_ms());
+    replay_source(source, options.rejected, options.tenants, &options.data_dir, options.workers)
 }
 
 fn display_name(path: &Path) -> String {

@@ -1,27 +1,27 @@
 //! `convoflow replay` through the scaled deployment's parts: input files are published to
 //! JetStream, and the stream is consumed into ClickHouse (or the embedded store).
 //!
-//! The ClickHouse consumer runs the dataflow driver, one epoch per fetch of up to
-//! [`FETCH_MESSAGES`] messages: the epoch's updates are committed to ClickHouse, retrying with
+//! The consumer is the runtime loop's source (`crate::runtime`), one epoch per fetch of up to
+//! [`FETCH_MESSAGES`] messages. Into ClickHouse, an epoch's updates are committed, retrying with
 //! backoff while it is away, and only then are its messages acknowledged. A crash at any point
 //! leaves either a committed epoch whose messages come again (absorbed as duplicates, since
 //! operator state is rebuilt from the committed events) or an uncommitted one that stays
-//! invisible and is redone.
+//! invisible and is redone. Into the embedded store, the messages are acknowledged once the
+//! Parquet files are written, at the end.
 
 use crate::bus::jetstream::{Consumer, Delivery, JetStreamBus, JetStreamConfig, PublishStats};
 use crate::bus::{batch_file, parse_messages, BusError};
-use crate::replay::{now_ms, read_inputs, replay, thousands, ReplayError, ReplayOptions, ReplaySummary};
+use crate::replay::{now_ms, read_inputs, replay_source, thousands, ReplayError, ReplaySummary};
 use crate::retry::{retry_for, until_done};
 use crate::runtime::{restore, Batch, Quiet, Read, Runtime, RuntimeError, Source};
 use crate::serve::output::Output;
-use crate::source::InputFile;
 use convoflow_events::Tenants;
-use convoflow_operators::{Driver, DriverError, RejectedRow, TableSet};
-use convoflow_sinks::{ClickHouseConfig, ClickHouseError, ClickHouseStore, Commit, TABLES};
+use convoflow_operators::{Driver, DriverError, RejectedRow};
+use convoflow_sinks::{ClickHouseConfig, ClickHouseError, ClickHouseStore, TABLES};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
@@ -102,16 +102,19 @@ struct Published {
     lines: u64,
     stats: PublishStats,
     rejected: Vec<RejectedRow>,
+    rejected_lines: u64,
     seconds: f64,
 }
 
 async fn publish_files(bus: &JetStreamBus, inputs: &[PathBuf], received_at: i64) -> Result<Published, ScaledError> {
     let started = Instant::now();
-    let mut published = Published { lines: 0, stats: PublishStats::default(), rejected: Vec::new(), seconds: 0.0 };
+    let mut published =
+        Published { lines: 0, stats: PublishStats::default(), rejected: Vec::new(), rejected_lines: 0, seconds: 0.0 };
     for file in read_inputs(inputs)? {
         let batched = batch_file(&file.name, &file.bytes, received_at);
         published.lines += batched.lines;
         published.stats.add(bus.publish(&batched.batches).await?);
+        published.rejected_lines += batched.rejected.len() as u64;
         published.rejected.extend(batched.rejected);
     }
     published.seconds = started.elapsed().as_secs_f64();
@@ -134,18 +137,32 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
     let mut consumer =
         if options.from_nats { bus.replay_consumer(options.since_ms).await? } else { bus.durable_consumer().await? };
 
-    // The publisher runs beside the consumer; the consumer only stops once it is done.
-    let publishing_done = Arc::new(AtomicBool::new(false));
+    // The publisher runs beside the consumer; the consumer only stops once it is done, and its
+    // last read hands over the publisher's rejections (invalid lines never reach the stream).
+    let publishing = Publishing::default();
     let publisher = {
-        let (bus, done, inputs) = (bus.clone(), publishing_done.clone(), options.inputs.clone());
+        let (bus, publishing, inputs) = (bus.clone(), publishing.clone(), options.inputs.clone());
         tokio::spawn(async move {
-            let result = publish_files(&bus, &inputs, now_ms()).await;
-            done.store(true, Ordering::SeqCst);
+            let mut result = publish_files(&bus, &inputs, now_ms()).await;
+            if let Ok(published) = &mut result {
+                *lock(&publishing.rejected) = std::mem::take(&mut published.rejected);
+            }
+            publishing.done.store(true, Ordering::SeqCst);
             result
         })
     };
     let published = |result: Result<Result<Published, ScaledError>, tokio::task::JoinError>| {
         result.unwrap_or_else(|error| Err(ScaledError::Publisher(error.to_string())))
+    };
+    let source = ConsumerSource {
+        consumer: &mut consumer,
+        handle: Handle::current(),
+        origin: format!("nats:{}", summary.stream),
+        workers: options.workers,
+        epoch_messages: epoch_messages(),
+        publishing,
+        reads: 0,
+        unacknowledged: VecDeque::new(),
     };
 
     match &options.clickhouse {
@@ -154,66 +171,20 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
                 retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(config))
                     .await?;
             summary.target = format!("ClickHouse {} at {}, database {}", store.version(), config.url, config.database);
-            let (stream, store) = (summary.stream.clone(), Arc::new(store));
+            let store = Arc::new(store);
             summary.consume = tokio::task::block_in_place(|| {
-                consume_into_clickhouse(
-                    &mut consumer,
-                    store.clone(),
-                    &stream,
-                    options.tenants,
-                    options.workers,
-                    &publishing_done,
-                )
+                consume_into_clickhouse(source, store.clone(), options.tenants, options.workers)
             })?;
-            let publish = published(publisher.await)?;
-            // Invalid lines never reach the stream; the publisher's rejections are stored directly.
-            if !publish.rejected.is_empty() {
-                let epoch = until_done("read the last epoch", || store.last_epoch()).await + 1;
-                let empty = TableSet::default();
-                let commit = Commit {
-                    epoch,
-                    tables: &empty,
-                    rejected: &publish.rejected,
-                    first_position: 0,
-                    last_position: 0,
-                    input: None,
-                };
-                summary.consume.rows += until_done("commit rejected lines", || store.commit(&commit)).await.rows;
-                summary.consume.rejected += publish.rejected.len() as u64;
-                summary.consume.commits += 1;
-            }
+            summary.record_publish(&published(publisher.await)?);
             summary.consume.table_rows = table_counts(&store).await;
-            summary.record_publish(&publish);
         }
         None => {
             summary.target = format!("embedded store in {}", options.data_dir.join("tables").display());
-            let mut deliveries = Vec::new();
-            loop {
-                let fetched = consumer.fetch(FETCH_MESSAGES).await;
-                if !fetched.is_empty() {
-                    deliveries.extend(fetched);
-                } else if publishing_done.load(Ordering::SeqCst) && consumer.finished(deliveries.len()).await {
-                    break;
-                } else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            let publish = published(publisher.await)?;
-            summary.record_publish(&publish);
-            let mut bytes = Vec::new();
-            for delivery in &deliveries {
-                bytes.extend_from_slice(&delivery.payload);
-            }
-            let replay_options = ReplayOptions {
-                inputs: vec![InputFile { name: format!("nats:{}", summary.stream), bytes }],
-                rejected: publish.rejected,
-                tenants: options.tenants,
-                data_dir: options.data_dir.clone(),
-                workers: options.workers,
-            };
-            let replayed = tokio::task::block_in_place(|| replay(replay_options))?;
-            summary.consume.messages = deliveries.len() as u64;
-            futures::future::join_all(deliveries.into_iter().map(Delivery::ack)).await;
+            let (tenants, data_dir, workers) = (options.tenants, options.data_dir.clone(), options.workers);
+            let replayed =
+                tokio::task::block_in_place(|| replay_source(source, Vec::new(), tenants, &data_dir, workers))?;
+            summary.record_publish(&published(publisher.await)?);
+            summary.consume.messages = replayed.records;
             summary.embedded = Some(replayed);
         }
     }
@@ -231,6 +202,18 @@ async fn table_counts(store: &ClickHouseStore) -> Vec<(String, u64)> {
     counts
 }
 
+/// The publisher's state, shared with the consumer.
+#[derive(Clone, Default)]
+struct Publishing {
+    done: Arc<AtomicBool>,
+    /// The input lines it found invalid, handed over once it is done.
+    rejected: Arc<Mutex<Vec<RejectedRow>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A JetStream consumer as the runtime's source. It keeps its place by acknowledgements, so its
 /// positions count reads: position n is the n-th read, acknowledged once the sink holds it.
 struct ConsumerSource<'a> {
@@ -239,7 +222,7 @@ struct ConsumerSource<'a> {
     origin: String,
     workers: usize,
     epoch_messages: usize,
-    publishing_done: &'a AtomicBool,
+    publishing: Publishing,
     reads: u64,
     /// Each read's deliveries, until the sink holds it.
     unacknowledged: VecDeque<(u64, Vec<Delivery>)>,
@@ -253,15 +236,17 @@ impl Source for ConsumerSource<'_> {
     fn read(&mut self, wait: Duration) -> Result<Read, RuntimeError> {
         let deliveries = self.handle.block_on(self.consumer.fetch(self.epoch_messages));
         if deliveries.is_empty() {
-            if self.unacknowledged.is_empty()
-                && self.publishing_done.load(Ordering::SeqCst)
-                && self.handle.block_on(self.consumer.finished(0))
-            {
-                return Ok(Read::End);
+            // Done once every message is delivered and acknowledged, but for those still held
+            // here (a sink that makes them durable only at its end holds them all).
+            let held = self.unacknowledged.iter().map(|(_, deliveries)| deliveries.len()).sum();
+            if self.publishing.done.load(Ordering::SeqCst) && self.handle.block_on(self.consumer.finished(held)) {
+                let rejected = std::mem::take(&mut *lock(&self.publishing.rejected));
+                if rejected.is_empty() {
+                    return Ok(Read::End);
+                }
+                return Ok(Read::Batch(Batch { rejected, ..Batch::default() }));
             }
-            if self.unacknowledged.is_empty() {
-                std::thread::sleep(wait.min(Duration::from_millis(20)));
-            }
+            std::thread::sleep(wait.min(Duration::from_millis(20)));
             return Ok(Read::Idle);
         }
         let messages: Vec<(u64, &[u8])> = deliveries.iter().map(|d| (d.sequence, &d.payload[..])).collect();
@@ -299,29 +284,16 @@ impl Source for ConsumerSource<'_> {
 }
 
 /// Consumes until the publisher is done and every message is acknowledged: the runtime loop
-/// with this consumer as its source and ClickHouse as its sink.
-pub fn consume_into_clickhouse(
-    consumer: &mut Consumer,
+/// with the consumer as its source and ClickHouse as its sink.
+fn consume_into_clickhouse(
+    source: ConsumerSource<'_>,
     store: Arc<ClickHouseStore>,
-    stream: &str,
     tenants: Tenants,
     workers: usize,
-    publishing_done: &AtomicBool,
 ) -> Result<ConsumeStats, ScaledError> {
-    let handle = Handle::current();
-    let mut sink = Output::clickhouse(store, handle.clone());
+    let mut sink = Output::clickhouse(store, source.handle.clone());
     let mut driver = Driver::start(workers, Arc::new(tenants))?;
     let (_, stats) = restore(&mut driver, &mut sink, &mut Quiet, None)?;
-    let source = ConsumerSource {
-        consumer,
-        handle,
-        origin: format!("nats:{stream}"),
-        workers,
-        epoch_messages: epoch_messages(),
-        publishing_done,
-        reads: 0,
-        unacknowledged: VecDeque::new(),
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = Runtime { source, sink: &mut sink, observer: Quiet, driver, stop, spacing: Duration::ZERO };
     let (stats, _) = runtime.run(stats)?;
@@ -348,7 +320,7 @@ impl ScaledSummary {
     fn record_publish(&mut self, publish: &Published) {
         self.published_lines = publish.lines;
         self.publish = publish.stats;
-        self.publish_rejected = publish.rejected.len() as u64;
+        self.publish_rejected = publish.rejected_lines;
         self.publish_seconds = publish.seconds;
     }
 

@@ -1,12 +1,15 @@
-//! NDJSON files as a dataflow source. Each worker parses its own byte range of every file (ranges
-//! end on line boundaries), in batches of lines; a line that fails to parse becomes a `rejected`
-//! row naming the file and line, and the rest go on.
+//! NDJSON files as the runtime's source, which ends with the last file. Each read takes the next
+//! [`BATCH_LINES`] lines per worker, in file order, and parses them on `workers` threads (each its
+//! own byte range, ending on a line boundary); a line that fails to parse becomes a `rejected`
+//! row naming the file and line, and the rest go on. Events carry their file and line as input
+//! position, so the first copy of an event in the input wins, whatever the worker count.
 
-use convoflow_events::{parse_event, split_lines, Event};
-use convoflow_operators::{RejectedRow, SourceBatch};
-use std::sync::Arc;
+use crate::runtime::{Batch, Read, RuntimeError, Source};
+use convoflow_events::{parse_event, split_lines};
+use convoflow_operators::RejectedRow;
+use std::time::Duration;
 
-/// Lines per batch, and so per epoch of one worker.
+/// Lines per worker per read, and so per epoch.
 const BATCH_LINES: usize = 16 * 1024;
 
 pub struct InputFile {
@@ -19,110 +22,115 @@ fn position(file: usize, line: u64) -> u64 {
     ((file as u64 + 1) << 40) | line
 }
 
-/// A worker's share of one file: bytes `start..end`, whose first line is `first_line`.
-#[derive(Clone, Copy, Debug)]
-struct Range {
-    file: usize,
-    start: usize,
-    end: usize,
-    first_line: u64,
-}
-
-/// Splits every file into `workers` ranges at newlines; returns the ranges of each worker.
-fn partition(files: &[InputFile], workers: usize) -> Vec<Vec<Range>> {
-    let mut shares = vec![Vec::new(); workers];
-    for (file, input) in files.iter().enumerate() {
-        let bytes = &input.bytes;
-        let mut start = 0;
-        let mut line = 1u64;
-        for (worker, share) in shares.iter_mut().enumerate() {
-            let target = bytes.len() * (worker + 1) / workers;
-            let end = if worker + 1 == workers {
-                bytes.len()
-            } else {
-                memchr::memchr(b'\n', &bytes[target.max(start)..]).map_or(bytes.len(), |i| target.max(start) + i + 1)
-            };
-            share.push(Range { file, start, end, first_line: line });
-            line += memchr::memchr_iter(b'\n', &bytes[start..end]).count() as u64;
-            start = end;
-        }
-    }
-    shares
-}
-
-/// The batches of one worker: first the stored events it was handed, in the same number of
-/// batches on every worker (so all stored events are in epochs before any input and win over
-/// conflicting copies), then its input ranges.
-pub struct WorkerSource {
-    files: Arc<Vec<InputFile>>,
-    ranges: Vec<Range>,
-    stored: std::collections::VecDeque<Vec<Event>>,
-    received_at: i64,
-}
-
-impl Iterator for WorkerSource {
-    type Item = SourceBatch;
-
-    fn next(&mut self) -> Option<SourceBatch> {
-        if let Some(events) = self.stored.pop_front() {
-            let events = events.into_iter().map(|event| (0, Box::new(event))).collect();
-            return Some(SourceBatch { events, rejected: Vec::new(), lines: 0 });
-        }
-        let range = self.ranges.first_mut()?;
-        let input = &self.files[range.file];
-        let bytes = &input.bytes[range.start..range.end];
-        let mut batch = SourceBatch { events: Vec::with_capacity(BATCH_LINES), rejected: Vec::new(), lines: 0 };
-        let mut consumed = bytes.len();
-        let mut lines_seen = 0u64;
-        for (count, line) in split_lines(bytes, range.first_line).enumerate() {
-            if count == BATCH_LINES {
-                consumed = line.bytes.as_ptr() as usize - bytes.as_ptr() as usize;
-                lines_seen = line.number - range.first_line;
-                break;
-            }
-            batch.lines += 1;
-            match parse_event(line.bytes) {
-                Ok(event) => batch.events.push((position(range.file, line.number), Box::new(event))),
-                Err(error) => batch.rejected.push(RejectedRow::new(
-                    error.tenant_id.as_deref(),
-                    self.received_at,
-                    error.to_string(),
-                    line.bytes,
-                    format!("{}:{}", input.name, line.number),
-                )),
-            }
-        }
-        if consumed == bytes.len() {
-            self.ranges.remove(0);
-        } else {
-            range.start += consumed;
-            range.first_line += lines_seen;
-        }
-        Some(batch)
-    }
-}
-
-/// Builds the per-worker sources over `files`, handing each worker a share of `stored`.
-pub fn worker_sources(
+pub struct FileSource {
     files: Vec<InputFile>,
-    stored: Vec<Event>,
     workers: usize,
     received_at: i64,
-) -> Vec<WorkerSource> {
-    let workers = workers.max(1);
-    let files = Arc::new(files);
-    let stored_epochs = stored.len().div_ceil(workers * BATCH_LINES).max(1);
-    let mut stored_batches: Vec<std::collections::VecDeque<Vec<Event>>> =
-        (0..workers).map(|_| (0..stored_epochs).map(|_| Vec::new()).collect()).collect();
-    for (index, event) in stored.into_iter().enumerate() {
-        let (worker, round) = (index % workers, index / workers);
-        stored_batches[worker][round / BATCH_LINES].push(event);
+    /// Where the next read starts: a file, a byte offset in it and that byte's line number.
+    file: usize,
+    offset: usize,
+    line: u64,
+    reads: u64,
+}
+
+impl FileSource {
+    pub fn new(files: Vec<InputFile>, workers: usize, received_at: i64) -> Self {
+        FileSource { files, workers: workers.max(1), received_at, file: 0, offset: 0, line: 1, reads: 0 }
     }
-    partition(&files, workers)
-        .into_iter()
-        .zip(stored_batches)
-        .map(|(ranges, stored)| WorkerSource { files: files.clone(), ranges, stored, received_at })
-        .collect()
+}
+
+/// Parses `bytes` (whole lines, the first numbered `first_line`) of file `file`.
+fn parse_range(input: &InputFile, file: usize, bytes: &[u8], first_line: u64, received_at: i64) -> Batch {
+    let mut batch = Batch::default();
+    for line in split_lines(bytes, first_line) {
+        match parse_event(line.bytes) {
+            Ok(event) => batch.events.push((position(file, line.number), Box::new(event))),
+            Err(error) => batch.rejected.push(RejectedRow::new(
+                error.tenant_id.as_deref(),
+                received_at,
+                error.to_string(),
+                line.bytes,
+                format!("{}:{}", input.name, line.number),
+            )),
+        }
+    }
+    batch
+}
+
+/// The end of `bytes[start..]` after `lines` newlines (or the end of `bytes`).
+fn after_lines(bytes: &[u8], start: usize, lines: usize) -> usize {
+    memchr::memchr_iter(b'\n', &bytes[start..]).nth(lines.saturating_sub(1)).map_or(bytes.len(), |at| start + at + 1)
+}
+
+impl Source for FileSource {
+    fn input_id(&self) -> Option<&str> {
+        None
+    }
+
+    fn read(&mut self, _wait: Duration) -> Result<Read, RuntimeError> {
+        let Some(input) = self.files.get(self.file) else { return Ok(Read::End) };
+        let bytes = &input.bytes;
+        let end = after_lines(bytes, self.offset, BATCH_LINES * self.workers);
+        // One byte range per worker, split at line ends.
+        let mut ranges = Vec::with_capacity(self.workers);
+        let (mut start, mut line) = (self.offset, self.line);
+        for worker in 0..self.workers {
+            let target = self.offset + (end - self.offset) * (worker + 1) / self.workers;
+            let stop = if worker + 1 == self.workers {
+                end
+            } else {
+                memchr::memchr(b'\n', &bytes[target.max(start)..end]).map_or(end, |at| target.max(start) + at + 1)
+            };
+            ranges.push((start, stop, line));
+            line += memchr::memchr_iter(b'\n', &bytes[start..stop]).count() as u64;
+            start = stop;
+        }
+        let (file, received_at) = (self.file, self.received_at);
+        let parts: Vec<Batch> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|&(start, stop, first)| {
+                    scope.spawn(move || parse_range(input, file, &bytes[start..stop], first, received_at))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        let mut batch = Batch { records: (line - self.line), first: position(file, self.line), ..Batch::default() };
+        for part in parts {
+            batch.events.extend(part.events);
+            batch.rejected.extend(part.rejected);
+        }
+        batch.last = position(file, line);
+        self.reads += 1;
+        if end == bytes.len() {
+            (self.file, self.offset, self.line) = (self.file + 1, 0, 1);
+        } else {
+            (self.offset, self.line) = (end, line);
+        }
+        Ok(Read::Batch(batch))
+    }
+
+    fn position(&self) -> u64 {
+        self.reads
+    }
+
+    fn end(&mut self) -> Result<u64, RuntimeError> {
+        Ok(self.reads)
+    }
+}
+
+/// Every event and rejection of `source`, read to its end (for tests).
+#[cfg(test)]
+fn read_all(mut source: FileSource) -> (Vec<convoflow_operators::dedup::Positioned>, Vec<RejectedRow>) {
+    let (mut events, mut rejected) = (Vec::new(), Vec::new());
+    while let Ok(Read::Batch(batch)) = source.read(Duration::ZERO) {
+        events.extend(batch.events);
+        rejected.extend(batch.rejected);
+    }
+    (events, rejected)
 }
 
 #[cfg(test)]
@@ -145,35 +153,35 @@ mod tests {
         }
         for workers in 1..=4 {
             let files = vec![InputFile { name: "in.ndjson".into(), bytes: text.clone().into_bytes() }];
-            let mut ids = Vec::new();
-            let mut rejected = Vec::new();
-            for source in worker_sources(files, Vec::new(), workers, 0) {
-                for batch in source {
-                    ids.extend(batch.events.into_iter().map(|(_, e)| e.event_id));
-                    rejected.extend(batch.rejected.into_iter().map(|r| r.source));
-                }
-            }
+            let (events, rejected) = read_all(FileSource::new(files, workers, 0));
+            let mut ids: Vec<String> = events.into_iter().map(|(_, e)| e.event_id).collect();
             ids.sort();
             assert_eq!(ids, ["e1", "e2", "e3", "e4", "e6", "e7", "e8", "e9"], "workers = {workers}");
-            assert_eq!(rejected, ["in.ndjson:6"], "workers = {workers}");
+            let sources: Vec<String> = rejected.into_iter().map(|r| r.source).collect();
+            assert_eq!(sources, ["in.ndjson:6"], "workers = {workers}");
         }
     }
 
     #[test]
-    fn stored_events_fill_the_same_leading_epochs_on_every_worker() {
-        let stored: Vec<Event> = (0..2 * BATCH_LINES + 5)
-            .map(|i| convoflow_events::parse_event(line(i + 100).as_bytes()).expect("valid"))
-            .collect();
-        let files = vec![InputFile { name: "in.ndjson".into(), bytes: (line(1) + "\n" + &line(2)).into_bytes() }];
-        let sources = worker_sources(files, stored, 2, 0);
-        let mut stored_seen = 0;
-        for source in sources {
-            let batches: Vec<SourceBatch> = source.collect();
-            // 2·B + 5 stored events over 2 workers need 2 epochs of B each.
-            assert!(batches[..2].iter().all(|b| b.events.iter().all(|(position, _)| *position == 0)));
-            assert!(batches[2..].iter().all(|b| b.events.iter().all(|(position, _)| *position > 0)));
-            stored_seen += batches[..2].iter().map(|b| b.events.len()).sum::<usize>();
+    fn reads_follow_file_order_so_positions_grow_from_read_to_read() {
+        // More lines than one read takes, over two files: every read's positions are above the
+        // previous read's, so an earlier copy of an event is always in an earlier epoch.
+        let lines = 2 * BATCH_LINES + 5;
+        let text: String = (0..lines).map(|i| line(i) + "\n").collect();
+        let files = vec![
+            InputFile { name: "a.ndjson".into(), bytes: text.clone().into_bytes() },
+            InputFile { name: "b.ndjson".into(), bytes: (line(1) + "\n" + &line(2)).into_bytes() },
+        ];
+        let mut source = FileSource::new(files, 1, 0);
+        let (mut reads, mut seen, mut highest) = (0, 0, 0);
+        while let Ok(Read::Batch(batch)) = source.read(Duration::ZERO) {
+            let positions: Vec<u64> = batch.events.iter().map(|(position, _)| *position).collect();
+            assert!(positions.iter().all(|&position| position > highest), "read {reads}");
+            highest = positions.iter().copied().max().unwrap_or(highest);
+            seen += positions.len();
+            reads += 1;
         }
-        assert_eq!(stored_seen, 2 * BATCH_LINES + 5);
+        assert_eq!(seen, lines + 2);
+        assert_eq!(reads, 4, "three reads of a.ndjson (B, B, 5 lines), one of b.ndjson");
     }
 }
