@@ -1,12 +1,9 @@
-//! The dataflow driver: builds the dataflow on `workers` threads and feeds it epochs.
-//!
-//! - [`run`] drives it over a finite source to completion and collects the tables. Each worker
-//!   pulls batches from its own share of the source; a batch is one epoch.
-//! - [`Driver`] keeps it running, fed epoch by epoch from outside (a bus consumer), and hands back
-//!   each epoch's table updates once every worker has finished it — the point at which a sink may
-//!   commit them and the bus may acknowledge the input. Operator state lives as long as the
-//!   dataflow: every event ever admitted stays known to dedup, so a redelivered message is
-//!   absorbed as duplicates and changes no table.
+//! The dataflow driver: [`Driver`] builds the dataflow on `workers` threads, is fed epoch by
+//! epoch from outside (the runtime loop, `convoflow-pipeline`'s `runtime`), and hands back each
+//! epoch's table updates once every worker has finished it — the point at which a sink may commit
+//! them and the source may acknowledge the input. Operator state lives as long as the dataflow:
+//! every event ever admitted stays known to dedup, so a redelivered event is absorbed as a
+//! duplicate and changes no table.
 
 use crate::dataflow::build;
 use crate::dedup::{Admission, Positioned};
@@ -24,30 +21,6 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
-/// Epochs a worker may run ahead of the slowest operator before it waits; bounds memory.
-const MAX_EPOCHS_IN_FLIGHT: u64 = 2;
-
-/// One epoch of one worker's input: parsed events with their input positions (the first of
-/// conflicting copies wins), and the lines that failed to parse.
-#[derive(Default)]
-pub struct SourceBatch {
-    pub events: Vec<Positioned>,
-    pub rejected: Vec<RejectedRow>,
-    /// Input lines this batch read (0 for stored events).
-    pub lines: u64,
-}
-
-/// The result of a run: consolidated tables plus what was refused.
-#[derive(Default)]
-pub struct RunOutput {
-    pub tables: TableSet,
-    /// Parse failures and conflicting duplicates.
-    pub rejected: Vec<RejectedRow>,
-    pub duplicates: u64,
-    /// Input lines read by the sources.
-    pub lines: u64,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error("timely dataflow failed to start: {0}")]
@@ -58,19 +31,17 @@ pub enum DriverError {
 
 /// What one worker's dataflow produced since it was last drained.
 #[derive(Default)]
-pub(crate) struct WorkerOutput {
-    pub tables: TableSet,
-    pub rejected: Vec<RejectedRow>,
-    /// Copies refused as conflicting duplicates; made into `rejected` rows by the caller.
-    pub conflicts: Vec<Event>,
-    pub duplicates: u64,
-    pub lines: u64,
+struct WorkerOutput {
+    tables: TableSet,
+    /// Copies refused as conflicting duplicates; made into `rejected` rows by the driver.
+    conflicts: Vec<Event>,
+    duplicates: u64,
 }
 
-pub(crate) type EventInput = InputHandle<u64, CapacityContainerBuilder<Vec<Positioned>>>;
+type EventInput = InputHandle<u64, CapacityContainerBuilder<Vec<Positioned>>>;
 
 /// Builds the dataflow on `worker` with collectors of its outputs.
-pub(crate) fn attach(
+fn attach(
     worker: &mut timely::worker::Worker,
     tenants: Arc<Tenants>,
 ) -> (EventInput, ProbeHandle<u64>, Rc<RefCell<WorkerOutput>>) {
@@ -113,60 +84,12 @@ pub(crate) fn attach(
     (input, probe, collected)
 }
 
-/// Runs the dataflow to completion. `source(worker_index, workers)` yields that worker's batches;
-/// `received_at` stamps rejections found by the dataflow (conflicting duplicates).
-pub fn run<F, I>(workers: usize, tenants: Arc<Tenants>, received_at: i64, source: F) -> Result<RunOutput, DriverError>
-where
-    F: Fn(usize, usize) -> I + Send + Sync + 'static,
-    I: Iterator<Item = SourceBatch>,
-{
-    let config = timely::Config::process(workers.max(1));
-    let guards = timely::execute(config, move |worker| {
-        let (mut input, probe, collected) = attach(worker, tenants.clone());
-
-        for mut batch in source(worker.index(), worker.peers()) {
-            {
-                let mut out = collected.borrow_mut();
-                out.rejected.append(&mut batch.rejected);
-                out.lines += batch.lines;
-            }
-            input.send_batch(&mut batch.events);
-            let next = *input.time() + 1;
-            input.advance_to(next);
-            let wait_until = next.saturating_sub(MAX_EPOCHS_IN_FLIGHT);
-            while probe.less_than(&wait_until) {
-                worker.step();
-            }
-        }
-        input.close();
-        while worker.step() {}
-        let mut collected = collected.take();
-        collected.tables.consolidate();
-        let rejected = collected.conflicts.iter().map(|event| conflict_row(event, received_at));
-        collected.rejected.extend(rejected);
-        collected
-    })
-    .map_err(DriverError::Start)?;
-
-    let mut total = RunOutput::default();
-    for result in guards.join() {
-        let output = result.map_err(DriverError::Worker)?;
-        total.tables.merge(output.tables);
-        total.rejected.extend(output.rejected);
-        total.duplicates += output.duplicates;
-        total.lines += output.lines;
-    }
-    // Every key is maintained by exactly one worker, so the merged per-worker consolidations are
-    // already consolidated: no row can cancel against another worker's.
-    Ok(total)
-}
-
 /// Why a copy of an accepted event with other content is rejected (the API gives the same reason).
 pub fn conflict_reason(event_id: &str) -> String {
     format!("conflicting_duplicate: event_id `{event_id}` was already accepted with different content")
 }
 
-pub(crate) fn conflict_row(event: &Event, received_at: i64) -> RejectedRow {
+fn conflict_row(event: &Event, received_at: i64) -> RejectedRow {
     let reason = conflict_reason(&event.event_id);
     RejectedRow::new(Some(&event.tenant_id), received_at, reason, event.to_json().as_bytes(), "dedup".to_owned())
 }
@@ -198,16 +121,8 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Starts `workers` worker threads, idle until the first epoch is submitted. Each epoch's
-    /// updates come back consolidated.
+    /// Starts `workers` worker threads, idle until the first epoch is submitted.
     pub fn start(workers: usize, tenants: Arc<Tenants>) -> Result<Self, DriverError> {
-        Driver::start_with(workers, tenants, true)
-    }
-
-    /// [`Driver::start`], but with `consolidate_epochs` false each epoch's updates come back as
-    /// the operators emitted them, for a caller that consolidates everything once at the end
-    /// (a replay into Parquet) rather than pay for it per epoch.
-    pub fn start_with(workers: usize, tenants: Arc<Tenants>, consolidate_epochs: bool) -> Result<Self, DriverError> {
         let workers = workers.max(1);
         let (feeds, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| channel()).unzip();
         let receivers = std::sync::Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>());
@@ -232,9 +147,7 @@ impl Driver {
                     worker.step();
                 }
                 let mut output = collected.take();
-                if consolidate_epochs {
-                    output.tables.consolidate();
-                }
+                output.tables.consolidate();
                 if done_sender.send(WorkerDone { epoch, output }).is_err() {
                     break;
                 }

@@ -25,7 +25,7 @@ pub mod tables;
 pub mod thread;
 pub mod volume;
 
-pub use driver::{conflict_reason, run, Driver, DriverError, EpochOutput, RunOutput, SourceBatch};
+pub use driver::{conflict_reason, Driver, DriverError, EpochOutput};
 pub use rows::*;
 pub use table::{Cells, Column, Kind, Table};
 pub use tables::{Collection, TableSet, Update, Visit, DERIVED_TABLES};

@@ -117,6 +117,18 @@ macro_rules! table_set {
                 $(self.$table.consolidate();)+
             }
 
+            /// [`TableSet::consolidate`], each table on a thread of its own: for the one large
+            /// consolidation at the end of a replay, made of epochs that are each consolidated
+            /// already (sorted runs, which the sort merges).
+            pub fn consolidate_in_parallel(&mut self) {
+                std::thread::scope(|scope| {
+                    $(
+                        let table = &mut self.$table;
+                        scope.spawn(move || table.consolidate());
+                    )+
+                });
+            }
+
             /// Merges another worker's tables into these; call `consolidate` afterwards.
             pub fn merge(&mut self, other: TableSet) {
                 self.events.extend(other.events);

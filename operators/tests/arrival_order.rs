@@ -95,16 +95,16 @@ fn tenants() -> Tenants {
     .expect("valid tenants")
 }
 
-fn rendered(output: &convoflow_operators::RunOutput) -> Vec<(String, Vec<serde_json::Value>)> {
+fn rendered(output: &RunOutput) -> Vec<(String, Vec<serde_json::Value>)> {
     tables().into_iter().map(|t| (t.to_string(), table_rows(&output.tables, t))).collect()
 }
 
-fn no_negative_rows(output: &convoflow_operators::RunOutput) -> bool {
+fn no_negative_rows(output: &RunOutput) -> bool {
     output.tables.negative_rows() == 0
 }
 
 /// SPEC §5.7: for every conversion and model the weights sum to 1.
-fn weights_sum_to_one(output: &convoflow_operators::RunOutput) -> bool {
+fn weights_sum_to_one(output: &RunOutput) -> bool {
     let mut sums: std::collections::BTreeMap<(&str, &str), f64> = Default::default();
     for row in output.tables.attribution.rows() {
         *sums.entry((&row.conversion_event_id, row.model.as_str())).or_default() += row.weight.0;

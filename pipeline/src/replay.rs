@@ -54,8 +54,9 @@ pub enum ReplayError {
 
 pub use convoflow_events::now_ms;
 
-/// The embedded store as a replay's sink: every epoch's updates are gathered, and written to
-/// Parquet once, consolidated, at the end (only then are they durable).
+/// The embedded store as a replay's sink: every epoch's updates (consolidated within the epoch by
+/// the workers) are gathered, and written to Parquet once, consolidated, at the end (only then
+/// are they durable).
 pub struct ParquetSink {
     store: EmbeddedStore,
     tables: TableSet,
@@ -105,7 +106,7 @@ impl Sink for ParquetSink {
 
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         let started = Instant::now();
-        self.tables.consolidate();
+        self.tables.consolidate_in_parallel();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
         self.store.write(&self.tables, &rejected)?;
         self.table_rows = self.tables.counts();
@@ -127,8 +128,7 @@ pub fn replay_source<S: Source>(
     let _lock = DataDirLock::acquire(data_dir)?;
     let rejected_before_dataflow = rejected.len() as u64;
     let mut sink = ParquetSink::open(data_dir, rejected)?;
-    // Consolidated once, at the end: per epoch would only cost.
-    let mut driver = Driver::start_with(workers, Arc::new(tenants), false)?;
+    let mut driver = Driver::start(workers, Arc::new(tenants))?;
     let (_, stats) = restore(&mut driver, &mut sink, &mut Quiet, None)?;
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = Runtime { source, sink: &mut sink, observer: Quiet, driver, stop, spacing: Duration::ZERO };

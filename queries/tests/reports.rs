@@ -2,7 +2,7 @@
 //! (operators/golden), with the report's figures worked out by hand from those tables.
 
 use convoflow_events::{parse_date32, parse_event, Event, Tenants};
-use convoflow_operators::{run, SourceBatch};
+use convoflow_operators::Driver;
 use convoflow_queries::{
     format_batches, report_sql, Dialect, Granularity, OutputFormat, Report, ReportParams, SqlEngine,
 };
@@ -26,11 +26,10 @@ fn parse_all(ndjson: &str) -> Vec<Event> {
 /// Runs the dataflow over `events`, writes the embedded store, and opens SQL on it.
 async fn store(events: Vec<Event>, tenants: Tenants, dir: &Path) -> SqlEngine {
     let batch: Vec<(u64, Box<Event>)> = events.into_iter().enumerate().map(|(i, e)| (i as u64, Box::new(e))).collect();
-    let mut output = run(1, Arc::new(tenants), 0, move |_, _| {
-        std::iter::once(SourceBatch { events: batch.clone(), rejected: Vec::new(), lines: 0 })
-    })
-    .expect("dataflow runs");
-    output.tables.consolidate();
+    let mut driver = Driver::start(1, Arc::new(tenants)).expect("the dataflow starts");
+    driver.submit(batch, 0).expect("submit");
+    let output = driver.next_output().expect("the epoch finishes");
+    driver.shutdown().expect("the dataflow stops");
     EmbeddedStore::open(dir).expect("store").write(&output.tables, &output.rejected).expect("write");
     SqlEngine::open(dir).await.expect("sql engine")
 }

@@ -4,9 +4,7 @@
 
 use chrono::{TimeZone, Utc};
 use convoflow_events::{date32_to_string, parse_event, Event, Tenants};
-use convoflow_operators::{
-    run, Cells, Collection, Column, RunOutput, SourceBatch, Table, TableSet, Visit, DERIVED_TABLES,
-};
+use convoflow_operators::{Cells, Collection, Column, Driver, RejectedRow, Table, TableSet, Visit, DERIVED_TABLES};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -103,30 +101,37 @@ pub fn parse_all(ndjson: &str) -> Vec<Event> {
         .collect()
 }
 
-/// Runs the dataflow; worker w gets batches[i] for every i with i % workers == w.
+/// What a test run of the dataflow produced.
+#[derive(Default)]
+pub struct RunOutput {
+    pub tables: TableSet,
+    pub rejected: Vec<RejectedRow>,
+    pub duplicates: u64,
+}
+
+/// Runs the dataflow on `workers` workers, as the runtime does: `workers` batches at a time make
+/// one epoch, spread over the workers, so copies and out-of-order events meet within an epoch and
+/// across epochs. Positions follow arrival order, as a file's line numbers would.
 pub fn run_batches(batches: Vec<Vec<Event>>, tenants: Tenants, workers: usize) -> RunOutput {
-    // Positions follow arrival order, as a file's line numbers would.
+    let mut driver = Driver::start(workers, Arc::new(tenants)).expect("the dataflow starts");
+    let mut output = RunOutput::default();
     let mut position = 0u64;
-    let batches: Vec<Vec<(u64, Box<Event>)>> = batches
-        .into_iter()
-        .map(|batch| {
-            batch
-                .into_iter()
-                .map(|event| {
-                    position += 1;
-                    (position, Box::new(event))
-                })
-                .collect()
-        })
-        .collect();
-    let batches = Arc::new(batches);
-    run(workers, Arc::new(tenants), 0, move |index, peers| {
-        let batches = batches.clone();
-        (0..batches.len())
-            .filter(move |i| i % peers == index)
-            .map(move |i| SourceBatch { events: batches[i].clone(), rejected: Vec::new(), lines: 0 })
-            .collect::<Vec<_>>()
-            .into_iter()
-    })
-    .expect("dataflow runs")
+    for round in batches.chunks(workers.max(1)) {
+        let epoch: Vec<(u64, Box<Event>)> = round
+            .iter()
+            .flatten()
+            .map(|event| {
+                position += 1;
+                (position, Box::new(event.clone()))
+            })
+            .collect();
+        driver.submit(epoch, 0).expect("submit an epoch");
+        let epoch = driver.next_output().expect("the epoch finishes");
+        output.tables.merge(epoch.tables);
+        output.rejected.extend(epoch.rejected);
+        output.duplicates += epoch.duplicates;
+    }
+    driver.shutdown().expect("the dataflow stops");
+    output.tables.consolidate();
+    output
 }
