@@ -21,18 +21,18 @@ impl<R: Ord> Collection<R> {
         self.updates.push((row, diff));
     }
 
+    /// In place: no second copy of the rows, and no sort buffer (rows equal under `Ord` are
+    /// identical, so an unstable sort gives the same result).
     pub fn consolidate(&mut self) {
-        let mut updates = std::mem::take(&mut self.updates);
-        updates.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut merged: Vec<(R, i64)> = Vec::with_capacity(updates.len());
-        for (row, diff) in updates {
-            match merged.last_mut() {
-                Some((last, total)) if *last == row => *total += diff,
-                _ => merged.push((row, diff)),
+        self.updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.updates.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
             }
-        }
-        merged.retain(|(_, diff)| *diff != 0);
-        self.updates = merged;
+            same
+        });
+        self.updates.retain(|(_, diff)| *diff != 0);
     }
 
     /// The rows of a consolidated collection, each repeated by its multiplicity (which is 1 for
@@ -127,6 +127,18 @@ macro_rules! table_set {
                         scope.spawn(move || table.consolidate());
                     )+
                 });
+            }
+
+            /// Many tables (epochs of one run) as one, each table allocated once at its full size;
+            /// call `consolidate` afterwards.
+            pub fn concat(parts: Vec<TableSet>) -> TableSet {
+                let mut all = TableSet::default();
+                all.events.reserve_exact(parts.iter().map(|part| part.events.len()).sum());
+                $(all.$table.updates.reserve_exact(parts.iter().map(|part| part.$table.updates.len()).sum());)+
+                for part in parts {
+                    all.merge(part);
+                }
+                all
             }
 
             /// Merges another worker's tables into these; call `consolidate` afterwards.

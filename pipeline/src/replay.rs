@@ -59,7 +59,9 @@ pub use convoflow_events::now_ms;
 /// are they durable).
 pub struct ParquetSink {
     store: EmbeddedStore,
-    tables: TableSet,
+    /// Each epoch's tables, put together once at the end (growing one set would copy it over
+    /// and over, and hold up to twice its size).
+    epochs: Vec<TableSet>,
     stored_rejected: Vec<RejectedRow>,
     rejected: Vec<RejectedRow>,
     load_seconds: f64,
@@ -73,7 +75,7 @@ impl ParquetSink {
     pub fn open(data_dir: &Path, rejected: Vec<RejectedRow>) -> Result<Self, ReplayError> {
         Ok(ParquetSink {
             store: EmbeddedStore::open(data_dir)?,
-            tables: TableSet::default(),
+            epochs: Vec::new(),
             stored_rejected: Vec::new(),
             rejected,
             load_seconds: 0.0,
@@ -94,22 +96,23 @@ impl Sink for ParquetSink {
     }
 
     fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
-        self.tables.merge(tables);
+        self.epochs.push(tables);
         Ok(())
     }
 
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
-        self.tables.merge(tables);
+        self.epochs.push(tables);
         self.rejected.extend_from_slice(commit.rejected);
         Ok(Committed { rows: 0, durable: None })
     }
 
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         let started = Instant::now();
-        self.tables.consolidate_in_parallel();
+        let mut tables = TableSet::concat(std::mem::take(&mut self.epochs));
+        tables.consolidate_in_parallel();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
-        self.store.write(&self.tables, &rejected)?;
-        self.table_rows = self.tables.counts();
+        self.store.write(&tables, &rejected)?;
+        self.table_rows = tables.counts();
         self.table_rows.insert(1, ("rejected", rejected.len()));
         self.write_seconds = started.elapsed().as_secs_f64();
         Ok(Some(position))
