@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use convoflow_operators::{RejectedRow, TableSet};
-use convoflow_sinks::{table_batches, Rows, TABLES};
+use convoflow_schema::{table_batches, Rows, TABLES};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::writer::{JsonArray, LineDelimited, WriterBuilder};

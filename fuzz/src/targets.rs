@@ -9,7 +9,7 @@ use convoflow_operators::Driver;
 use convoflow_queries::{
     query_runtime, report_sql, scope_to_tenant, Dialect, Report, ReportParams, ScopeError, SqlEngine,
 };
-use convoflow_sinks::{schema, table_batches, Rows, TABLES};
+use convoflow_schema::{schema, table_batches, Rows, TABLES};
 use datafusion::sql::sqlparser::ast::{Query, Select, SelectItem, SetExpr, TableFactor, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::ClickHouseDialect;
 use datafusion::sql::sqlparser::parser::Parser;

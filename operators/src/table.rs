@@ -1,8 +1,8 @@
 //! One declaration per table. A row type declares its SPEC columns once, with [`table!`]: each
 //! column's name, type, nullability and how to read it from a row. Everything else that knows a
-//! table's columns derives from that declaration: the Arrow schema and converters and the
-//! ClickHouse DDL and `RowBinary` encoding (`convoflow-sinks`), the in-memory tables of `serve`
-//! and the test support's JSON rendering. The registry ([`crate::for_each_table`]) lists the
+//! table's columns derives from that declaration: the Arrow schema and converters
+//! (`convoflow-schema`), the ClickHouse DDL and `RowBinary` encoding and the in-memory tables of
+//! `serve` (`convoflow-connectors`) and the test support's JSON rendering. The registry ([`crate::for_each_table`]) lists the
 //! derived tables, and from it come `Update`, `TableSet` and the stores' per-table state.
 
 /// A column's type, one per SPEC type: each maps to one Arrow type and one ClickHouse type.

@@ -1,11 +1,8 @@
-//! The convoflow process: sources, the dataflow runtime and the commands of the `convoflow` binary.
+//! The convoflow process: the runtime loop and the commands of the `convoflow` binary (serve,
+//! replay, bench-ingest); sources and sinks are `convoflow_connectors`.
 
 pub mod bench_ingest;
-pub mod bus;
 pub mod replay;
-pub mod retry;
 pub mod runtime;
 pub mod scaled;
 pub mod serve;
-pub mod source;
-pub mod whatsapp_input;

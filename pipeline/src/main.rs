@@ -2,6 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use convoflow_connectors::clickhouse::{clickhouse_query, ClickHouseConfig, ClickHouseStore};
+use convoflow_connectors::file::normalize_files;
 use convoflow_events::{rfc3339_to_ms, Tenants};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
 use convoflow_pipeline::bench_ingest::{run_bench, BenchOptions};
@@ -9,9 +11,7 @@ use convoflow_pipeline::replay::{now_ms, read_inputs, replay, thousands, ReplayO
 use convoflow_pipeline::scaled::{run_scaled, ScaledOptions};
 use convoflow_pipeline::serve::config::{Overrides, ServeConfig};
 use convoflow_pipeline::serve::run_serve;
-use convoflow_pipeline::whatsapp_input::normalize_files;
-use convoflow_queries::{clickhouse_query, format_batches, OutputFormat, SqlEngine};
-use convoflow_sinks::{ClickHouseConfig, ClickHouseStore};
+use convoflow_queries::{format_batches, OutputFormat, SqlEngine};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;

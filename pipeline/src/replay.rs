@@ -3,12 +3,12 @@
 //! and [`ParquetSink`]: the store's events are restored first, so tables always reflect every
 //! event ever accepted and replaying the same input again changes nothing.
 
-use crate::runtime::{restore, Commit, Committed, Quiet, Restored, Runtime, RuntimeError, Sink, Source};
-use crate::source::{FileSource, InputFile};
+use crate::runtime::{restore, Quiet, Runtime};
+use convoflow_connectors::embedded::{DataDirLock, ParquetSink, StoreError};
+use convoflow_connectors::file::{FileSource, InputFile};
+use convoflow_connectors::{RuntimeError, Source};
 use convoflow_events::Tenants;
-use convoflow_operators::{Driver, RejectedRow, TableSet};
-use convoflow_sinks::{DataDirLock, EmbeddedStore};
-use std::collections::HashSet;
+use convoflow_operators::{Driver, RejectedRow};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ pub enum ReplayError {
     #[error("cannot read input {path}")]
     Input { path: String, source: std::io::Error },
     #[error(transparent)]
-    Store(#[from] convoflow_sinks::StoreError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Driver(#[from] convoflow_operators::DriverError),
     #[error(transparent)]
@@ -53,71 +53,6 @@ pub enum ReplayError {
 }
 
 pub use convoflow_events::now_ms;
-
-/// The embedded store as a replay's sink: every epoch's updates (consolidated within the epoch by
-/// the workers) are gathered, and written to Parquet once, consolidated, at the end (only then
-/// are they durable).
-pub struct ParquetSink {
-    store: EmbeddedStore,
-    /// Each epoch's tables, put together once at the end (growing one set would copy it over
-    /// and over, and hold up to twice its size).
-    epochs: Vec<TableSet>,
-    stored_rejected: Vec<RejectedRow>,
-    rejected: Vec<RejectedRow>,
-    load_seconds: f64,
-    write_seconds: f64,
-    /// Rows per table as written, `rejected` second.
-    table_rows: Vec<(&'static str, usize)>,
-}
-
-impl ParquetSink {
-    /// `rejected`: rejections found before the dataflow (by a publisher), stored with the run's.
-    pub fn open(data_dir: &Path, rejected: Vec<RejectedRow>) -> Result<Self, ReplayError> {
-        Ok(ParquetSink {
-            store: EmbeddedStore::open(data_dir)?,
-            epochs: Vec::new(),
-            stored_rejected: Vec::new(),
-            rejected,
-            load_seconds: 0.0,
-            write_seconds: 0.0,
-            table_rows: Vec::new(),
-        })
-    }
-}
-
-impl Sink for ParquetSink {
-    fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
-        let started = Instant::now();
-        let events = self.store.load_events()?;
-        self.stored_rejected = self.store.load_rejected()?;
-        self.load_seconds = started.elapsed().as_secs_f64();
-        tracing::info!(stored_events = events.len(), "replay loaded");
-        Ok(Restored { events, position: 0 })
-    }
-
-    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
-        self.epochs.push(tables);
-        Ok(())
-    }
-
-    fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
-        self.epochs.push(tables);
-        self.rejected.extend_from_slice(commit.rejected);
-        Ok(Committed { rows: 0, durable: None })
-    }
-
-    fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
-        let started = Instant::now();
-        let mut tables = TableSet::concat(std::mem::take(&mut self.epochs));
-        tables.consolidate_in_parallel();
-        let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
-        self.store.write(&tables, &rejected)?;
-        self.table_rows = tables.counts();
-        self.table_rows.insert(1, ("rejected", rejected.len()));
-        self.write_seconds = started.elapsed().as_secs_f64();
-        Ok(Some(position))
-    }
-}
 
 /// Replays `source` into the embedded store in `data_dir`, after the store's own events.
 pub fn replay_source<S: Source>(
@@ -144,11 +79,11 @@ pub fn replay_source<S: Source>(
         duplicates: stats.duplicates,
         rejected: stats.rejected + rejected_before_dataflow,
         stored_before: stats.restored_events,
-        load_seconds: sink.load_seconds,
-        dataflow_seconds: total_seconds - sink.load_seconds - sink.write_seconds,
-        write_seconds: sink.write_seconds,
+        load_seconds: sink.load_seconds(),
+        dataflow_seconds: total_seconds - sink.load_seconds() - sink.write_seconds(),
+        write_seconds: sink.write_seconds(),
         total_seconds,
-        table_rows: sink.table_rows,
+        table_rows: sink.take_table_rows(),
     })
 }
 
@@ -172,21 +107,6 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputFile>, ReplayError> {
             Ok(InputFile { name: display_name(path), bytes })
         })
         .collect()
-}
-
-/// Stored rejections plus new ones; a rejection of the same input, from the same place, for the
-/// same reason is kept once (with its first `received_at`), so replaying a file again leaves
-/// `rejected` unchanged while identical bad lines elsewhere keep rows of their own.
-fn merge_rejected(stored: Vec<RejectedRow>, new: Vec<RejectedRow>) -> Vec<RejectedRow> {
-    let mut seen = HashSet::new();
-    let mut merged = Vec::with_capacity(stored.len() + new.len());
-    for row in stored.into_iter().chain(new) {
-        if seen.insert((row.tenant_id.clone(), row.reason.clone(), row.raw.clone(), row.source.clone())) {
-            merged.push(row);
-        }
-    }
-    merged.sort_by(|a, b| (a.received_at, &a.source, &a.reason).cmp(&(b.received_at, &b.source, &b.reason)));
-    merged
 }
 
 impl ReplaySummary {

@@ -1,4 +1,5 @@
-//! The one runtime loop: a position-addressed [`Source`], the dataflow [`Driver`] and a [`Sink`].
+//! The one runtime loop: a position-addressed [`Source`], the dataflow [`Driver`] and a [`Sink`]
+//! (the traits, and every source and sink, are in `convoflow_connectors`).
 //! `serve` (the local log or JetStream into the in-memory tables or ClickHouse) and
 //! `replay --nats --clickhouse` / `replay --from-nats --clickhouse` (a JetStream consumer into
 //! ClickHouse) are this loop with different parts; restoring and commit-then-acknowledge exist
@@ -18,11 +19,8 @@
 //!    input ends at that moment (what was acknowledged to a client must be applied). The sink then
 //!    finishes (a last snapshot) and the source acknowledges what it holds.
 
-use crate::bus::local::LogError;
-use crate::bus::BusError;
-use convoflow_events::Event;
-use convoflow_operators::dedup::Positioned;
-use convoflow_operators::{Driver, DriverError, EpochOutput, RejectedRow, TableSet};
+use convoflow_connectors::{Commit, Read, Restored, RuntimeError, Sink, Source};
+use convoflow_operators::{Driver, EpochOutput, RejectedRow, TableSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,110 +34,6 @@ const CATCH_UP_EMPTY_READS: u32 = 3;
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How long a read waits while catching up: the input is known to hold more.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error(transparent)]
-    Driver(#[from] DriverError),
-    #[error(transparent)]
-    Store(#[from] convoflow_sinks::StoreError),
-    #[error(transparent)]
-    ClickHouse(#[from] convoflow_sinks::ClickHouseError),
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    #[error("cannot convert tables to Arrow: {0}")]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    #[error("snapshot: {0}")]
-    Snapshot(String),
-    #[error("input: {0}")]
-    Input(String),
-}
-
-/// One read: parsed events with their input positions, the lines that did not parse, and where
-/// in the input it lies.
-#[derive(Default)]
-pub struct Batch {
-    pub events: Vec<Positioned>,
-    pub rejected: Vec<RejectedRow>,
-    /// Records (log records, stream messages) read.
-    pub records: u64,
-    /// The first and last record positions, for the commit's bookkeeping.
-    pub first: u64,
-    pub last: u64,
-}
-
-pub enum Read {
-    Batch(Batch),
-    /// Nothing came within the wait.
-    Idle,
-    /// A finite source has nothing more.
-    End,
-}
-
-/// Input addressed by position (a log offset, a stream sequence, a count of reads).
-pub trait Source {
-    /// The input whose position a sink records with its tables, or `None` when the source keeps
-    /// its own place (a durable consumer, by acknowledgements).
-    fn input_id(&self) -> Option<&str>;
-    /// The next records past [`Source::position`], parsed; waits up to `wait` when there are none.
-    fn read(&mut self, wait: Duration) -> Result<Read, RuntimeError>;
-    /// How far has been read.
-    fn position(&self) -> u64;
-    /// Where the input ends now (what must be read before the caller is ready, or before it stops).
-    fn end(&mut self) -> Result<u64, RuntimeError>;
-    /// How far behind the input's end the reading is, in the source's units.
-    fn lag(&self) -> u64 {
-        0
-    }
-    /// The sink holds everything read up to `position` durably.
-    fn acknowledge(&mut self, _position: u64) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-}
-
-/// What a sink holds at start.
-pub struct Restored {
-    pub events: Vec<Event>,
-    /// How far into the source's input the stored tables reach.
-    pub position: u64,
-}
-
-/// One epoch's bookkeeping, beside its tables.
-pub struct Commit<'a> {
-    /// The driver's epoch number.
-    pub epoch: u64,
-    pub rejected: &'a [RejectedRow],
-    /// The first and last record positions read, and the position the epoch takes the tables to.
-    pub first: u64,
-    pub last: u64,
-    pub position: u64,
-    pub input_id: Option<&'a str>,
-}
-
-/// Where epochs go, and where state comes back from.
-pub trait Sink {
-    fn restore(&mut self, input_id: Option<&str>) -> Result<Restored, RuntimeError>;
-    /// Takes the rows derived while restoring.
-    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError>;
-    /// Stores one epoch's consolidated changes.
-    fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError>;
-    /// Between epochs (a snapshot when one is due); returns a position now held durably, if any.
-    fn tick(&mut self, _position: u64) -> Result<Option<u64>, RuntimeError> {
-        Ok(None)
-    }
-    /// At the end (a last snapshot); returns the position held durably, if any.
-    fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError>;
-}
-
-pub struct Committed {
-    pub rows: u64,
-    /// The input position held durably now, if the commit made it so.
-    pub durable: Option<u64>,
-}
 
 /// What the caller does around the loop (`serve`: the seen-events index, the feed, telemetry).
 pub trait Observer {
@@ -287,7 +181,7 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
                     last_batch = Some(read_started);
                     stats.records += batch.records;
                     stats.lines += (batch.events.len() + batch.rejected.len()) as u64;
-                    self.driver.submit(batch.events, crate::replay::now_ms())?;
+                    self.driver.submit(batch.events, convoflow_events::now_ms())?;
                     if let Some(finished) = held.take() {
                         self.commit(finished, &mut stats)?;
                     }

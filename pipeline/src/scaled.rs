@@ -9,19 +9,21 @@
 //! invisible and is redone. Into the embedded store, the messages are acknowledged once the
 //! Parquet files are written, at the end.
 
-use crate::bus::jetstream::{Consumer, Delivery, JetStreamBus, JetStreamConfig, PublishStats};
-use crate::bus::{batch_file, parse_messages, BusError};
 use crate::replay::{now_ms, read_inputs, replay_source, thousands, ReplayError, ReplaySummary};
-use crate::retry::{retry_for, until_done};
-use crate::runtime::{restore, Batch, Quiet, Read, Runtime, RuntimeError, Source};
-use crate::serve::output::Output;
+use crate::runtime::{restore, Quiet, Runtime};
+use convoflow_connectors::clickhouse::{ClickHouseConfig, ClickHouseError, ClickHouseSink, ClickHouseStore};
+use convoflow_connectors::jetstream::{
+    ConsumerSource, JetStreamBus, JetStreamConfig, JetStreamError, PublishStats, Publishing,
+};
+use convoflow_connectors::retry::{retry_for, until_done};
+use convoflow_connectors::wire::batch_file;
+use convoflow_connectors::RuntimeError;
 use convoflow_events::Tenants;
 use convoflow_operators::{Driver, DriverError, RejectedRow};
-use convoflow_sinks::{ClickHouseConfig, ClickHouseError, ClickHouseStore, TABLES};
-use std::collections::VecDeque;
+use convoflow_schema::TABLES;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
@@ -54,7 +56,7 @@ pub struct ScaledOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ScaledError {
     #[error(transparent)]
-    Bus(#[from] BusError),
+    JetStream(#[from] JetStreamError),
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
     #[error(transparent)]
@@ -144,26 +146,17 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
         let (bus, publishing, inputs) = (bus.clone(), publishing.clone(), options.inputs.clone());
         tokio::spawn(async move {
             let mut result = publish_files(&bus, &inputs, now_ms()).await;
-            if let Ok(published) = &mut result {
-                *lock(&publishing.rejected) = std::mem::take(&mut published.rejected);
-            }
-            publishing.done.store(true, Ordering::SeqCst);
+            let rejected = result.as_mut().map(|published| std::mem::take(&mut published.rejected)).unwrap_or_default();
+            publishing.done(rejected);
             result
         })
     };
     let published = |result: Result<Result<Published, ScaledError>, tokio::task::JoinError>| {
         result.unwrap_or_else(|error| Err(ScaledError::Publisher(error.to_string())))
     };
-    let source = ConsumerSource {
-        consumer: &mut consumer,
-        handle: Handle::current(),
-        origin: format!("nats:{}", summary.stream),
-        workers: options.workers,
-        epoch_messages: epoch_messages(),
-        publishing,
-        reads: 0,
-        unacknowledged: VecDeque::new(),
-    };
+    let origin = format!("nats:{}", summary.stream);
+    let source =
+        ConsumerSource::new(&mut consumer, Handle::current(), origin, options.workers, epoch_messages(), publishing);
 
     match &options.clickhouse {
         Some(config) => {
@@ -202,87 +195,6 @@ async fn table_counts(store: &ClickHouseStore) -> Vec<(String, u64)> {
     counts
 }
 
-/// The publisher's state, shared with the consumer.
-#[derive(Clone, Default)]
-struct Publishing {
-    done: Arc<AtomicBool>,
-    /// The input lines it found invalid, handed over once it is done.
-    rejected: Arc<Mutex<Vec<RejectedRow>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A JetStream consumer as the runtime's source. It keeps its place by acknowledgements, so its
-/// positions count reads: position n is the n-th read, acknowledged once the sink holds it.
-struct ConsumerSource<'a> {
-    consumer: &'a mut Consumer,
-    handle: Handle,
-    origin: String,
-    workers: usize,
-    epoch_messages: usize,
-    publishing: Publishing,
-    reads: u64,
-    /// Each read's deliveries, until the sink holds it.
-    unacknowledged: VecDeque<(u64, Vec<Delivery>)>,
-}
-
-impl Source for ConsumerSource<'_> {
-    fn input_id(&self) -> Option<&str> {
-        None
-    }
-
-    fn read(&mut self, wait: Duration) -> Result<Read, RuntimeError> {
-        let deliveries = self.handle.block_on(self.consumer.fetch(self.epoch_messages));
-        if deliveries.is_empty() {
-            // Done once every message is delivered and acknowledged, but for those still held
-            // here (a sink that makes them durable only at its end holds them all).
-            let held = self.unacknowledged.iter().map(|(_, deliveries)| deliveries.len()).sum();
-            if self.publishing.done.load(Ordering::SeqCst) && self.handle.block_on(self.consumer.finished(held)) {
-                let rejected = std::mem::take(&mut *lock(&self.publishing.rejected));
-                if rejected.is_empty() {
-                    return Ok(Read::End);
-                }
-                return Ok(Read::Batch(Batch { rejected, ..Batch::default() }));
-            }
-            std::thread::sleep(wait.min(Duration::from_millis(20)));
-            return Ok(Read::Idle);
-        }
-        let messages: Vec<(u64, &[u8])> = deliveries.iter().map(|d| (d.sequence, &d.payload[..])).collect();
-        let (events, rejected) = parse_messages(&self.origin, &messages, now_ms(), self.workers);
-        self.reads += 1;
-        let batch = Batch {
-            events,
-            rejected,
-            records: deliveries.len() as u64,
-            first: deliveries.iter().map(|d| d.sequence).min().unwrap_or(0),
-            last: deliveries.iter().map(|d| d.sequence).max().unwrap_or(0),
-        };
-        self.unacknowledged.push_back((self.reads, deliveries));
-        Ok(Read::Batch(batch))
-    }
-
-    fn position(&self) -> u64 {
-        self.reads
-    }
-
-    fn end(&mut self) -> Result<u64, RuntimeError> {
-        Ok(self.reads)
-    }
-
-    fn acknowledge(&mut self, position: u64) -> Result<(), RuntimeError> {
-        let mut acks = Vec::new();
-        while self.unacknowledged.front().is_some_and(|(read, _)| *read <= position) {
-            if let Some((_, deliveries)) = self.unacknowledged.pop_front() {
-                acks.extend(deliveries.into_iter().map(Delivery::ack));
-            }
-        }
-        self.handle.block_on(futures::future::join_all(acks));
-        Ok(())
-    }
-}
-
 /// Consumes until the publisher is done and every message is acknowledged: the runtime loop
 /// with the consumer as its source and ClickHouse as its sink.
 fn consume_into_clickhouse(
@@ -291,7 +203,7 @@ fn consume_into_clickhouse(
     tenants: Tenants,
     workers: usize,
 ) -> Result<ConsumeStats, ScaledError> {
-    let mut sink = Output::clickhouse(store, source.handle.clone());
+    let mut sink = ClickHouseSink::new(store, Handle::current());
     let mut driver = Driver::start(workers, Arc::new(tenants))?;
     let (_, stats) = restore(&mut driver, &mut sink, &mut Quiet, None)?;
     let stop = Arc::new(AtomicBool::new(false));

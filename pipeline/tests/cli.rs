@@ -27,7 +27,7 @@ fn dump(data: &str, query: &str) -> Vec<String> {
 
 fn dump_tables(data: &str) -> Vec<Vec<String>> {
     // `rejected` carries the time of the run, so it is compared without `received_at`.
-    let derived = convoflow_sinks::TABLES.iter().filter(|t| **t != "rejected");
+    let derived = convoflow_schema::TABLES.iter().filter(|t| **t != "rejected");
     let mut dumps: Vec<Vec<String>> = derived.map(|t| dump(data, &format!("SELECT * FROM {t}"))).collect();
     dumps.push(dump(data, "SELECT tenant_id, reason, raw FROM rejected"));
     dumps

@@ -35,12 +35,17 @@ pub enum Dialect {
     },
 }
 
+/// `text` as a ClickHouse string literal: backslashes and quotes escaped.
+pub fn clickhouse_string(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 impl Dialect {
     /// A string literal.
     pub fn string(self, text: &str) -> String {
         match self {
             Dialect::DataFusion => format!("'{}'", text.replace('\'', "''")),
-            Dialect::ClickHouse { .. } => convoflow_sinks::clickhouse_string(text),
+            Dialect::ClickHouse { .. } => clickhouse_string(text),
         }
     }
 

@@ -1,7 +1,6 @@
 //! The read side: read-only SQL over the tables, with DataFusion over the embedded store or by
 //! ClickHouse itself, and the named reports written in both dialects.
 
-mod clickhouse;
 mod dialect;
 mod format;
 mod guards;
@@ -9,8 +8,7 @@ mod reports;
 mod sql;
 mod tenant_scope;
 
-pub use clickhouse::{batch_from_json_compact, clickhouse_batches, clickhouse_dialect, clickhouse_query, ReadLimits};
-pub use dialect::{Dialect, Granularity};
+pub use dialect::{clickhouse_string, Dialect, Granularity};
 pub use format::{format_batches, OutputFormat};
 pub use guards::{
     check_nesting, query_runtime, Collected, LimitError, FUNCTION_OUTPUT_BYTES, MAX_EXPRESSION_DEPTH, SQL_MAX_BYTES,

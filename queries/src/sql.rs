@@ -6,7 +6,7 @@
 //! `guards` (text, nesting, function output, shared memory pool, result size).
 
 use crate::guards::{bounded_context, check_nesting, check_text, collect_bounded, Collected, LimitError};
-use convoflow_sinks::{schema, TABLES};
+use convoflow_schema::{schema, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
@@ -198,7 +198,7 @@ mod tests {
                 .iter()
                 .map(|reason| RejectedRow::new(Some("t"), 0, (*reason).to_owned(), b"", String::new()))
                 .collect();
-            let tables = convoflow_sinks::table_batches(&TableSet::default(), &rows, convoflow_sinks::Rows::Contents)
+            let tables = convoflow_schema::table_batches(&TableSet::default(), &rows, convoflow_schema::Rows::Contents)
                 .expect("batches");
             let tables = tables.into_iter().map(|table| (table.table, table.batches)).collect();
             engine_over(tables)

@@ -123,11 +123,8 @@ pub fn scope_to_tenant(sql: &str, tenant: &str, database: &str, tables: &[&str])
     reads.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
     let mut out = sql.to_owned();
     for (start, end, read) in reads {
-        let rows = format!(
-            "(SELECT * FROM {database}.{} WHERE tenant_id = {})",
-            read.table,
-            convoflow_sinks::clickhouse_string(tenant)
-        );
+        let rows =
+            format!("(SELECT * FROM {database}.{} WHERE tenant_id = {})", read.table, crate::clickhouse_string(tenant));
         let mut replacement = if read.aliased { rows } else { format!("{rows} AS {}", read.table) };
         // `FROM "events"WHERE` must not become `… AS eventsWHERE`.
         let joins_word = |c: char| c.is_alphanumeric() || matches!(c, '_' | '"' | '`');
@@ -361,7 +358,7 @@ mod tests {
         let dialect = crate::Dialect::ClickHouse { datetime64: false };
         for report in crate::Report::ALL {
             let sql = crate::report_sql(report, &crate::ReportParams::new("acme"), dialect);
-            let scoped = scope_to_tenant(&sql, "acme", "convoflow", convoflow_sinks::TABLES);
+            let scoped = scope_to_tenant(&sql, "acme", "convoflow", convoflow_schema::TABLES);
             assert!(scoped.is_ok(), "{}: {scoped:?}\n{sql}", report.name());
         }
     }

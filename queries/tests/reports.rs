@@ -1,12 +1,12 @@
 //! Every report on the embedded store, over golden inputs whose tables are worked out by hand
 //! (operators/golden), with the report's figures worked out by hand from those tables.
 
+use convoflow_connectors::embedded::EmbeddedStore;
 use convoflow_events::{parse_date32, parse_event, Event, Tenants};
 use convoflow_operators::Driver;
 use convoflow_queries::{
     format_batches, report_sql, Dialect, Granularity, OutputFormat, Report, ReportParams, SqlEngine,
 };
-use convoflow_sinks::EmbeddedStore;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! `CONVOFLOW_TEST_CLICKHOUSE`), per-test names on them, and tables read back from either store
 //! as sorted rows of text, so the two deployments can be compared row for row.
 
-use convoflow_sinks::{decode_row_binary, schema, ClickHouseConfig, ClickHouseStore, TABLES};
+use convoflow_connectors::clickhouse::{decode as decode_row_binary, ClickHouseConfig, ClickHouseStore};
+use convoflow_schema::{schema, TABLES};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

@@ -1,13 +1,13 @@
 //! Every report gives the same figures on ClickHouse as on the embedded store, for the same
 //! events: the two dialects of `report_sql` mean the same thing.
 
+use convoflow_connectors::clickhouse::{clickhouse_dialect, clickhouse_query, ClickHouseConfig, ClickHouseStore};
 use convoflow_e2e::*;
 use convoflow_events::{parse_date32, rfc3339_to_ms, Tenants};
 use convoflow_queries::{
-    clickhouse_dialect, clickhouse_query, format_batches, report_sql, scope_to_tenant, Dialect, OutputFormat, Report,
-    ReportParams, SqlEngine,
+    format_batches, report_sql, scope_to_tenant, Dialect, OutputFormat, Report, ReportParams, SqlEngine,
 };
-use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, TABLES};
+use convoflow_schema::TABLES;
 use std::process::Command;
 
 /// A CSV result as rows of canonical cells: numbers rounded to 6 decimals, instants as epoch ms

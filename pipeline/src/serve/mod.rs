@@ -7,35 +7,27 @@
 //! which then answers the reads — and publishes them on the live feed. Any bus goes with any
 //! store.
 
-mod clickhouse_reader;
 pub mod config;
 mod demo;
-mod embedded;
-mod input;
-pub(crate) mod output;
-mod runtime;
-mod stream_bus;
+mod observer;
 
-use crate::bus::jetstream::{JetStreamBus, JetStreamConfig};
-use crate::bus::local::{random_hex, LocalLog, LogError};
-use crate::retry::retry_for;
-use crate::runtime::{restore, Runtime, RuntimeError};
-use crate::serve::clickhouse_reader::ClickHouseReader;
+use crate::runtime::{restore, Runtime};
 use crate::serve::config::ServeConfig;
-use crate::serve::embedded::{LocalLogBus, MemoryReader};
-use crate::serve::input::{BusSource, Input};
-use crate::serve::output::Output;
-use crate::serve::runtime::ServeObserver;
-use crate::serve::stream_bus::StreamBus;
+use crate::serve::observer::ServeObserver;
 use convoflow_api::{
     router, ApiKey, ApiKeys, ApiState, Bus, FeedPublisher, RateLimiter, Reader, SeenEvents, SqlRuntime, Telemetry,
 };
+use convoflow_connectors::clickhouse::{ClickHouseConfig, ClickHouseError, ClickHouseSink, ClickHouseStore};
+use convoflow_connectors::embedded::{DataDirLock, MemorySink, StoreError};
+use convoflow_connectors::jetstream::{JetStreamBus, JetStreamConfig, JetStreamError, StreamBus, StreamSource};
+use convoflow_connectors::log::{random_hex, LocalLog, LogBus, LogError, LogSource};
+use convoflow_connectors::retry::retry_for;
+use convoflow_connectors::{RuntimeError, Sink, Source};
 use convoflow_events::{Tenants, TenantsError};
 use convoflow_queries::query_runtime;
-use convoflow_sinks::{ClickHouseConfig, ClickHouseStore, DataDirLock, MemoryTables};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +37,7 @@ pub enum ServeError {
     #[error(transparent)]
     Tenants(#[from] TenantsError),
     #[error(transparent)]
-    Store(#[from] convoflow_sinks::StoreError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -57,9 +49,9 @@ pub enum ServeError {
     #[error("snapshot: {0}")]
     Snapshot(String),
     #[error(transparent)]
-    Bus(#[from] crate::bus::BusError),
+    JetStream(#[from] JetStreamError),
     #[error(transparent)]
-    ClickHouse(#[from] convoflow_sinks::ClickHouseError),
+    ClickHouse(#[from] ClickHouseError),
     #[error("query engine: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
 }
@@ -89,8 +81,8 @@ fn admin_key_file(data_dir: &Path) -> Result<String, ServeError> {
     Ok(key)
 }
 
-/// Opens the input at a position (the one the store reaches).
-type OpenInput = Box<dyn FnOnce(u64) -> Result<Input, RuntimeError> + Send>;
+/// The runtime's source, opened at a position (the one the store reaches).
+type OpenSource = Box<dyn FnOnce(u64) -> Result<Box<dyn Source + Send>, RuntimeError> + Send>;
 
 /// The bus ingest appends to, and how the runtime reads it back.
 struct BusParts {
@@ -98,39 +90,46 @@ struct BusParts {
     /// For the start-up line.
     described: String,
     input_id: String,
-    open_input: OpenInput,
+    open_source: OpenSource,
 }
 
 async fn bus_parts(config: &ServeConfig) -> Result<BusParts, ServeError> {
+    let handle = tokio::runtime::Handle::current();
     match &config.nats {
         None => {
             let log = Arc::new(LocalLog::open(&config.data)?);
-            let input_id = Input::log_id(&log);
+            let input_id = LogSource::input_id(&log);
             let reader = log.clone();
-            let open_input: OpenInput = Box::new(move |position| Ok(Input::log(reader, position)?));
+            let open_source: OpenSource = Box::new(move |position| {
+                let source: Box<dyn Source + Send> = Box::new(LogSource::open(&reader, position, handle)?);
+                Ok(source)
+            });
             let described = format!("the local log {}", log.path().display());
-            Ok(BusParts { bus: Arc::new(LocalLogBus { log }), described, input_id, open_input })
+            Ok(BusParts { bus: Arc::new(LogBus { log }), described, input_id, open_source })
         }
         Some(url) => {
             let stream = Arc::new(JetStreamBus::connect(JetStreamConfig::from_url(url, "convoflow_serve")).await?);
-            let input_id = Input::stream_id(&stream);
-            let (reader, handle) = (stream.clone(), tokio::runtime::Handle::current());
-            let open_input: OpenInput = Box::new(move |position| Ok(handle.block_on(Input::stream(reader, position))?));
+            let input_id = StreamSource::input_id(&stream);
+            let reader = stream.clone();
+            let open_source: OpenSource = Box::new(move |position| {
+                let opened = handle.block_on(StreamSource::open(reader, position, handle.clone()))?;
+                let source: Box<dyn Source + Send> = Box::new(opened);
+                Ok(source)
+            });
             let described = format!("JetStream stream {} at {url}", stream.config().stream);
-            Ok(BusParts { bus: Arc::new(StreamBus { bus: stream }), described, input_id, open_input })
+            Ok(BusParts { bus: Arc::new(StreamBus { bus: stream }), described, input_id, open_source })
         }
     }
 }
 
-/// The store reads go to, where the runtime writes, and its description for the start-up line.
-async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Reader>, Output, String), ServeError> {
+/// Where the runtime writes (and SQL reads), and its description for the start-up line.
+async fn store_parts(config: &ServeConfig) -> Result<(Box<dyn Sink + Send>, String), ServeError> {
     match &config.clickhouse {
         None => {
-            let tables = Arc::new(Mutex::new(MemoryTables::default()));
-            let output = Output::embedded(&config.data, tables.clone(), config.snapshot_interval)?;
-            let described = format!("the embedded store {}", config.data.join("tables").display());
             let runtime = query_runtime(config.limits.sql_memory_bytes)?;
-            Ok((Arc::new(MemoryReader { tables, runtime }), output, described))
+            let sink = MemorySink::open(&config.data, config.snapshot_interval, runtime)?;
+            let described = format!("the embedded store {}", config.data.join("tables").display());
+            Ok((Box::new(sink), described))
         }
         Some(url) => {
             let clickhouse = ClickHouseConfig::parse(url)?;
@@ -138,11 +137,9 @@ async fn store_parts(config: &ServeConfig) -> Result<(Arc<dyn Reader>, Output, S
                 retry_for("connect to ClickHouse", Duration::from_secs(60), || ClickHouseStore::connect(&clickhouse))
                     .await?,
             );
-
             let described =
                 format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
-            let output = Output::clickhouse(store.clone(), tokio::runtime::Handle::current());
-            Ok((Arc::new(ClickHouseReader { store }), output, described))
+            Ok((Box::new(ClickHouseSink::new(store, tokio::runtime::Handle::current())), described))
         }
     }
 }
@@ -168,8 +165,11 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         );
         keys.push(ApiKey { key, tenant: None });
     }
-    let BusParts { bus, described: bus_described, input_id, open_input } = bus_parts(&config).await?;
-    let (store, output, store_described) = store_parts(&config).await?;
+    let BusParts { bus, described: bus_described, input_id, open_source } = bus_parts(&config).await?;
+    let (sink, store_described) = store_parts(&config).await?;
+    let store: Arc<dyn Reader> = sink.reader().ok_or_else(|| {
+        ServeError::Runtime(RuntimeError::Input("the store cannot answer SQL while it runs".to_owned()))
+    })?;
     let (feed, _) = tokio::sync::broadcast::channel(config.limits.feed_chunks);
     let telemetry = Arc::new(Telemetry::default());
     let seen = Arc::new(SeenEvents::default());
@@ -197,7 +197,10 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
     let feed = FeedPublisher::start(feed)
         .map_err(|source| ServeError::Io { what: "start the feed thread".to_owned(), source })?;
     let observer = ServeObserver::new(feed, seen, telemetry, ready.clone(), input_id.clone());
-    let (workers, handle) = (config.workers, tokio::runtime::Handle::current());
+    let workers = config.workers;
+    // ClickHouse takes a commit as an insert per table, and many tiny inserts make many parts for
+    // it to merge: there epochs gather what came in over a fifth of a second.
+    let spacing = if config.clickhouse.is_some() { Duration::from_millis(200) } else { Duration::ZERO };
     // The runtime ending (an error) shuts the server down too: a server that no longer applies
     // events must not keep accepting them.
     let runtime_ended = Arc::new(tokio::sync::Notify::new());
@@ -208,7 +211,7 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
         .name("convoflow-runtime".to_owned())
         .spawn(move || {
             let _ended = ended_guard;
-            let result = run_runtime(output, observer, (input_id, open_input), tenants, workers, stopped, handle);
+            let result = run_runtime(sink, observer, (input_id, open_source), tenants, (workers, spacing), stopped);
             if let Err(error) = &result {
                 tracing::error!(%error, "the runtime stopped");
             }
@@ -245,19 +248,17 @@ pub async fn run_serve(config: ServeConfig) -> Result<(), ServeError> {
 /// Restores state from the store, opens the input where the store's tables end, and runs until
 /// `stop`; errors here end the process.
 fn run_runtime(
-    mut output: Output,
+    mut sink: Box<dyn Sink + Send>,
     mut observer: ServeObserver,
-    (input_id, open_input): (String, OpenInput),
+    (input_id, open_source): (String, OpenSource),
     tenants: Arc<Tenants>,
-    workers: usize,
+    (workers, spacing): (usize, Duration),
     stop: Arc<AtomicBool>,
-    handle: tokio::runtime::Handle,
 ) -> Result<(), RuntimeError> {
     let mut driver = convoflow_operators::Driver::start(workers, tenants)?;
-    let (position, stats) = restore(&mut driver, &mut output, &mut observer, Some(&input_id))?;
-    let source = BusSource { input: open_input(position)?, input_id, handle };
-    let spacing = output.epoch_spacing();
-    Runtime { source, sink: &mut output, observer, driver, stop, spacing }.run(stats)?;
+    let (position, stats) = restore(&mut driver, &mut sink, &mut observer, Some(&input_id))?;
+    let source = open_source(position)?;
+    Runtime { source, sink: &mut sink, observer, driver, stop, spacing }.run(stats)?;
     Ok(())
 }
 

@@ -9,6 +9,14 @@
 //! A record's position is its byte offset. On open, the log is checked from the start: a torn or
 //! corrupt tail (a crash mid-append, never acknowledged) is cut off, so appends continue after
 //! the last whole record.
+//!
+//! Ingest appends through [`LogBus`]; the runtime reads through [`LogSource`].
+
+mod bus;
+mod source;
+
+pub use bus::LogBus;
+pub use source::LogSource;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -4,10 +4,14 @@
 //! row naming the file and line, and the rest go on. Events carry their file and line as input
 //! position, so the first copy of an event in the input wins, whatever the worker count.
 
-use crate::runtime::{Batch, Read, RuntimeError, Source};
+use crate::connector::{Batch, Read, RuntimeError, Source};
 use convoflow_events::{parse_event, split_lines};
 use convoflow_operators::RejectedRow;
 use std::time::Duration;
+
+mod whatsapp;
+
+pub use whatsapp::{normalize_files, Normalized};
 
 /// Lines per worker per read, and so per epoch.
 const BATCH_LINES: usize = 16 * 1024;

@@ -5,10 +5,10 @@
 //! `events` is renamed first: it is the source of truth the next replay rebuilds all derived
 //! tables from, so a crash between renames heals on the next replay.
 
-use crate::convert::{events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};
-use crate::schema::schema;
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
+use convoflow_schema::schema;
+use convoflow_schema::{events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

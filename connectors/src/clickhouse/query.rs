@@ -2,9 +2,8 @@
 //! and renders the result in the format asked for; JSON comes as an array of row objects, like the
 //! embedded store's. For the API the result comes back as Arrow batches (`clickhouse_batches`).
 
-use crate::dialect::Dialect;
-use crate::format::OutputFormat;
-use convoflow_sinks::{ClickHouseError, ClickHouseStore};
+use super::{ClickHouseError, ClickHouseStore};
+use convoflow_queries::{Dialect, OutputFormat};
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
 };

@@ -1,8 +1,5 @@
-//! The bus between ingest and the dataflow. The scaled deployment's is NATS JetStream
-//! (`jetstream`); what goes on it is NDJSON batches of one tenant's canonical events.
-
-pub mod jetstream;
-pub mod local;
+//! What goes on either bus (the local log, JetStream): NDJSON batches of one tenant's canonical
+//! events and rejection lines, and how a record read back becomes positioned events.
 
 use bytes::Bytes;
 use convoflow_events::{parse_event, split_lines};
@@ -10,16 +7,6 @@ use convoflow_operators::dedup::Positioned;
 use convoflow_operators::RejectedRow;
 use std::collections::HashMap;
 use std::hash::Hasher;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    #[error("cannot connect to NATS at {url}: {reason}")]
-    Connect { url: String, reason: String },
-    #[error("JetStream: cannot {what}: {reason}")]
-    Request { what: String, reason: String },
-    #[error("{0}")]
-    Config(String),
-}
 
 /// Events per published message, and a cap on its size (NATS' default max payload is 1 MiB).
 pub const BATCH_EVENTS: usize = 1000;

@@ -1,8 +1,8 @@
 //! Ingest onto JetStream: a request's batches are published per tenant (split into messages of
 //! at most half a MiB), and the request is answered once the server acknowledged every message.
 
-use crate::bus::jetstream::JetStreamBus;
-use crate::bus::split_batch;
+use super::JetStreamBus;
+use crate::wire::split_batch;
 use convoflow_api::{AppendError, BoxFuture, Bus, TenantBatch};
 use std::sync::Arc;
 use std::time::Duration;

@@ -222,8 +222,8 @@ pub fn decode(schema: SchemaRef, bytes: &[u8]) -> Result<Vec<RecordBatch>, Arrow
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::schema;
     use convoflow_operators::ContactRow;
+    use convoflow_schema::schema;
     use datafusion::arrow::array::{BooleanArray, Float64Array};
 
     #[test]
@@ -242,7 +242,7 @@ mod tests {
             contact("t", "c1", 1_700_000_000_000, None, None),
             contact("ü-tenant", &"x".repeat(300), 5, Some(6), Some(20_000)),
         ];
-        let batch = crate::convert::batches::<ContactRow, _>(&rows).expect("batch").remove(0);
+        let batch = convoflow_schema::batches::<ContactRow, _>(&rows).expect("batch").remove(0);
         let mut bytes = Vec::new();
         encode(&batch, None, &mut bytes).expect("encode");
         assert_eq!(decode(schema.clone(), &bytes).expect("decode"), vec![batch.clone()]);

@@ -5,12 +5,30 @@
 //! is a hash of the batch, so a retried or repeated publish is dropped by the server. Consumers
 //! pull; the durable one acknowledges a message only after the sink committed what it caused.
 
-use super::{BusError, OutgoingBatch};
+mod bus;
+mod pull;
+mod source;
+
+pub use bus::StreamBus;
+pub use pull::{ConsumerSource, Publishing};
+pub use source::StreamSource;
+
 use crate::retry::{retry_for, Backoff};
+use crate::wire::OutgoingBatch;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream: cannot {what}: {reason}")]
+    Request { what: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+}
 
 /// Which server, stream and consumer; the stream and subjects are SPEC §1's names, the durable
 /// consumer is named after the store it feeds. The stream, subject prefix and consumer can be
@@ -109,13 +127,13 @@ impl Delivery {
 
 impl JetStreamBus {
     /// Connects (retrying while the server is away) and creates the stream if it is missing.
-    pub async fn connect(config: JetStreamConfig) -> Result<Self, BusError> {
+    pub async fn connect(config: JetStreamConfig) -> Result<Self, JetStreamError> {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .connect(&config.url)
             .await
-            .map_err(|error| BusError::Connect { url: config.url.clone(), reason: error.to_string() })?;
+            .map_err(|error| JetStreamError::Connect { url: config.url.clone(), reason: error.to_string() })?;
         let context = jetstream::new(client);
         let stream_config = stream::Config {
             name: config.stream.clone(),
@@ -134,7 +152,7 @@ impl JetStreamBus {
 
     /// Publishes every batch until the server has acknowledged it, retrying with backoff; a batch
     /// the server already has counts as a duplicate.
-    pub async fn publish(&self, batches: &[OutgoingBatch]) -> Result<PublishStats, BusError> {
+    pub async fn publish(&self, batches: &[OutgoingBatch]) -> Result<PublishStats, JetStreamError> {
         let mut stats = PublishStats::default();
         for window in batches.chunks(PUBLISH_WINDOW) {
             let mut pending: Vec<&OutgoingBatch> = window.iter().collect();
@@ -183,14 +201,17 @@ impl JetStreamBus {
     /// The durable consumer. If a previous process left messages delivered but unacknowledged (it
     /// died), the consumer is recreated from the acknowledgement floor, so they come again now
     /// instead of after the ack wait.
-    pub async fn durable_consumer(&self) -> Result<Consumer, BusError> {
+    pub async fn durable_consumer(&self) -> Result<Consumer, JetStreamError> {
         let name = self.config.consumer.clone();
         let mut deliver_policy = consumer::DeliverPolicy::All;
         if let Ok(mut existing) = self.stream.get_consumer::<consumer::pull::Config>(&name).await {
             let info = existing
                 .info()
                 .await
-                .map_err(|error| BusError::Request { what: "read the consumer".into(), reason: error.to_string() })?
+                .map_err(|error| JetStreamError::Request {
+                    what: "read the consumer".into(),
+                    reason: error.to_string(),
+                })?
                 .clone();
             if info.num_ack_pending == 0 {
                 return Ok(Consumer { inner: existing, acks: true });
@@ -216,14 +237,14 @@ impl JetStreamBus {
     /// Every message after stream sequence `after`, in order and without acknowledgements, for a
     /// reader that keeps its place itself (`serve` records it with its store). An ordered
     /// consumer recreates itself when a message goes missing or the server restarts.
-    pub async fn ordered_after(&self, after: u64) -> Result<consumer::pull::Ordered, BusError> {
+    pub async fn ordered_after(&self, after: u64) -> Result<consumer::pull::Ordered, JetStreamError> {
         let config = consumer::pull::OrderedConfig {
             filter_subject: format!("{}.>", self.config.subject_prefix),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
             ..Default::default()
         };
         let consumer = retry("create an ordered consumer", || self.stream.create_consumer(config.clone())).await?;
-        consumer.messages().await.map_err(|error| BusError::Request {
+        consumer.messages().await.map_err(|error| JetStreamError::Request {
             what: "read from the ordered consumer".to_owned(),
             reason: error.to_string(),
         })
@@ -236,18 +257,18 @@ impl JetStreamBus {
     }
 
     /// The sequence of the stream's last message (0 when empty).
-    pub async fn last_sequence(&self) -> Result<u64, BusError> {
+    pub async fn last_sequence(&self) -> Result<u64, JetStreamError> {
         Ok(retry("read the stream", || self.stream.get_info()).await?.state.last_sequence)
     }
 
     /// A throwaway consumer of every message published at or after `since_ms` (all when `None`),
     /// without acknowledgements: for rebuilding tables from the stream.
-    pub async fn replay_consumer(&self, since_ms: Option<i64>) -> Result<Consumer, BusError> {
+    pub async fn replay_consumer(&self, since_ms: Option<i64>) -> Result<Consumer, JetStreamError> {
         let deliver_policy = match since_ms {
             None => consumer::DeliverPolicy::All,
             Some(ms) => {
                 let start_time = chrono::DateTime::from_timestamp_millis(ms)
-                    .ok_or_else(|| BusError::Config(format!("--since {ms} ms is out of range")))?;
+                    .ok_or_else(|| JetStreamError::Config(format!("--since {ms} ms is out of range")))?;
                 consumer::DeliverPolicy::ByStartTime { start_time }
             }
         };
@@ -326,7 +347,7 @@ impl Consumer {
 }
 
 /// Retries a JetStream API call for up to a minute while the server is unreachable.
-async fn retry<T, E, F, Fut>(what: &str, call: F) -> Result<T, BusError>
+async fn retry<T, E, F, Fut>(what: &str, call: F) -> Result<T, JetStreamError>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -334,7 +355,7 @@ where
 {
     retry_for(what, Duration::from_secs(60), call)
         .await
-        .map_err(|error| BusError::Request { what: what.to_owned(), reason: error.to_string() })
+        .map_err(|error| JetStreamError::Request { what: what.to_owned(), reason: error.to_string() })
 }
 
 #[cfg(test)]

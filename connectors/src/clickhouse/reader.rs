@@ -2,9 +2,10 @@
 //! reads holds only the tenant's rows (`convoflow_queries::scope_to_tenant`; 18.16 has no row
 //! policies); the server runs it read-only with time, row and memory limits.
 
+use super::{clickhouse_batches, clickhouse_dialect, ClickHouseError, ClickHouseStore, ReadLimits};
 use convoflow_api::{BoxFuture, Limits, ReadError, Reader, Scope};
-use convoflow_queries::{clickhouse_batches, clickhouse_dialect, scope_to_tenant, Collected, Dialect, ReadLimits};
-use convoflow_sinks::{ClickHouseError, ClickHouseStore, TABLES};
+use convoflow_queries::{scope_to_tenant, Collected, Dialect};
+use convoflow_schema::TABLES;
 use std::sync::Arc;
 
 pub struct ClickHouseReader {

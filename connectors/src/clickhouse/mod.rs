@@ -19,17 +19,23 @@
 //! travel as the same 8 bytes in `RowBinary`. Inserts and reads use plain `RowBinary` (no
 //! `RowBinaryWithNamesAndTypes`, which 18.16 lacks), so the client's schema validation is off.
 
+mod query;
+mod reader;
 mod rowbinary;
+mod sink;
 
-use crate::convert::{events_from_batch, table_batches, Rows};
-use crate::schema::{schema, TABLES};
 use bytes::Bytes;
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
+use convoflow_schema::{events_from_batch, schema, table_batches, Rows, TABLES};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
 
+use convoflow_queries::clickhouse_string;
+pub use query::{batch_from_json_compact, clickhouse_batches, clickhouse_dialect, clickhouse_query, ReadLimits};
+pub use reader::ClickHouseReader;
 pub use rowbinary::{decode, encode};
+pub use sink::ClickHouseSink;
 
 /// Where the tables live: the HTTP interface URL, and a database (default `convoflow`), given as
 /// the URL's path: `http://127.0.0.1:8123/analytics`.
@@ -72,7 +78,7 @@ pub enum ClickHouseError {
 }
 
 /// One epoch's changes to commit.
-pub struct Commit<'a> {
+pub struct Insert<'a> {
     /// Never reused; see [`ClickHouseStore::last_epoch`].
     pub epoch: u64,
     pub tables: &'a TableSet,
@@ -90,11 +96,6 @@ pub struct ClickHouseStore {
     config: ClickHouseConfig,
     version: String,
     instant_type: &'static str,
-}
-
-/// `text` as a ClickHouse string literal: backslashes and quotes escaped.
-pub fn string_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Servers from 20.1 on have `DateTime64`.
@@ -269,10 +270,10 @@ impl ClickHouseStore {
         Ok(last)
     }
 
-    /// How far into `input` (see [`Commit::input`]) the committed epochs reach; 0 if nowhere.
+    /// How far into `input` (see [`Insert::input`]) the committed epochs reach; 0 if nowhere.
     pub async fn committed_position(&self, input: &str) -> Result<u64, ClickHouseError> {
         let db = &self.config.database;
-        let input = string_literal(input);
+        let input = clickhouse_string(input);
         let sql = format!("SELECT max(position) FROM {db}.positions WHERE input = {input} AND epoch IN (SELECT epoch FROM {db}.commits)");
         let reply = self.fetch(&sql, "TabSeparated", "read the committed position").await?;
         Ok(String::from_utf8_lossy(&reply).trim().parse().unwrap_or(0))
@@ -294,7 +295,7 @@ impl ClickHouseStore {
     /// Writes one epoch's updates into the logs, then marks the epoch committed. Retrying a failed
     /// commit with the same epoch is safe: nothing of it is visible until its `commits` row is,
     /// and the views count rows repeated within an epoch once.
-    pub async fn commit(&self, commit: &Commit<'_>) -> Result<CommitStats, ClickHouseError> {
+    pub async fn commit(&self, commit: &Insert<'_>) -> Result<CommitStats, ClickHouseError> {
         let db = &self.config.database;
         let tables =
             table_batches(commit.tables, commit.rejected, Rows::Updates).map_err(self.rows_error("encode rows"))?;

@@ -2,7 +2,7 @@
 //! (SPEC §3) into canonical NDJSON before it is replayed. The tenants file maps each
 //! `phone_number_id` to its tenant; items of numbers no tenant lists are skipped and counted.
 
-use crate::source::InputFile;
+use super::InputFile;
 use convoflow_events::{normalize_webhook, split_lines, Tenants};
 use convoflow_operators::RejectedRow;
 

@@ -1,33 +1,13 @@
-//! The embedded deployment behind the API's traits: the local log as the bus, the in-memory
-//! tables (snapshotted to Parquet) as the store.
+//! SQL over the in-memory tables for the API: only the tables a query mentions are materialized,
+//! and a tenant key's query sees only its tenant's batches.
 
-use crate::bus::local::{LocalLog, LogError};
-use convoflow_api::{AppendError, BoxFuture, Bus, Limits, ReadError, Reader, Scope, TenantBatch};
+use super::{read_table, MemoryTables};
+use convoflow_api::{BoxFuture, Limits, ReadError, Reader, Scope};
 use convoflow_queries::{Collected, Dialect, SqlEngine};
-use convoflow_sinks::{read_table, MemoryTables, TABLES};
+use convoflow_schema::TABLES;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use std::sync::{Arc, Mutex};
-
-pub struct LocalLogBus {
-    pub log: Arc<LocalLog>,
-}
-
-impl Bus for LocalLogBus {
-    /// One request's batches become one record: durable together or not at all.
-    fn append(&self, batches: Vec<TenantBatch>) -> BoxFuture<'_, Result<(), AppendError>> {
-        Box::pin(async move {
-            let payload: Vec<u8> = batches.into_iter().flat_map(|batch| batch.body).collect();
-            if payload.is_empty() {
-                return Ok(());
-            }
-            self.log.append(payload).await.map(|_| ()).map_err(|error| match error {
-                LogError::TooLarge(_) => AppendError::TooLarge(error.to_string()),
-                other => AppendError::Unavailable(other.to_string()),
-            })
-        })
-    }
-}
 
 pub struct MemoryReader {
     pub tables: Arc<Mutex<MemoryTables>>,

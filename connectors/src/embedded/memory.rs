@@ -7,9 +7,9 @@
 //! that changed since its last rebuild, outside the lock (`read_table`). `events` and `rejected` only grow: each epoch's new rows
 //! are converted once and appended.
 
-use crate::convert::{batches, TableBatches};
 use convoflow_events::Event;
 use convoflow_operators::{for_each_table, Collection, RejectedRow, Table, TableSet};
+use convoflow_schema::{batches, TableBatches};
 use datafusion::arrow::array::{Array, AsArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::error::ArrowError;

@@ -1,0 +1,163 @@
+//! What a connector is to the runtime loop (`convoflow_pipeline::runtime`): a [`Source`] of
+//! input addressed by position, and a [`Sink`] that restores state and commits epochs. Each
+//! connector folder implements one or both; the loop is written once against these traits.
+
+use convoflow_api::Reader;
+use convoflow_events::Event;
+use convoflow_operators::dedup::Positioned;
+use convoflow_operators::{DriverError, RejectedRow, TableSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Store(#[from] crate::embedded::StoreError),
+    #[error(transparent)]
+    ClickHouse(#[from] crate::clickhouse::ClickHouseError),
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    #[error(transparent)]
+    JetStream(#[from] crate::jetstream::JetStreamError),
+    #[error("cannot convert tables to Arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error("input: {0}")]
+    Input(String),
+}
+
+/// One read: parsed events with their input positions, the lines that did not parse, and where
+/// in the input it lies.
+#[derive(Default)]
+pub struct Batch {
+    pub events: Vec<Positioned>,
+    pub rejected: Vec<RejectedRow>,
+    /// Records (log records, stream messages) read.
+    pub records: u64,
+    /// The first and last record positions, for the commit's bookkeeping.
+    pub first: u64,
+    pub last: u64,
+}
+
+pub enum Read {
+    Batch(Batch),
+    /// Nothing came within the wait.
+    Idle,
+    /// A finite source has nothing more.
+    End,
+}
+
+/// Input addressed by position (a log offset, a stream sequence, a count of reads).
+pub trait Source {
+    /// The input whose position a sink records with its tables, or `None` when the source keeps
+    /// its own place (a durable consumer, by acknowledgements).
+    fn input_id(&self) -> Option<&str>;
+    /// The next records past [`Source::position`], parsed; waits up to `wait` when there are none.
+    fn read(&mut self, wait: Duration) -> Result<Read, RuntimeError>;
+    /// How far has been read.
+    fn position(&self) -> u64;
+    /// Where the input ends now (what must be read before the caller is ready, or before it stops).
+    fn end(&mut self) -> Result<u64, RuntimeError>;
+    /// How far behind the input's end the reading is, in the source's units.
+    fn lag(&self) -> u64 {
+        0
+    }
+    /// The sink holds everything read up to `position` durably.
+    fn acknowledge(&mut self, _position: u64) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+}
+
+/// What a sink holds at start.
+pub struct Restored {
+    pub events: Vec<Event>,
+    /// How far into the source's input the stored tables reach.
+    pub position: u64,
+}
+
+/// One epoch's bookkeeping, beside its tables.
+pub struct Commit<'a> {
+    /// The driver's epoch number.
+    pub epoch: u64,
+    pub rejected: &'a [RejectedRow],
+    /// The first and last record positions read, and the position the epoch takes the tables to.
+    pub first: u64,
+    pub last: u64,
+    pub position: u64,
+    pub input_id: Option<&'a str>,
+}
+
+/// Where epochs go, and where state comes back from.
+pub trait Sink {
+    fn restore(&mut self, input_id: Option<&str>) -> Result<Restored, RuntimeError>;
+    /// Takes the rows derived while restoring.
+    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError>;
+    /// Stores one epoch's consolidated changes.
+    fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError>;
+    /// Between epochs (a snapshot when one is due); returns a position now held durably, if any.
+    fn tick(&mut self, _position: u64) -> Result<Option<u64>, RuntimeError> {
+        Ok(None)
+    }
+    /// At the end (a last snapshot); returns the position held durably, if any.
+    fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError>;
+    /// What answers SQL over the tables while the sink runs (`None`: they are read after the run,
+    /// as `convoflow sql` reads the Parquet files a replay wrote).
+    fn reader(&self) -> Option<Arc<dyn Reader>> {
+        None
+    }
+}
+
+pub struct Committed {
+    pub rows: u64,
+    /// The input position held durably now, if the commit made it so.
+    pub durable: Option<u64>,
+}
+
+/// `serve` chooses its source at start (the local log or JetStream).
+impl Source for Box<dyn Source + Send> {
+    fn input_id(&self) -> Option<&str> {
+        (**self).input_id()
+    }
+    fn read(&mut self, wait: Duration) -> Result<Read, RuntimeError> {
+        (**self).read(wait)
+    }
+    fn position(&self) -> u64 {
+        (**self).position()
+    }
+    fn end(&mut self) -> Result<u64, RuntimeError> {
+        (**self).end()
+    }
+    fn lag(&self) -> u64 {
+        (**self).lag()
+    }
+    fn acknowledge(&mut self, position: u64) -> Result<(), RuntimeError> {
+        (**self).acknowledge(position)
+    }
+}
+
+/// `serve` chooses its sink at start (the embedded store or ClickHouse).
+impl Sink for Box<dyn Sink + Send> {
+    fn restore(&mut self, input_id: Option<&str>) -> Result<Restored, RuntimeError> {
+        (**self).restore(input_id)
+    }
+    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
+        (**self).restored(tables)
+    }
+    fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
+        (**self).commit(tables, commit)
+    }
+    fn tick(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
+        (**self).tick(position)
+    }
+    fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
+        (**self).finish(position)
+    }
+    fn reader(&self) -> Option<Arc<dyn Reader>> {
+        (**self).reader()
+    }
+}
