@@ -56,6 +56,42 @@ impl<R: Ord> Collection<R> {
     pub fn extend(&mut self, other: Collection<R>) {
         self.updates.extend(other.updates);
     }
+
+    /// Two consolidated collections as one, consolidated: a linear merge of their sorted runs, in
+    /// which a row and its retraction cancel.
+    pub fn merge_consolidated(&mut self, other: Collection<R>) {
+        if other.updates.is_empty() {
+            return;
+        }
+        if self.updates.is_empty() {
+            self.updates = other.updates;
+            return;
+        }
+        let mine = std::mem::take(&mut self.updates);
+        let mut merged = Vec::with_capacity(mine.len() + other.updates.len());
+        let mut left = mine.into_iter().peekable();
+        let mut right = other.updates.into_iter().peekable();
+        loop {
+            let order = match (left.peek(), right.peek()) {
+                (Some(a), Some(b)) => a.0.cmp(&b.0),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => break,
+            };
+            match order {
+                std::cmp::Ordering::Less => merged.extend(left.next()),
+                std::cmp::Ordering::Greater => merged.extend(right.next()),
+                std::cmp::Ordering::Equal => {
+                    if let (Some((row, a)), Some((_, b))) = (left.next(), right.next()) {
+                        if a + b != 0 {
+                            merged.push((row, a + b));
+                        }
+                    }
+                }
+            }
+        }
+        self.updates = merged;
+    }
 }
 
 /// The registry of derived tables, in SPEC order: `name: Row => Update variant`. Calls
@@ -117,28 +153,17 @@ macro_rules! table_set {
                 $(self.$table.consolidate();)+
             }
 
-            /// [`TableSet::consolidate`], each table on a thread of its own: for the one large
-            /// consolidation at the end of a replay, made of epochs that are each consolidated
-            /// already (sorted runs, which the sort merges).
-            pub fn consolidate_in_parallel(&mut self) {
+            /// Appends a later set of consolidated tables to these (consolidated too), each
+            /// table merged on a thread of its own; the result is consolidated.
+            pub fn merge_consolidated(&mut self, later: TableSet) {
+                let TableSet { events, $($table,)+ } = later;
+                self.events.extend(events);
                 std::thread::scope(|scope| {
                     $(
                         let table = &mut self.$table;
-                        scope.spawn(move || table.consolidate());
+                        scope.spawn(move || table.merge_consolidated($table));
                     )+
                 });
-            }
-
-            /// Many tables (epochs of one run) as one, each table allocated once at its full size;
-            /// call `consolidate` afterwards.
-            pub fn concat(parts: Vec<TableSet>) -> TableSet {
-                let mut all = TableSet::default();
-                all.events.reserve_exact(parts.iter().map(|part| part.events.len()).sum());
-                $(all.$table.updates.reserve_exact(parts.iter().map(|part| part.$table.updates.len()).sum());)+
-                for part in parts {
-                    all.merge(part);
-                }
-                all
             }
 
             /// Merges another worker's tables into these; call `consolidate` afterwards.

@@ -1,8 +1,8 @@
 //! The one runtime loop: a position-addressed [`Source`], the dataflow [`Driver`] and a [`Sink`]
 //! (the traits, and every source and sink, are in `convoflow_connectors`).
-//! `serve` (the local log or JetStream into the in-memory tables or ClickHouse) and
-//! `replay --nats --clickhouse` / `replay --from-nats --clickhouse` (a JetStream consumer into
-//! ClickHouse) are this loop with different parts; restoring and commit-then-acknowledge exist
+//! `serve` (the local log or JetStream into the in-memory tables or ClickHouse), `replay` (files
+//! into the Parquet store) and `replay --nats` / `replay --from-nats` (a JetStream consumer into
+//! either store) are this loop with different parts; restoring and commit-then-acknowledge exist
 //! only here.
 //!
 //! 1. **Restore.** The sink gives back the events it holds and how far into the source's input its

@@ -8,14 +8,18 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
-/// The embedded store as a replay's sink: every epoch's updates (consolidated within the epoch by
-/// the workers) are gathered, and written to Parquet once, consolidated, at the end (only then
-/// are they durable).
+/// The embedded store as a replay's sink: every epoch's updates are gathered, consolidated, and
+/// written to Parquet once at the end (only then are they durable).
+///
+/// Epochs are gathered as a binary counter of consolidated tables: `levels[i]` holds 2^i epochs
+/// or nothing, and an epoch that finds a level full merges with it and carries on up. So each row
+/// takes part in about log2(epochs) linear merges, done while the workers run the next epoch,
+/// and a row's retraction cancels it as soon as the two meet: what is held stays close to the
+/// tables' final size, where keeping every epoch's updates to the end held each changed row once
+/// per epoch it changed in, and sorted them all at the end.
 pub struct ParquetSink {
     store: EmbeddedStore,
-    /// Each epoch's tables, put together once at the end (growing one set would copy it over
-    /// and over, and hold up to twice its size).
-    epochs: Vec<TableSet>,
+    levels: Vec<Option<TableSet>>,
     stored_rejected: Vec<RejectedRow>,
     rejected: Vec<RejectedRow>,
     load_seconds: f64,
@@ -29,7 +33,7 @@ impl ParquetSink {
     pub fn open(data_dir: &Path, rejected: Vec<RejectedRow>) -> Result<Self, StoreError> {
         Ok(ParquetSink {
             store: EmbeddedStore::open(data_dir)?,
-            epochs: Vec::new(),
+            levels: Vec::new(),
             stored_rejected: Vec::new(),
             rejected,
             load_seconds: 0.0,
@@ -52,6 +56,35 @@ impl ParquetSink {
     pub fn take_table_rows(&mut self) -> Vec<(&'static str, usize)> {
         std::mem::take(&mut self.table_rows)
     }
+
+    fn gather(&mut self, mut tables: TableSet) {
+        // The workers' consolidated parts, one after another: consolidated as one.
+        tables.consolidate();
+        for level in &mut self.levels {
+            match level.take() {
+                None => {
+                    *level = Some(tables);
+                    return;
+                }
+                Some(mut earlier) => {
+                    earlier.merge_consolidated(tables);
+                    tables = earlier;
+                }
+            }
+        }
+        self.levels.push(Some(tables));
+    }
+
+    /// Everything gathered, as one consolidated set. The highest level holds the earliest epochs:
+    /// events stay in the order they came.
+    fn gathered(&mut self) -> TableSet {
+        let mut levels = std::mem::take(&mut self.levels).into_iter().rev().flatten();
+        let mut tables = levels.next().unwrap_or_default();
+        for level in levels {
+            tables.merge_consolidated(level);
+        }
+        tables
+    }
 }
 
 impl Sink for ParquetSink {
@@ -65,20 +98,19 @@ impl Sink for ParquetSink {
     }
 
     fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
-        self.epochs.push(tables);
+        self.gather(tables);
         Ok(())
     }
 
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
-        self.epochs.push(tables);
+        self.gather(tables);
         self.rejected.extend_from_slice(commit.rejected);
         Ok(Committed { rows: 0, durable: None })
     }
 
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         let started = Instant::now();
-        let mut tables = TableSet::concat(std::mem::take(&mut self.epochs));
-        tables.consolidate_in_parallel();
+        let tables = self.gathered();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
         self.store.write(&tables, &rejected)?;
         self.table_rows = tables.counts();
@@ -101,4 +133,55 @@ fn merge_rejected(stored: Vec<RejectedRow>, new: Vec<RejectedRow>) -> Vec<Reject
     }
     merged.sort_by(|a, b| (a.received_at, &a.source, &a.reason).cmp(&(b.received_at, &b.source, &b.reason)));
     merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoflow_events::parse_event;
+    use convoflow_operators::rows::RetentionRow;
+
+    fn row(n: i64) -> RetentionRow {
+        RetentionRow {
+            tenant_id: "t".to_owned(),
+            cohort_week: (n % 7) as i32,
+            week_offset: 0,
+            cohort_size: n,
+            retained: 1,
+        }
+    }
+
+    #[test]
+    fn gathered_epochs_are_their_consolidated_sum_with_events_in_order() {
+        // 13 epochs (levels 0, 2 and 3 full at the end); each retracts rows an earlier one added.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sink = ParquetSink::open(dir.path(), Vec::new()).expect("open");
+        let mut everything = TableSet::default();
+        for epoch in 0..13i64 {
+            let mut tables = TableSet::default();
+            let line = format!(
+                r#"{{"event_id":"e{epoch}","tenant_id":"t","ts":{epoch},"type":"touch","contact_id":"c","channel":"ad"}}"#
+            );
+            tables.events.push(Box::new(parse_event(line.as_bytes()).expect("event")));
+            for n in (epoch * 5)..(epoch * 5 + 10) {
+                tables.retention.push(row(n), 1);
+            }
+            if epoch > 0 {
+                for n in ((epoch - 1) * 5)..((epoch - 1) * 5 + 10) {
+                    tables.retention.push(row(n), -1);
+                }
+            }
+            tables.retention.push(row(1000 + epoch % 3), 2);
+            everything.merge(tables.clone());
+            sink.gather(tables);
+        }
+        everything.consolidate();
+        let gathered = sink.gathered();
+        assert!(!gathered.retention.is_empty());
+        assert_eq!(gathered.retention, everything.retention);
+        assert_eq!(gathered.negative_rows(), 0);
+        let ids: Vec<&str> = gathered.events.iter().map(|event| event.event_id.as_str()).collect();
+        let expected: Vec<String> = (0..13).map(|epoch| format!("e{epoch}")).collect();
+        assert_eq!(ids, expected);
+    }
 }
