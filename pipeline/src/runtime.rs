@@ -217,10 +217,12 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
         if let Some(finished) = held.take() {
             self.commit(finished, &mut stats)?;
         }
+        // The workers' state goes before the sink finishes: a replay's one write then reuses
+        // its memory instead of adding to it.
+        self.driver.shutdown()?;
         if let Some(durable) = self.sink.finish(self.source.position())? {
             self.source.acknowledge(durable)?;
         }
-        self.driver.shutdown()?;
         stats.seconds = started.elapsed().as_secs_f64();
         Ok((stats, self.observer))
     }

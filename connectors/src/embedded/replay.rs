@@ -75,15 +75,18 @@ impl ParquetSink {
         self.levels.push(Some(tables));
     }
 
-    /// Everything gathered, as one consolidated set. The highest level holds the earliest epochs:
-    /// events stay in the order they came.
+    /// Everything gathered, as one consolidated set: the levels merged smallest first, so the
+    /// largest is copied once. A higher level holds earlier epochs, and events stay in the order
+    /// they came.
     fn gathered(&mut self) -> TableSet {
-        let mut levels = std::mem::take(&mut self.levels).into_iter().rev().flatten();
-        let mut tables = levels.next().unwrap_or_default();
-        for level in levels {
-            tables.merge_consolidated(level);
+        let mut gathered: Option<TableSet> = None;
+        for mut earlier in std::mem::take(&mut self.levels).into_iter().flatten() {
+            if let Some(later) = gathered.take() {
+                earlier.merge_consolidated(later);
+            }
+            gathered = Some(earlier);
         }
-        tables
+        gathered.unwrap_or_default()
     }
 }
 
