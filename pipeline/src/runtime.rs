@@ -141,16 +141,19 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
         let mut stop_at: Option<u64> = None;
         let mut held: Option<Finished> = None;
         let mut last_batch: Option<Instant> = None;
+        // How far the sink's commits reach: all a snapshot between epochs may claim (the source's
+        // position is further on while an epoch waits to be committed).
+        let mut reach = from;
         loop {
             if catching_up && (self.source.position() >= start_end || empty_reads >= CATCH_UP_EMPTY_READS) {
                 if let Some(finished) = held.take() {
-                    self.commit(finished, &mut stats)?;
+                    self.commit(finished, &mut reach, &mut stats)?;
                 }
                 catching_up = false;
                 self.observer.ready(&stats, from, start_end);
             }
             if !catching_up {
-                if let Some(durable) = self.sink.tick(self.source.position())? {
+                if let Some(durable) = self.sink.tick(reach)? {
                     self.source.acknowledge(durable)?;
                 }
             }
@@ -183,7 +186,7 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
                     stats.lines += (batch.events.len() + batch.rejected.len()) as u64;
                     self.driver.submit(batch.events, convoflow_events::now_ms())?;
                     if let Some(finished) = held.take() {
-                        self.commit(finished, &mut stats)?;
+                        self.commit(finished, &mut reach, &mut stats)?;
                     }
                     let output = self.driver.next_output()?;
                     let mut rejected = batch.rejected;
@@ -201,11 +204,11 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
                     if pipelined {
                         held = Some(finished);
                     } else {
-                        self.commit(finished, &mut stats)?;
+                        self.commit(finished, &mut reach, &mut stats)?;
                     }
                 }
                 Read::Idle => match held.take() {
-                    Some(finished) => self.commit(finished, &mut stats)?,
+                    Some(finished) => self.commit(finished, &mut reach, &mut stats)?,
                     None if catching_up => empty_reads += 1,
                     // The input ends short of where it said it did: nothing more will come.
                     None if stop_at.is_some() => break,
@@ -215,25 +218,26 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
             }
         }
         if let Some(finished) = held.take() {
-            self.commit(finished, &mut stats)?;
+            self.commit(finished, &mut reach, &mut stats)?;
         }
         // The workers' state goes before the sink finishes: a replay's one write then reuses
         // its memory instead of adding to it.
         self.driver.shutdown()?;
-        if let Some(durable) = self.sink.finish(self.source.position())? {
+        if let Some(durable) = self.sink.finish(reach)? {
             self.source.acknowledge(durable)?;
         }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok((stats, self.observer))
     }
 
-    fn commit(&mut self, finished: Finished, stats: &mut RunStats) -> Result<(), RuntimeError> {
+    fn commit(&mut self, finished: Finished, reach: &mut u64, stats: &mut RunStats) -> Result<(), RuntimeError> {
         let Finished { output, rejected, first, last, position, records, started } = finished;
         let EpochOutput { epoch, tables, rejected: _, duplicates } = output;
         let events = tables.events.len() as u64;
         let input_id = self.source.input_id().map(str::to_owned);
         let commit = Commit { epoch, rejected: &rejected, first, last, position, input_id: input_id.as_deref() };
         let committed = self.sink.commit(tables, commit)?;
+        *reach = position;
         if let Some(durable) = committed.durable {
             self.source.acknowledge(durable)?;
         }
@@ -247,5 +251,100 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
         self.observer.committed(epoch, &rejected, &epoch_stats);
         tracing::debug!(epoch, records, events, rows = committed.rows, "epoch committed");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoflow_connectors::{Batch, Committed};
+    use convoflow_events::{parse_event, Tenants};
+
+    /// One event per read, then the end; its input ends at 0, so the loop is caught up at once.
+    struct Reads {
+        left: Vec<Batch>,
+        position: u64,
+    }
+
+    impl Source for Reads {
+        fn input_id(&self) -> Option<&str> {
+            Some("test")
+        }
+        fn read(&mut self, _wait: Duration) -> Result<Read, RuntimeError> {
+            Ok(match self.left.pop() {
+                Some(batch) => {
+                    self.position = batch.last + 1;
+                    Read::Batch(batch)
+                }
+                None => Read::End,
+            })
+        }
+        fn position(&self) -> u64 {
+            self.position
+        }
+        fn end(&mut self) -> Result<u64, RuntimeError> {
+            Ok(0)
+        }
+    }
+
+    /// Records, at each tick and at the end, the position it was told and how far its commits reach.
+    #[derive(Default)]
+    struct Positions {
+        committed: u64,
+        told: Vec<(u64, u64)>,
+    }
+
+    impl Sink for Positions {
+        fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
+            Ok(Restored { events: Vec::new(), position: 0 })
+        }
+        fn restored(&mut self, _tables: TableSet) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn commit(&mut self, _tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
+            self.committed = commit.position;
+            Ok(Committed { rows: 0, durable: None })
+        }
+        fn tick(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
+            self.told.push((position, self.committed));
+            Ok(None)
+        }
+        fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
+            self.told.push((position, self.committed));
+            Ok(Some(position))
+        }
+    }
+
+    /// A snapshot taken at a tick claims the position it is given: with an epoch still waiting to
+    /// be committed, that position must not include the waiting epoch's input, or a restart after
+    /// that snapshot would skip it.
+    #[test]
+    fn a_sink_is_never_told_a_position_past_its_commits() {
+        let left = (0..5u64)
+            .rev()
+            .map(|n| {
+                let line = format!(
+                    r#"{{"event_id":"e{n}","tenant_id":"t","ts":"2026-02-02T10:0{n}:00Z","type":"message.received","contact_id":"A","message_id":"m{n}"}}"#
+                );
+                let event = parse_event(line.as_bytes()).expect("valid event");
+                Batch { events: vec![(n, Box::new(event))], rejected: Vec::new(), records: 1, first: n, last: n }
+            })
+            .collect();
+        let mut sink = Positions::default();
+        let runtime = Runtime {
+            source: Reads { left, position: 0 },
+            sink: &mut sink,
+            observer: Quiet,
+            driver: Driver::start(1, Arc::new(Tenants::default())).expect("driver"),
+            stop: Arc::new(AtomicBool::new(false)),
+            spacing: Duration::ZERO,
+        };
+        let (stats, _) = runtime.run(RunStats::default()).expect("run");
+        assert_eq!(stats.commits, 5);
+        assert!(sink.told.len() > 1, "the loop ticks between epochs: {:?}", sink.told);
+        for &(told, committed) in &sink.told {
+            assert!(told <= committed, "told position {told} with commits reaching {committed}: {:?}", sink.told);
+        }
+        assert_eq!(sink.told.last(), Some(&(5, 5)));
     }
 }
