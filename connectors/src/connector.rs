@@ -6,6 +6,7 @@ use convoflow_api::Reader;
 use convoflow_events::Event;
 use convoflow_operators::dedup::Positioned;
 use convoflow_operators::{DriverError, RejectedRow, TableSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +79,16 @@ pub struct Restored {
     pub events: Vec<Event>,
     /// How far into the source's input the stored tables reach.
     pub position: u64,
+    /// Operator state saved with exactly these tables: resumed from instead of re-feeding
+    /// `events`, unless it cannot be loaded.
+    pub state: Option<SavedState>,
+}
+
+/// Operator state beside a sink's tables (`convoflow_operators::state`): where, and which.
+#[derive(Clone, Debug)]
+pub struct SavedState {
+    pub dir: PathBuf,
+    pub generation: String,
 }
 
 /// One epoch's bookkeeping, beside its tables.
@@ -102,6 +113,11 @@ pub trait Sink {
     /// Between epochs (a snapshot when one is due); returns a position now held durably, if any.
     fn tick(&mut self, _position: u64) -> Result<Option<u64>, RuntimeError> {
         Ok(None)
+    }
+    /// Where to save the operator state before [`Sink::finish`], which then ties its tables to
+    /// that state's generation. `None`: the sink keeps none, and restoring re-feeds its events.
+    fn state_to_save(&mut self) -> Option<SavedState> {
+        None
     }
     /// At the end (a last snapshot); returns the position held durably, if any.
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError>;
@@ -153,6 +169,9 @@ impl Sink for Box<dyn Sink + Send> {
     }
     fn tick(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         (**self).tick(position)
+    }
+    fn state_to_save(&mut self) -> Option<SavedState> {
+        (**self).state_to_save()
     }
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         (**self).finish(position)

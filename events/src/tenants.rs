@@ -98,6 +98,19 @@ pub struct Tenants {
 }
 
 impl Tenants {
+    /// A digest of the whole configuration, tenants in id order. Persisted operator state is tied
+    /// to it: time zones, funnels and attribution settings shape what the operators fold.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut tenants: Vec<&Tenant> = self.by_id.values().collect();
+        tenants.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        let mut hasher = std::hash::DefaultHasher::new();
+        for tenant in tenants {
+            format!("{tenant:?}").hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
     pub fn from_json(text: &str) -> Result<Self, TenantsError> {
         let entries: Vec<TenantEntry> = serde_json::from_str(text)?;
         let mut by_id = HashMap::new();

@@ -51,7 +51,7 @@ pub enum AttributionInput {
     Conversion(Conversion),
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct ContactJourney {
     touches: BTreeMap<Touch, i64>,
     conversions: Vec<Conversion>,

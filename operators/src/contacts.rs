@@ -22,7 +22,7 @@ pub struct ContactMessage {
     pub week: i32,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct ContactState {
     first_seen_ts: Option<i64>,
     first_inbound: Option<(i64, i32)>,

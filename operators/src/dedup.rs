@@ -8,6 +8,8 @@ use crate::stash::EpochStash;
 use convoflow_events::{event_key, fingerprint, Event};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::rc::Rc;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
@@ -27,10 +29,12 @@ pub type Positioned = (u64, Box<Event>);
 
 pub fn dedup<'s>(events: StreamVec<'s, u64, Positioned>) -> StreamVec<'s, u64, Admission> {
     let exchange = Exchange::new(|(_, event): &Positioned| event_key(&event.tenant_id, &event.event_id) as u64);
+    let seen: Rc<RefCell<FxHashMap<u128, u64>>> = Rc::default();
+    crate::state::register("Dedup", &seen, |key: &u128| *key as u64);
     events.unary_frontier(exchange, "Dedup", |_, _| {
         let mut stash = EpochStash::default();
-        let mut seen: FxHashMap<u128, u64> = FxHashMap::default();
         move |(input, frontier), output| {
+            let mut seen = seen.borrow_mut();
             input.for_each_stamp(|cap, data| {
                 if let Some(cap) = cap.retain_least(output.output_index()) {
                     stash.push(cap, data.flat_map(std::mem::take));

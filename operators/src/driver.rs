@@ -3,15 +3,18 @@
 //! epoch's table updates once every worker has finished it — the point at which a sink may commit
 //! them and the source may acknowledge the input. Operator state lives as long as the dataflow:
 //! every event ever admitted stays known to dedup, so a redelivered event is absorbed as a
-//! duplicate and changes no table.
+//! duplicate and changes no table. [`Driver::save`] writes that state and [`Driver::resume`]
+//! starts from it (`crate::state`).
 
 use crate::dataflow::build;
 use crate::dedup::{Admission, Positioned};
 use crate::rows::RejectedRow;
+use crate::state::{self, Registry, StateError};
 use crate::tables::TableSet;
 use convoflow_events::{Event, Tenants};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -27,6 +30,21 @@ pub enum DriverError {
     Start(String),
     #[error("a dataflow worker panicked: {0}")]
     Worker(String),
+    #[error("operator state: {0}")]
+    State(#[from] StateError),
+    #[error("operator state: {what} {path}: {source}")]
+    StateDir { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+/// What the driver tells a worker.
+enum Command {
+    Epoch(u64, Vec<Positioned>),
+    /// Write the worker's operator state into the directory.
+    Save {
+        dir: PathBuf,
+        tag: String,
+        reply: Sender<Result<(), StateError>>,
+    },
 }
 
 /// What one worker's dataflow produced since it was last drained.
@@ -36,6 +54,8 @@ struct WorkerOutput {
     /// Copies refused as conflicting duplicates; made into `rejected` rows by the driver.
     conflicts: Vec<Event>,
     duplicates: u64,
+    /// Why the state this worker was to resume from could not be loaded.
+    state_error: Option<StateError>,
 }
 
 type EventInput = InputHandle<u64, CapacityContainerBuilder<Vec<Positioned>>>;
@@ -44,12 +64,13 @@ type EventInput = InputHandle<u64, CapacityContainerBuilder<Vec<Positioned>>>;
 fn attach(
     worker: &mut timely::worker::Worker,
     tenants: Arc<Tenants>,
+    registry: &Rc<RefCell<Registry>>,
 ) -> (EventInput, ProbeHandle<u64>, Rc<RefCell<WorkerOutput>>) {
     let collected = Rc::new(RefCell::new(WorkerOutput::default()));
     let mut input = EventInput::new();
     let probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
-        let outputs = build(input.to_stream(scope), tenants);
+        let outputs = state::building(registry, || build(input.to_stream(scope), tenants));
         // Collectors come before the probe, so a probe past an epoch means they have taken all
         // of its updates (a probe before them would only say the updates were produced).
         let sink = collected.clone();
@@ -111,25 +132,49 @@ struct WorkerDone {
 }
 
 pub struct Driver {
-    feeds: Vec<Sender<(u64, Vec<Positioned>)>>,
+    feeds: Vec<Sender<Command>>,
     done: Receiver<WorkerDone>,
     pending: BTreeMap<u64, (usize, EpochOutput)>,
     received_at: BTreeMap<u64, i64>,
     next_epoch: u64,
     next_output: u64,
     guards: Option<timely::communication::WorkerGuards<()>>,
+    tenants: Arc<Tenants>,
 }
 
 impl Driver {
     /// Starts `workers` worker threads, idle until the first epoch is submitted.
     pub fn start(workers: usize, tenants: Arc<Tenants>) -> Result<Self, DriverError> {
+        Self::launch(workers, tenants, None)
+    }
+
+    /// Starts from the operator state [`Driver::save`] wrote to `dir` as `generation`, with any number
+    /// of workers; returns the driver and epoch 0, which holds every derived table as that state
+    /// has it (no events: they are the store's). Fails, and nothing is half loaded, when the state
+    /// is missing, torn, of another format, generation or tenants configuration: the caller then
+    /// re-feeds the events.
+    pub fn resume(
+        workers: usize,
+        tenants: Arc<Tenants>,
+        dir: &Path,
+        generation: &str,
+    ) -> Result<(Self, EpochOutput), DriverError> {
+        let tag = state_tag(generation, &tenants);
+        let mut driver = Self::launch(workers, tenants, Some((dir.to_owned(), tag)))?;
+        driver.submit(Vec::new(), 0)?;
+        let restored = driver.next_output()?;
+        Ok((driver, restored))
+    }
+
+    fn launch(workers: usize, tenants: Arc<Tenants>, resume: Option<(PathBuf, String)>) -> Result<Self, DriverError> {
         let workers = workers.max(1);
         let (feeds, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| channel()).unzip();
         let receivers = std::sync::Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>());
         let (done_sender, done) = channel();
         let config = timely::Config::process(workers);
+        let configured = tenants.clone();
         let guards = timely::execute(config, move |worker| {
-            let feed: Receiver<(u64, Vec<Positioned>)> = {
+            let feed: Receiver<Command> = {
                 let mut receivers = receivers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 match receivers.get_mut(worker.index()).and_then(Option::take) {
                     Some(feed) => feed,
@@ -137,10 +182,22 @@ impl Driver {
                 }
             };
             let done_sender: Sender<WorkerDone> = done_sender.clone();
-            let (mut input, probe, collected) = attach(worker, tenants.clone());
+            let (index, peers) = (worker.index(), worker.peers());
+            let registry = Rc::new(RefCell::new(match &resume {
+                Some((dir, tag)) => Registry::load(dir, tag, index, peers),
+                None => Registry::default(),
+            }));
+            let (mut input, probe, collected) = attach(worker, tenants.clone(), &registry);
             // Blocking between epochs is safe: every worker gets every epoch (maybe empty), and
             // one only waits for the next after the whole dataflow has finished this one.
-            while let Ok((epoch, mut events)) = feed.recv() {
+            while let Ok(command) = feed.recv() {
+                let (epoch, mut events) = match command {
+                    Command::Epoch(epoch, events) => (epoch, events),
+                    Command::Save { dir, tag, reply } => {
+                        let _ = reply.send(state::save_worker(&registry.borrow(), &dir, &tag, index, peers));
+                        continue;
+                    }
+                };
                 input.send_batch(&mut events);
                 input.advance_to(epoch + 1);
                 while probe.less_than(&(epoch + 1)) {
@@ -148,6 +205,7 @@ impl Driver {
                 }
                 let mut output = collected.take();
                 output.tables.consolidate();
+                output.state_error = registry.borrow_mut().take_error();
                 if done_sender.send(WorkerDone { epoch, output }).is_err() {
                     break;
                 }
@@ -162,6 +220,7 @@ impl Driver {
             next_epoch: 0,
             next_output: 0,
             guards: Some(guards),
+            tenants: configured,
         })
     }
 
@@ -175,7 +234,7 @@ impl Driver {
         let share = events.len().div_ceil(workers);
         for index in (0..workers).rev() {
             let part = events.split_off((index * share).min(events.len()));
-            self.feeds[index].send((epoch, part)).map_err(|_| self.failure())?;
+            self.feeds[index].send(Command::Epoch(epoch, part)).map_err(|_| self.failure())?;
         }
         Ok(epoch)
     }
@@ -196,6 +255,9 @@ impl Driver {
                 }
             }
             let WorkerDone { epoch, output } = self.done.recv().map_err(|_| self.failure())?;
+            if let Some(error) = output.state_error {
+                return Err(error.into());
+            }
             let received_at = self.received_at.get(&epoch).copied().unwrap_or_default();
             let (count, merged) =
                 self.pending.entry(epoch).or_insert_with(|| (0, EpochOutput { epoch, ..EpochOutput::default() }));
@@ -208,6 +270,37 @@ impl Driver {
         self.received_at.remove(&wanted);
         let (_, output) = self.pending.remove(&wanted).unwrap_or_default();
         Ok(output)
+    }
+
+    /// Writes the operator state after every epoch submitted so far to `dir` as `generation`
+    /// (what [`Driver::resume`] must be given to load it): each worker's file is written and
+    /// fsynced in `<dir>.partial`, which then replaces `dir`. A crash leaves the old state, or none.
+    pub fn save(&mut self, dir: &Path, generation: &str) -> Result<(), DriverError> {
+        let tag = state_tag(generation, &self.tenants);
+        let partial = dir.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(state_dir("cannot remove", &partial))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(state_dir("cannot create", &partial))?;
+        let mut replies = Vec::new();
+        for index in 0..self.feeds.len() {
+            let (reply, answer) = channel();
+            let save = Command::Save { dir: partial.clone(), tag: tag.clone(), reply };
+            self.feeds[index].send(save).map_err(|_| self.failure())?;
+            replies.push(answer);
+        }
+        for answer in replies {
+            answer.recv().map_err(|_| self.failure())??;
+        }
+        sync_dir(&partial).map_err(state_dir("cannot sync", &partial))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(state_dir("cannot remove", dir))?;
+        }
+        std::fs::rename(&partial, dir).map_err(state_dir("cannot rename into", dir))?;
+        match dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            Some(parent) => sync_dir(parent).map_err(state_dir("cannot sync", parent)),
+            None => Ok(()),
+        }
     }
 
     /// Stops the workers after the epochs already submitted.
@@ -233,6 +326,19 @@ impl Driver {
             Ok(()) => DriverError::Worker("the dataflow workers stopped".to_owned()),
         }
     }
+}
+
+/// What a saved state is checked against: its generation and the tenants configuration.
+fn state_tag(generation: &str, tenants: &Tenants) -> String {
+    format!("{generation} tenants:{:016x}", tenants.fingerprint())
+}
+
+fn state_dir<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DriverError + 'a {
+    move |source| DriverError::StateDir { what, path: path.to_owned(), source }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Drop for Driver {

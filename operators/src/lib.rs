@@ -20,6 +20,7 @@ pub mod rows;
 pub mod session_health;
 mod split;
 mod stash;
+pub mod state;
 pub mod table;
 pub mod tables;
 pub mod thread;

@@ -86,7 +86,7 @@ pub enum ContactStatusInput {
     Inbound(i64),
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct ContactMessages {
     rows: BTreeMap<MessageStatusRow, i64>,
     /// Sorted ts of the contact's inbound messages.

@@ -2,11 +2,19 @@
 //! routed by key, folded into that key's state, and once an epoch is complete every key it touched
 //! derives its rows again; only the difference to the rows it emitted before goes out, as
 //! retractions (−1) and insertions (+1). Keys an epoch did not touch cost nothing.
+//!
+//! Each key's fold state is persisted (`crate::state`); a dataflow built from a saved state gives,
+//! at epoch 0, every row its restored keys derive, and ignores its input at epoch 0.
 
 use crate::stash::EpochStash;
+use crate::state;
 use rustc_hash::FxHashMap;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hash};
+use std::rc::Rc;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
@@ -17,9 +25,14 @@ pub fn route<K: Hash + ?Sized>(key: &K) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(key)
 }
 
+/// Only the fold state is persisted: what the key emitted is derived from it again on load.
+#[derive(Serialize, Deserialize)]
+#[serde(bound(serialize = "S: Serialize", deserialize = "S: Deserialize<'de>"))]
 struct KeyState<S, R> {
     state: S,
+    #[serde(skip)]
     emitted: Vec<R>,
+    #[serde(skip)]
     dirty: bool,
 }
 
@@ -34,15 +47,37 @@ pub fn reduce<'s, K, V, S, R>(
 where
     K: ExchangeData + Hash + Eq + Clone,
     V: ExchangeData,
-    S: Default + 'static,
+    S: Default + Serialize + DeserializeOwned + 'static,
     R: ExchangeData + Ord + Clone,
 {
     let exchange = Exchange::new(|(key, _): &(K, V)| route(key));
-    stream.unary_frontier(exchange, name, move |_, _| {
+    let keys: Rc<RefCell<FxHashMap<K, KeyState<S, R>>>> = Rc::default();
+    let restoring = state::register(name, &keys, |key: &K| route(key));
+    let scope = stream.scope();
+    stream.unary_frontier(exchange, name, move |initial, info| {
         let mut stash = EpochStash::default();
-        let mut keys: FxHashMap<K, KeyState<S, R>> = FxHashMap::default();
+        // Restored: epoch 0 gives every restored key's rows, so hold its capability till then.
+        let mut initial = restoring.then_some(initial);
+        if restoring {
+            scope.activator_for(info.address.clone()).activate();
+        }
         move |(input, frontier), output| {
+            let mut keys = keys.borrow_mut();
+            if let Some(cap) = initial.take() {
+                let mut session = output.session(&cap);
+                for (key, entry) in keys.iter_mut() {
+                    let mut rows = derive(key, &entry.state);
+                    rows.sort();
+                    rows.iter().for_each(|row| session.give((row.clone(), 1)));
+                    entry.emitted = rows;
+                }
+            }
             input.for_each_stamp(|cap, data| {
+                // What reaches a restored operator at epoch 0 is what the operators before it
+                // restored, already folded into its own restored state.
+                if restoring && cap.least() == Some(&0) {
+                    return;
+                }
                 if let Some(cap) = cap.retain_least(output.output_index()) {
                     stash.push(cap, data.flat_map(std::mem::take));
                 }

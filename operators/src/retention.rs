@@ -6,10 +6,11 @@
 
 use crate::reduce::reduce;
 use crate::rows::RetentionRow;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use timely::dataflow::StreamVec;
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Cohort {
     size: i64,
     retained: BTreeMap<i32, i64>,

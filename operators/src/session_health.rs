@@ -48,7 +48,7 @@ pub enum SessionInput {
     },
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct SenderTimeline {
     changes: Vec<StateChange>,
     first_seen: Option<i64>,

@@ -57,7 +57,7 @@ impl Ordered for ThreadEvent {
 pub type ThreadKey = (String, String);
 
 /// A thread's events in `(ts, event_id)` order.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Thread {
     pub events: Vec<ThreadEvent>,
 }

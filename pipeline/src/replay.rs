@@ -8,7 +8,7 @@ use convoflow_connectors::embedded::{DataDirLock, ParquetSink, StoreError};
 use convoflow_connectors::file::{FileSource, InputFile};
 use convoflow_connectors::{RuntimeError, Source};
 use convoflow_events::Tenants;
-use convoflow_operators::{Driver, RejectedRow};
+use convoflow_operators::RejectedRow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -33,7 +33,13 @@ pub struct ReplaySummary {
     pub duplicates: u64,
     pub rejected: u64,
     pub stored_before: u64,
+    /// The stored events' operator state was resumed from the state saved with the tables (else
+    /// they were re-fed through the dataflow).
+    pub resumed: bool,
     pub load_seconds: f64,
+    /// Resuming or re-feeding the stored events, after loading them.
+    pub restore_seconds: f64,
+    pub save_seconds: f64,
     pub dataflow_seconds: f64,
     pub write_seconds: f64,
     pub total_seconds: f64,
@@ -66,8 +72,7 @@ pub fn replay_source<S: Source>(
     let _lock = DataDirLock::acquire(data_dir)?;
     let rejected_before_dataflow = rejected.len() as u64;
     let mut sink = ParquetSink::open(data_dir, rejected)?;
-    let mut driver = Driver::start(workers, Arc::new(tenants))?;
-    let (_, stats) = restore(&mut driver, &mut sink, &mut Quiet, None)?;
+    let (driver, _, stats) = restore(workers, Arc::new(tenants), &mut sink, &mut Quiet, None)?;
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = Runtime { source, sink: &mut sink, observer: Quiet, driver, stop, spacing: Duration::ZERO };
     let (stats, _) = runtime.run(stats)?;
@@ -79,8 +84,11 @@ pub fn replay_source<S: Source>(
         duplicates: stats.duplicates,
         rejected: stats.rejected + rejected_before_dataflow,
         stored_before: stats.restored_events,
+        resumed: stats.resumed,
         load_seconds: sink.load_seconds(),
-        dataflow_seconds: total_seconds - sink.load_seconds() - sink.write_seconds(),
+        restore_seconds: stats.restore_seconds - sink.load_seconds(),
+        save_seconds: stats.save_seconds,
+        dataflow_seconds: total_seconds - stats.restore_seconds - stats.save_seconds - sink.write_seconds(),
         write_seconds: sink.write_seconds(),
         total_seconds,
         table_rows: sink.take_table_rows(),
@@ -121,9 +129,14 @@ impl ReplaySummary {
             thousands(self.duplicates),
             thousands(self.rejected),
         );
+        let restore = match (self.stored_before, self.resumed) {
+            (0, _) => String::new(),
+            (_, true) => format!("resume state {:.2} s · ", self.restore_seconds),
+            (stored, false) => format!("re-feed {} stored {:.2} s · ", thousands(stored), self.restore_seconds),
+        };
         out.push_str(&format!(
-            "  phases      load {:.2} s · parse + dataflow {:.2} s · write {:.2} s\n",
-            self.load_seconds, self.dataflow_seconds, self.write_seconds
+            "  phases      load {:.2} s · {restore}parse + dataflow {:.2} s · save state {:.2} s · write {:.2} s\n",
+            self.load_seconds, self.dataflow_seconds, self.save_seconds, self.write_seconds
         ));
         out.push_str(&format!("tables in {}:\n", data_dir.join("tables").display()));
         for (table, rows) in &self.table_rows {

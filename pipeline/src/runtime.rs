@@ -5,9 +5,11 @@
 //! either store) are this loop with different parts; restoring and commit-then-acknowledge exist
 //! only here.
 //!
-//! 1. **Restore.** The sink gives back the events it holds and how far into the source's input its
-//!    tables reach. The events go through the driver (in epochs of [`RESTORE_EPOCH_EVENTS`]) to
-//!    rebuild operator state; the rows they derive go back to the sink.
+//! 1. **Restore.** The sink gives back the events it holds, how far into the source's input its
+//!    tables reach, and the operator state saved with those tables, if any. The driver resumes
+//!    from that state; without one, or when it cannot be loaded, the events go through the driver
+//!    (in epochs of [`RESTORE_EPOCH_EVENTS`]) to rebuild it. Either way the rows go back to the
+//!    sink. A sink that keeps state has it saved at the end, before it finishes.
 //! 2. **Catch up.** The source opens at that position and is read up to where its input ended at
 //!    start; only then is the caller told it is ready ([`Observer::ready`]).
 //! 3. **Epochs.** Each read is one epoch. While the workers run it, the previous epoch is
@@ -20,6 +22,7 @@
 //!    finishes (a last snapshot) and the source acknowledges what it holds.
 
 use convoflow_connectors::{Commit, Read, Restored, RuntimeError, Sink, Source};
+use convoflow_events::Tenants;
 use convoflow_operators::{Driver, EpochOutput, RejectedRow, TableSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,7 +72,11 @@ pub struct RunStats {
     pub commits: u64,
     pub rows: u64,
     pub restored_events: u64,
+    /// Operator state was resumed from what the sink saved, not rebuilt by re-feeding.
+    pub resumed: bool,
     pub restore_seconds: f64,
+    /// Saving the operator state at the end.
+    pub save_seconds: f64,
     pub seconds: f64,
 }
 
@@ -84,16 +91,35 @@ struct Finished {
     started: Instant,
 }
 
-/// Restores operator state from what `sink` holds; returns where in the input its tables end.
+/// Starts the driver on `workers` with operator state restored from what `sink` holds: resumed
+/// from the state saved beside its tables when there is one that loads, else by re-feeding the
+/// stored events. Returns the driver and where in the input the sink's tables end.
 pub fn restore<K: Sink, O: Observer>(
-    driver: &mut Driver,
+    workers: usize,
+    tenants: Arc<Tenants>,
     sink: &mut K,
     observer: &mut O,
     input_id: Option<&str>,
-) -> Result<(u64, RunStats), RuntimeError> {
+) -> Result<(Driver, u64, RunStats), RuntimeError> {
     let started = Instant::now();
-    let Restored { events, position } = sink.restore(input_id)?;
+    let Restored { events, position, state } = sink.restore(input_id)?;
     let mut stats = RunStats { restored_events: events.len() as u64, ..RunStats::default() };
+    if let Some(state) = state {
+        match Driver::resume(workers, tenants.clone(), &state.dir, &state.generation) {
+            Ok((driver, restored)) => {
+                let mut tables = restored.tables;
+                tables.events = events.into_iter().map(Box::new).collect();
+                observer.restored(&tables);
+                sink.restored(tables)?;
+                stats.resumed = true;
+                stats.restore_seconds = started.elapsed().as_secs_f64();
+                tracing::info!(generation = %state.generation, seconds = stats.restore_seconds, "operator state resumed");
+                return Ok((driver, position, stats));
+            }
+            Err(error) => tracing::warn!(%error, "the saved operator state is not used: re-feeding the stored events"),
+        }
+    }
+    let mut driver = Driver::start(workers, tenants)?;
     let mut stored = events.into_iter().map(|event| (0, Box::new(event))).peekable();
     while stored.peek().is_some() {
         let chunk: Vec<_> = stored.by_ref().take(RESTORE_EPOCH_EVENTS).collect();
@@ -103,7 +129,7 @@ pub fn restore<K: Sink, O: Observer>(
         sink.restored(output.tables)?;
     }
     stats.restore_seconds = started.elapsed().as_secs_f64();
-    Ok((position, stats))
+    Ok((driver, position, stats))
 }
 
 /// The loop; see the module doc.
@@ -220,6 +246,11 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
         if let Some(finished) = held.take() {
             self.commit(finished, &mut reach, &mut stats)?;
         }
+        if let Some(state) = self.sink.state_to_save() {
+            let saving = Instant::now();
+            self.driver.save(&state.dir, &state.generation)?;
+            stats.save_seconds = saving.elapsed().as_secs_f64();
+        }
         // The workers' state goes before the sink finishes: a replay's one write then reuses
         // its memory instead of adding to it.
         self.driver.shutdown()?;
@@ -296,7 +327,7 @@ mod tests {
 
     impl Sink for Positions {
         fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
-            Ok(Restored { events: Vec::new(), position: 0 })
+            Ok(Restored { events: Vec::new(), position: 0, state: None })
         }
         fn restored(&mut self, _tables: TableSet) -> Result<(), RuntimeError> {
             Ok(())

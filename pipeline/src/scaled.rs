@@ -19,7 +19,7 @@ use convoflow_connectors::retry::{retry_for, until_done};
 use convoflow_connectors::wire::batch_file;
 use convoflow_connectors::RuntimeError;
 use convoflow_events::Tenants;
-use convoflow_operators::{Driver, DriverError, RejectedRow};
+use convoflow_operators::{DriverError, RejectedRow};
 use convoflow_schema::TABLES;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -204,8 +204,7 @@ fn consume_into_clickhouse(
     workers: usize,
 ) -> Result<ConsumeStats, ScaledError> {
     let mut sink = ClickHouseSink::new(store, Handle::current());
-    let mut driver = Driver::start(workers, Arc::new(tenants))?;
-    let (_, stats) = restore(&mut driver, &mut sink, &mut Quiet, None)?;
+    let (driver, _, stats) = restore(workers, Arc::new(tenants), &mut sink, &mut Quiet, None)?;
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = Runtime { source, sink: &mut sink, observer: Quiet, driver, stop, spacing: Duration::ZERO };
     let (stats, _) = runtime.run(stats)?;

@@ -328,3 +328,54 @@ fn whatsapp_webhook_bodies_replay_into_the_tables_of_their_numbers_tenant() {
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert!(rejected[1].starts_with("hooks.ndjson:6,\"webhook: `object` is `page`"), "{rejected:?}");
 }
+
+/// A replay into a store with saved operator state resumes from it; when the state cannot be
+/// trusted (torn, missing, newer than the tables as after a kill -9 between the two writes, or of
+/// another tenants configuration) it re-feeds the stored events, and either way the tables equal
+/// one replay of everything.
+#[test]
+fn a_replay_resumes_saved_state_and_re_feeds_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, tenants) = generated(dir.path(), "6000", "5");
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = (path(dir.path(), "first.ndjson"), path(dir.path(), "second.ndjson"));
+    std::fs::write(&first, lines[..3500].join("\n") + "\n").unwrap();
+    // The second part redelivers some of the first.
+    std::fs::write(&second, lines[3000..].join("\n") + "\n").unwrap();
+    let whole = path(dir.path(), "whole");
+    ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &whole]);
+    let expected = dump_tables(&whole);
+    let elsewhere = path(dir.path(), "elsewhere");
+    ok(&["replay", "--input", &first, "--tenants", &tenants, "--data", &elsewhere]);
+
+    for case in ["resumed", "torn", "no state", "state newer than the tables", "other tenants"] {
+        let data = path(dir.path(), case);
+        ok(&["replay", "--input", &first, "--tenants", &tenants, "--data", &data, "--workers", "2"]);
+        let state = Path::new(&data).join("state");
+        match case {
+            "torn" => {
+                let file = state.join("worker-1.bin");
+                let bytes = std::fs::read(&file).unwrap();
+                std::fs::write(&file, &bytes[..bytes.len() / 3]).unwrap();
+            }
+            "no state" => std::fs::remove_dir_all(&state).unwrap(),
+            // What a kill -9 leaves after the state of a replay was saved and before its tables
+            // were: another generation's state beside these tables.
+            "state newer than the tables" => {
+                std::fs::remove_dir_all(&state).unwrap();
+                std::fs::rename(Path::new(&elsewhere).join("state"), &state).unwrap();
+            }
+            _ => {}
+        }
+        let tenants_flag: &[&str] = if case == "other tenants" { &[] } else { &["--tenants", &tenants] };
+        let args = [&["replay", "--input", &second, "--data", &data, "--workers", "1"][..], tenants_flag].concat();
+        let summary = ok(&args);
+        let resumed = summary.contains("resume state");
+        assert_eq!(resumed, case == "resumed", "{case}:\n{summary}");
+        assert!(resumed || summary.contains("re-feed 3,"), "{case}: the stored events are re-fed:\n{summary}");
+        if case != "other tenants" {
+            assert_eq!(dump_tables(&data), expected, "{case}");
+        }
+    }
+}

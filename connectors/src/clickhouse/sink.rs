@@ -37,7 +37,7 @@ impl Sink for ClickHouseSink {
             (events, position, until_done("read the last epoch", || store.last_epoch()).await)
         });
         self.next_epoch = last_epoch + 1;
-        Ok(Restored { events, position })
+        Ok(Restored { events, position, state: None })
     }
 
     /// ClickHouse holds the derived rows already.

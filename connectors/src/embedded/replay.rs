@@ -1,8 +1,12 @@
 //! The embedded store as a replay's sink: the store's events are restored first, every epoch's
 //! updates are gathered, and the tables are written once, consolidated, at the end.
+//!
+//! Operator state is saved before that write (`<data>/state`, a new generation) and the tables are
+//! tied to it once written (see `store.rs`), so the next replay resumes from it instead of
+//! re-feeding every stored event through the dataflow.
 
 use super::{EmbeddedStore, StoreError};
-use crate::connector::{Commit, Committed, Restored, RuntimeError, Sink};
+use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
 use convoflow_operators::{RejectedRow, TableSet};
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,6 +30,8 @@ pub struct ParquetSink {
     write_seconds: f64,
     /// Rows per table as written, `rejected` second.
     table_rows: Vec<(&'static str, usize)>,
+    /// The generation of the operator state saved for the tables `finish` writes.
+    saved: Option<String>,
 }
 
 impl ParquetSink {
@@ -39,6 +45,7 @@ impl ParquetSink {
             load_seconds: 0.0,
             write_seconds: 0.0,
             table_rows: Vec::new(),
+            saved: None,
         })
     }
 
@@ -96,8 +103,9 @@ impl Sink for ParquetSink {
         let events = self.store.load_events()?;
         self.stored_rejected = self.store.load_rejected()?;
         self.load_seconds = started.elapsed().as_secs_f64();
-        tracing::info!(stored_events = events.len(), "replay loaded");
-        Ok(Restored { events, position: 0 })
+        let state = self.store.generation().map(|generation| SavedState { dir: self.store.state_dir(), generation });
+        tracing::info!(stored_events = events.len(), state = ?state, "replay loaded");
+        Ok(Restored { events, position: 0, state })
     }
 
     fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
@@ -111,16 +119,31 @@ impl Sink for ParquetSink {
         Ok(Committed { rows: 0, durable: None })
     }
 
+    fn state_to_save(&mut self) -> Option<SavedState> {
+        let generation = new_generation();
+        self.saved = Some(generation.clone());
+        Some(SavedState { dir: self.store.state_dir(), generation })
+    }
+
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         let started = Instant::now();
         let tables = self.gathered();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
         self.store.write(&tables, &rejected)?;
+        if let Some(generation) = self.saved.take() {
+            self.store.set_generation(&generation)?;
+        }
         self.table_rows = tables.counts();
         self.table_rows.insert(1, ("rejected", rejected.len()));
         self.write_seconds = started.elapsed().as_secs_f64();
         Ok(Some(position))
     }
+}
+
+/// A name no earlier state of this store has had: the time in ns and the process id.
+fn new_generation() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_nanos());
+    format!("{nanos:x}-{}", std::process::id())
 }
 
 /// Stored rejections plus new ones; a rejection of the same input, from the same place, for the

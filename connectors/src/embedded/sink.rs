@@ -56,7 +56,7 @@ impl Sink for MemorySink {
         let position = if same_input { checkpoint.position } else { 0 };
         snapshots.input = input.to_owned();
         snapshots.covered = position;
-        Ok(Restored { events, position })
+        Ok(Restored { events, position, state: None })
     }
 
     /// Takes in the tables' rows derived while restoring.

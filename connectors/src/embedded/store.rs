@@ -4,6 +4,12 @@
 //! files are renamed into place, so a reader sees the old or the new file, never a torn one.
 //! `events` is renamed first: it is the source of truth the next replay rebuilds all derived
 //! tables from, so a crash between renames heals on the next replay.
+//!
+//! `<data>/tables/generation` names the operator state (`<data>/state`, written by a replay before
+//! its tables) that these tables were derived with. Every write removes it before renaming any
+//! file, and only a replay that saved state writes it again, after its last rename: state is used
+//! only with the very tables it derived, and any other write (a crash half-way, a `serve`
+//! snapshot) makes the next replay re-feed the stored events instead.
 
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
@@ -61,6 +67,38 @@ impl EmbeddedStore {
         let dir = data_dir.join("tables");
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
         Ok(EmbeddedStore { dir })
+    }
+
+    /// Where a replay saves operator state.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.with_file_name("state")
+    }
+
+    fn generation_path(&self) -> PathBuf {
+        self.dir.join("generation")
+    }
+
+    /// The operator state generation the tables were derived with, if they were written with one.
+    pub fn generation(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.generation_path()).ok()?;
+        Some(text.trim().to_owned()).filter(|generation| !generation.is_empty())
+    }
+
+    /// Records that the tables as they are now were derived with operator state `generation`.
+    pub fn set_generation(&self, generation: &str) -> Result<(), StoreError> {
+        let path = self.generation_path();
+        let partial = path.with_extension("partial");
+        let io = |source| StoreError::Io { path: path.display().to_string(), source };
+        std::fs::write(&partial, generation).map_err(io)?;
+        File::open(&partial).and_then(|file| file.sync_all()).map_err(io)?;
+        std::fs::rename(&partial, &path).map_err(io)?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| StoreError::Io { path: self.dir.display().to_string(), source })
     }
 
     pub fn table_path(&self, table: &str) -> PathBuf {
@@ -126,14 +164,18 @@ impl EmbeddedStore {
                 .collect()
         });
         let partials = partials.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // From the first rename on, the tables are no longer those the saved state derived.
+        match std::fs::remove_file(self.generation_path()) {
+            Ok(()) => self.sync_dir()?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Io { path: self.generation_path().display().to_string(), source }),
+        }
         for (table, partial) in batches.iter().zip(partials) {
             let path = self.table_path(table.table);
             std::fs::rename(&partial, &path)
                 .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         }
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|source| StoreError::Io { path: self.dir.display().to_string(), source })
+        self.sync_dir()
     }
 
     /// Writes and fsyncs `<table>.parquet.partial`, returning its path.

@@ -255,8 +255,7 @@ fn run_runtime(
     (workers, spacing): (usize, Duration),
     stop: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
-    let mut driver = convoflow_operators::Driver::start(workers, tenants)?;
-    let (position, stats) = restore(&mut driver, &mut sink, &mut observer, Some(&input_id))?;
+    let (driver, position, stats) = restore(workers, tenants, &mut sink, &mut observer, Some(&input_id))?;
     let source = open_source(position)?;
     Runtime { source, sink: &mut sink, observer, driver, stop, spacing }.run(stats)?;
     Ok(())

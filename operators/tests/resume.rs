@@ -1,0 +1,118 @@
+//! Persisted operator state (`convoflow_operators::state`): a dataflow resumed from saved state
+//! and then given new input ends with the same tables as one re-fed every stored event and given
+//! the same input, on one or two workers, saved and resumed with the same or another worker count.
+//! State that is torn, of another tag or missing is refused, never half loaded.
+
+mod support;
+
+use convoflow_events::{parse_event, Event, Tenants};
+use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
+use convoflow_operators::{Driver, TableSet};
+use std::sync::Arc;
+use support::*;
+
+const EPOCH: usize = 700;
+
+/// Generated traffic (duplicates, late arrivals, statuses before sends, three tenants with
+/// funnels and attribution) and its tenants.
+fn traffic(lines: u64) -> (Vec<Event>, Tenants) {
+    let config = GeneratorConfig { events: lines, seed: 13, tenants: 3 };
+    let mut ndjson = Vec::new();
+    generate(&config, &mut ndjson).expect("generate");
+    let events = ndjson.split(|byte| *byte == b'\n').filter_map(|line| parse_event(line).ok()).collect();
+    let tenants = Tenants::from_json(&tenants_json(&tenant_profiles(3))).expect("tenants");
+    (events, tenants)
+}
+
+/// Feeds `events` in epochs (positions from `first`) and adds what they change to `tables`.
+fn feed(driver: &mut Driver, events: &[Event], first: u64, tables: &mut TableSet) -> u64 {
+    let mut duplicates = 0;
+    for (n, chunk) in events.chunks(EPOCH).enumerate() {
+        let base = first + (n * EPOCH) as u64;
+        let epoch = chunk.iter().enumerate().map(|(i, event)| (base + i as u64, Box::new(event.clone()))).collect();
+        driver.submit(epoch, 0).expect("submit");
+        let output = driver.next_output().expect("epoch");
+        duplicates += output.duplicates;
+        tables.merge(output.tables);
+    }
+    tables.consolidate();
+    duplicates
+}
+
+fn assert_same(left: &TableSet, right: &TableSet, what: &str) {
+    for table in tables() {
+        let (a, b) = (table_rows(left, table), table_rows(right, table));
+        assert!(a == b, "{what}: table {table} differs ({} rows against {})", a.len(), b.len());
+    }
+}
+
+#[test]
+fn resumed_state_and_new_input_equal_re_feeding_everything() {
+    let (events, tenants) = traffic(12_000);
+    let tenants = Arc::new(tenants);
+    let split = events.len() * 2 / 3;
+    // The new input holds later and late events, and redelivers part of what is stored.
+    let (stored, mut new) = (events[..split].to_vec(), events[split..].to_vec());
+    new.extend(stored[split / 2..split / 2 + 500].iter().cloned());
+    let stored_end = 1 + stored.len() as u64;
+
+    for (saved_by, resumed_by) in [(1, 1), (2, 2), (1, 2), (2, 1)] {
+        let mut refed = TableSet::default();
+        let mut driver = Driver::start(resumed_by, tenants.clone()).expect("start");
+        feed(&mut driver, &stored, 1, &mut refed);
+        let refed_duplicates = feed(&mut driver, &new, stored_end, &mut refed);
+        driver.shutdown().expect("shutdown");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state");
+        let mut before = TableSet::default();
+        let mut driver = Driver::start(saved_by, tenants.clone()).expect("start");
+        feed(&mut driver, &stored, 1, &mut before);
+        driver.save(&state, "tag-1").expect("save");
+        driver.shutdown().expect("shutdown");
+
+        let what = format!("saved by {saved_by} workers, resumed by {resumed_by}");
+        let (mut driver, restored) = Driver::resume(resumed_by, tenants.clone(), &state, "tag-1").expect("resume");
+        let mut resumed = restored.tables;
+        assert!(resumed.events.is_empty(), "{what}: the events are the store's, not the state's");
+        resumed.consolidate();
+        resumed.events = before.events.clone();
+        assert_same(&resumed, &before, &format!("{what}, as restored"));
+        let resumed_duplicates = feed(&mut driver, &new, stored_end, &mut resumed);
+        driver.shutdown().expect("shutdown");
+        assert_eq!(resumed.negative_rows(), 0, "{what}");
+        assert_eq!(resumed_duplicates, refed_duplicates, "{what}: redelivered events are known as duplicates");
+        assert_same(&resumed, &refed, &format!("{what}, after the new input"));
+    }
+}
+
+#[test]
+fn torn_foreign_or_missing_state_is_refused() {
+    let (events, tenants) = traffic(2_000);
+    let tenants = Arc::new(tenants);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut driver = Driver::start(2, tenants.clone()).expect("start");
+    feed(&mut driver, &events, 1, &mut TableSet::default());
+    driver.save(&state, "tag-1").expect("save");
+    // Saving again replaces the state whole, over a partial directory a crash left.
+    std::fs::create_dir_all(dir.path().join("state.partial")).expect("partial dir");
+    std::fs::write(dir.path().join("state.partial").join("worker-0.bin"), b"torn").expect("torn file");
+    driver.save(&state, "tag-1").expect("save over a partial directory");
+    driver.shutdown().expect("shutdown");
+
+    let refused = |tag: &str| Driver::resume(2, tenants.clone(), &state, tag).err().map(|error| error.to_string());
+    assert!(refused("tag-1").is_none(), "the saved state loads");
+    let other = refused("tag-2").expect("another tag is refused");
+    assert!(other.contains("tag-1") && other.contains("tag-2"), "{other}");
+
+    let file = state.join("worker-1.bin");
+    let bytes = std::fs::read(&file).expect("state file");
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("tear");
+    let torn = refused("tag-1").expect("a torn file is refused");
+    assert!(torn.contains("worker-1.bin"), "{torn}");
+
+    std::fs::remove_dir_all(&state).expect("remove");
+    let missing = refused("tag-1").expect("no state is refused");
+    assert!(missing.contains("worker-0.bin"), "{missing}");
+}
