@@ -328,9 +328,23 @@ impl Driver {
     }
 }
 
-/// What a saved state is checked against: its generation and the tenants configuration.
+/// What a saved state is checked against: its generation, the tenants configuration and the key
+/// hashes. Saved keys sit on the worker their route chose and the dedup index holds event keys, so
+/// a build whose hashes differ (an upgraded `rustc-hash`, another `Hash` for strings or tuples)
+/// must not load them: its probe differs and the events are re-fed instead.
 fn state_tag(generation: &str, tenants: &Tenants) -> String {
-    format!("{generation} tenants:{:016x}", tenants.fingerprint())
+    format!("{generation} tenants:{:016x} hashes:{:016x}", tenants.fingerprint(), hash_probe())
+}
+
+/// The key hashes of this build, on fixed samples of the key shapes the operators use.
+fn hash_probe() -> u64 {
+    let routes = [
+        crate::reduce::route("tenant"),
+        crate::reduce::route(&("tenant".to_owned(), "contact".to_owned())),
+        crate::reduce::route(&("tenant", 7_u64, Some(3_i64))),
+    ];
+    let event = convoflow_events::event_key("tenant", "event");
+    routes.iter().fold(event as u64 ^ (event >> 64) as u64, |probe, route| probe.rotate_left(17) ^ route)
 }
 
 fn state_dir<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DriverError + 'a {

@@ -20,7 +20,8 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
-/// Routes a key to a worker; stable for the life of the process, which is all exchange needs.
+/// Routes a key to a worker. Saved state holds keys where this put them, so a saved state records
+/// the hashes of its build (see `Driver::save`) and a build that hashes otherwise re-feeds instead.
 pub fn route<K: Hash + ?Sized>(key: &K) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(key)
 }

@@ -116,3 +116,29 @@ fn torn_foreign_or_missing_state_is_refused() {
     let missing = refused("tag-1").expect("no state is refused");
     assert!(missing.contains("worker-0.bin"), "{missing}");
 }
+
+/// Saved keys sit where this build's hashes routed them: a state whose recorded hashes differ
+/// (another build of `rustc-hash`, another `Hash` for strings) is refused, and the events re-fed.
+#[test]
+fn a_state_saved_by_a_build_that_hashes_otherwise_is_refused() {
+    let (events, tenants) = traffic(500);
+    let tenants = Arc::new(tenants);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut driver = Driver::start(1, tenants.clone()).expect("start");
+    feed(&mut driver, &events, 1, &mut TableSet::default());
+    driver.save(&state, "tag-1").expect("save");
+    driver.shutdown().expect("shutdown");
+
+    let file = state.join("worker-0.bin");
+    let mut bytes = std::fs::read(&file).expect("state file");
+    let marker = b"hashes:";
+    let at = bytes.windows(marker.len()).position(|window| window == marker).expect("the header records the hashes");
+    let digits = &mut bytes[at + marker.len()..at + marker.len() + 16];
+    assert!(digits.iter().all(u8::is_ascii_hexdigit), "16 hex digits follow");
+    digits[0] = if digits[0] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&file, &bytes).expect("rewrite");
+    let refused = Driver::resume(1, tenants, &state, "tag-1").err().map(|error| error.to_string());
+    let refused = refused.expect("a state of other hashes is refused");
+    assert!(refused.contains("hashes:"), "{refused}");
+}
