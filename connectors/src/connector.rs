@@ -114,10 +114,14 @@ pub trait Sink {
     fn tick(&mut self, _position: u64) -> Result<Option<u64>, RuntimeError> {
         Ok(None)
     }
-    /// Where to save the operator state before [`Sink::finish`], which then ties its tables to
-    /// that state's generation. `None`: the sink keeps none, and restoring re-feeds its events.
-    fn state_to_save(&mut self) -> Option<SavedState> {
-        None
+    /// Asked between epochs (`ending` false, just before [`Sink::tick`]) and once before
+    /// [`Sink::finish`] (`ending` true); `position` is how far the commits will reach once every
+    /// finished epoch is committed. Where to save the operator state now, when the sink's next
+    /// write (that tick's snapshot, or the finish) ties its tables to it; the runtime then commits
+    /// every finished epoch first, so the state saved is of exactly what the sink holds. `None`:
+    /// no state now (a sink that never keeps any restores by re-feeding its events).
+    fn state_due(&mut self, _position: u64, _ending: bool) -> Result<Option<SavedState>, RuntimeError> {
+        Ok(None)
     }
     /// At the end (a last snapshot); returns the position held durably, if any.
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError>;
@@ -170,8 +174,8 @@ impl Sink for Box<dyn Sink + Send> {
     fn tick(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         (**self).tick(position)
     }
-    fn state_to_save(&mut self) -> Option<SavedState> {
-        (**self).state_to_save()
+    fn state_due(&mut self, position: u64, ending: bool) -> Result<Option<SavedState>, RuntimeError> {
+        (**self).state_due(position, ending)
     }
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         (**self).finish(position)

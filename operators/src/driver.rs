@@ -188,6 +188,7 @@ impl Driver {
                 None => Registry::default(),
             }));
             let (mut input, probe, collected) = attach(worker, tenants.clone(), &registry);
+            registry.borrow_mut().loaded();
             // Blocking between epochs is safe: every worker gets every epoch (maybe empty), and
             // one only waits for the next after the whole dataflow has finished this one.
             while let Ok(command) = feed.recv() {

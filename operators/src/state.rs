@@ -19,12 +19,14 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-/// Bumped whenever any operator's state type changes: a state of another format is not loaded.
-pub const STATE_FORMAT: u32 = 1;
+/// Bumped whenever any operator's state type, or the file layout, changes: a state of another
+/// format is not loaded.
+pub const STATE_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -34,16 +36,19 @@ pub enum StateError {
     Decode { path: PathBuf, source: bincode::Error },
     #[error("cannot encode the state of operator {operator}: {source}")]
     Encode { operator: String, source: bincode::Error },
-    #[error("the saved state of operator {operator} cannot be decoded: {source}")]
-    Section { operator: String, source: bincode::Error },
     #[error("{path}: format {found}, this build reads {STATE_FORMAT}")]
     Format { path: PathBuf, found: u32 },
     #[error("{path}: saved with tag `{found}`, expected `{expected}`")]
     Tag { path: PathBuf, found: String, expected: String },
+    #[error("{path}: saved by {found} workers, as its first file says {expected}")]
+    Workers { path: PathBuf, found: usize, expected: usize },
+    #[error("{path}: holds operator {found} where this build has {expected}")]
+    Operator { path: PathBuf, found: String, expected: String },
 }
 
-/// What one worker's file starts with; then come `operators` sections of `(name, state)`, each
-/// the operator's state encoded by itself.
+/// What one worker's file starts with; then come `operators` sections, each the operator's name
+/// and its state, encoded straight to the file in the order the dataflow builds its operators
+/// (so a load decodes each straight from the file into the operator being built).
 #[derive(Serialize, Deserialize)]
 struct Header {
     format: u32,
@@ -53,17 +58,12 @@ struct Header {
     operators: usize,
 }
 
-struct WorkerFile {
-    workers: usize,
-    operators: Vec<(String, Vec<u8>)>,
-}
-
 pub fn worker_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("worker-{index}.bin"))
 }
 
-/// Writes this worker's file (fsynced; the driver renames the directory into place), one
-/// operator's encoded state in memory at a time.
+/// Writes this worker's file (fsynced; the driver renames the directory into place), each
+/// operator's state encoded straight into the file.
 pub(crate) fn save_worker(
     registry: &Registry,
     dir: &Path,
@@ -73,73 +73,107 @@ pub(crate) fn save_worker(
 ) -> Result<(), StateError> {
     let path = worker_path(dir, index);
     let file = std::fs::File::create(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
-    let mut out = std::io::BufWriter::new(file);
+    let mut out = BufWriter::with_capacity(1 << 20, file);
     let header = Header { format: STATE_FORMAT, tag: tag.to_owned(), workers, operators: registry.operators.len() };
     bincode::serialize_into(&mut out, &header).map_err(encode("header"))?;
     for (name, operator) in &registry.operators {
-        let bytes = operator.save().map_err(encode(name))?;
-        bincode::serialize_into(&mut out, &(name, bytes)).map_err(encode(name))?;
+        bincode::serialize_into(&mut out, name).map_err(encode(name))?;
+        operator.save(&mut out).map_err(encode(name))?;
     }
     let file = out.into_inner().map_err(|error| StateError::Io { path: path.clone(), source: error.into_error() })?;
     file.sync_all().map_err(|source| StateError::Io { path, source })
-}
-
-/// Reads what worker `index` of `workers` loads from `dir`: its own file when the state was saved
-/// by as many workers, else every file (each operator then keeps its own keys).
-fn load_worker(dir: &Path, tag: &str, index: usize, workers: usize) -> Result<Loaded, StateError> {
-    let own = read_worker_file(&worker_path(dir, index), tag);
-    let (files, filter) = match own {
-        Ok(file) if file.workers == workers => (vec![file], false),
-        // Saved by another number of workers (this one may have had no file): read them all.
-        _ => {
-            let first = read_worker_file(&worker_path(dir, 0), tag)?;
-            let mut files = Vec::with_capacity(first.workers);
-            let saved_by = first.workers;
-            files.push(first);
-            for other in 1..saved_by {
-                files.push(read_worker_file(&worker_path(dir, other), tag)?);
-            }
-            (files, true)
-        }
-    };
-    let mut sections: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    for file in files {
-        for (name, bytes) in file.operators {
-            sections.entry(name).or_default().push(bytes);
-        }
-    }
-    Ok(Loaded { sections, filter, index, workers })
 }
 
 fn encode(operator: &str) -> impl FnOnce(bincode::Error) -> StateError + '_ {
     move |source| StateError::Encode { operator: operator.to_owned(), source }
 }
 
-fn read_worker_file(path: &Path, tag: &str) -> Result<WorkerFile, StateError> {
-    let bytes = std::fs::read(path).map_err(|source| StateError::Io { path: path.to_owned(), source })?;
-    let decode = |source| StateError::Decode { path: path.to_owned(), source };
-    let mut input = bytes.as_slice();
-    let header: Header = bincode::deserialize_from(&mut input).map_err(decode)?;
-    if header.format != STATE_FORMAT {
-        return Err(StateError::Format { path: path.to_owned(), found: header.format });
-    }
-    if header.tag != tag {
-        return Err(StateError::Tag { path: path.to_owned(), found: header.tag, expected: tag.to_owned() });
-    }
-    let operators = (0..header.operators)
-        .map(|_| bincode::deserialize_from(&mut input).map_err(decode))
-        .collect::<Result<Vec<(String, Vec<u8>)>, _>>()?;
-    if !input.is_empty() {
-        let trailing = Box::new(bincode::ErrorKind::Custom(format!("{} bytes after the last section", input.len())));
-        return Err(decode(trailing));
-    }
-    Ok(WorkerFile { workers: header.workers, operators })
+/// One saved worker file, read section by section.
+struct WorkerFile {
+    path: PathBuf,
+    input: BufReader<File>,
+    workers: usize,
+    sections: usize,
 }
 
-/// The sections a worker loads, before its operators take them.
-pub(crate) struct Loaded {
-    sections: BTreeMap<String, Vec<Vec<u8>>>,
-    /// The sections hold other workers' keys too.
+impl WorkerFile {
+    fn open(path: PathBuf, tag: &str) -> Result<Self, StateError> {
+        let file = File::open(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let header: Header = bincode::deserialize_from(&mut input)
+            .map_err(|source| StateError::Decode { path: path.clone(), source })?;
+        if header.format != STATE_FORMAT {
+            return Err(StateError::Format { path, found: header.format });
+        }
+        if header.tag != tag {
+            return Err(StateError::Tag { path, found: header.tag, expected: tag.to_owned() });
+        }
+        Ok(WorkerFile { path, input, workers: header.workers, sections: header.operators })
+    }
+
+    fn decode(&self) -> impl FnOnce(bincode::Error) -> StateError + '_ {
+        |source| StateError::Decode { path: self.path.clone(), source }
+    }
+
+    /// The next section, which must be operator `name`'s.
+    fn next<M: DeserializeOwned>(&mut self, name: &str) -> Result<M, StateError> {
+        if self.sections == 0 {
+            return Err(StateError::Operator {
+                path: self.path.clone(),
+                found: "nothing".to_owned(),
+                expected: name.to_owned(),
+            });
+        }
+        self.sections -= 1;
+        let found: String = bincode::deserialize_from(&mut self.input).map_err(self.decode())?;
+        if found != name {
+            return Err(StateError::Operator { path: self.path.clone(), found, expected: name.to_owned() });
+        }
+        bincode::deserialize_from(&mut self.input).map_err(self.decode())
+    }
+
+    /// Every section was taken and nothing follows the last.
+    fn end(mut self) -> Result<(), StateError> {
+        if self.sections > 0 {
+            let found = bincode::deserialize_from::<_, String>(&mut self.input).unwrap_or_default();
+            return Err(StateError::Operator { path: self.path, found, expected: "no more operators".to_owned() });
+        }
+        let mut rest = Vec::new();
+        self.input.read_to_end(&mut rest).map_err(|source| StateError::Io { path: self.path.clone(), source })?;
+        if !rest.is_empty() {
+            let trailing = Box::new(bincode::ErrorKind::Custom(format!("{} bytes after the last section", rest.len())));
+            return Err(StateError::Decode { path: self.path, source: trailing });
+        }
+        Ok(())
+    }
+}
+
+/// Opens what worker `index` of `workers` loads from `dir`: its own file when the state was saved
+/// by as many workers, else every file (each operator then keeps its own keys).
+fn open_worker(dir: &Path, tag: &str, index: usize, workers: usize) -> Result<Loading, StateError> {
+    if let Ok(own) = WorkerFile::open(worker_path(dir, index), tag) {
+        if own.workers == workers {
+            return Ok(Loading { files: vec![own], filter: false, index, workers });
+        }
+    }
+    // Saved by another number of workers (this one may have had no file): read them all.
+    let first = WorkerFile::open(worker_path(dir, 0), tag)?;
+    let saved_by = first.workers;
+    let mut files = vec![first];
+    for other in 1..saved_by {
+        let file = WorkerFile::open(worker_path(dir, other), tag)?;
+        if file.workers != saved_by {
+            return Err(StateError::Workers { path: file.path, found: file.workers, expected: saved_by });
+        }
+        files.push(file);
+    }
+    Ok(Loading { files, filter: true, index, workers })
+}
+
+/// The files a worker's operators load from while its dataflow is built.
+pub(crate) struct Loading {
+    files: Vec<WorkerFile>,
+    /// The files hold other workers' keys too.
     filter: bool,
     index: usize,
     workers: usize,
@@ -147,14 +181,15 @@ pub(crate) struct Loaded {
 
 /// An operator's state, shared between the operator and its worker's registry.
 trait Saved {
-    fn save(&self) -> Result<Vec<u8>, bincode::Error>;
+    fn save(&self, out: &mut dyn Write) -> Result<(), bincode::Error>;
 }
 
 /// The operators of one worker's dataflow, and what they are to load.
 #[derive(Default)]
 pub struct Registry {
     operators: Vec<(String, Box<dyn Saved>)>,
-    loaded: Option<Loaded>,
+    loading: Option<Loading>,
+    restoring: bool,
     /// Why the state could not be loaded (the first reason).
     error: Option<StateError>,
 }
@@ -162,26 +197,37 @@ pub struct Registry {
 impl Registry {
     /// What worker `index` of `workers` is built with, to resume from `dir`.
     pub(crate) fn load(dir: &Path, tag: &str, index: usize, workers: usize) -> Self {
-        match load_worker(dir, tag, index, workers) {
-            Ok(loaded) => Registry { operators: Vec::new(), loaded: Some(loaded), error: None },
-            Err(error) => Registry { operators: Vec::new(), loaded: None, error: Some(error) },
+        match open_worker(dir, tag, index, workers) {
+            Ok(loading) => Registry { operators: Vec::new(), loading: Some(loading), restoring: true, error: None },
+            Err(error) => Registry { operators: Vec::new(), loading: None, restoring: false, error: Some(error) },
         }
     }
 
     /// Whether the dataflow was built from a saved state (its epoch 0 then gives the restored rows).
     pub fn restoring(&self) -> bool {
-        self.loaded.is_some()
+        self.restoring
     }
 
-    /// A section no operator could decode.
+    /// Once the dataflow is built: every saved section must have been taken.
+    pub(crate) fn loaded(&mut self) {
+        if let Some(loading) = self.loading.take() {
+            for file in loading.files {
+                if let Err(error) = file.end() {
+                    self.error.get_or_insert(error);
+                }
+            }
+        }
+    }
+
+    /// Why the state could not be loaded, if it could not.
     pub(crate) fn take_error(&mut self) -> Option<StateError> {
         self.error.take()
     }
 }
 
 impl<T: Serialize> Saved for Rc<RefCell<T>> {
-    fn save(&self) -> Result<Vec<u8>, bincode::Error> {
-        bincode::serialize(&*self.borrow())
+    fn save(&self, out: &mut dyn Write) -> Result<(), bincode::Error> {
+        bincode::serialize_into(out, &*self.borrow())
     }
 }
 
@@ -210,16 +256,17 @@ where
         let mut registry = registry.borrow_mut();
         let registry = &mut *registry;
         registry.operators.push((name.to_owned(), Box::new(state.clone())));
-        let Some(loaded) = registry.loaded.as_mut() else { return false };
-        for bytes in loaded.sections.remove(name).unwrap_or_default() {
-            match bincode::deserialize::<M>(&bytes) {
-                Ok(saved) => {
-                    let (index, workers) = (loaded.index as u64, loaded.workers as u64);
-                    let mine = |key: &M::Key| !loaded.filter || route(key) % workers == index;
-                    state.borrow_mut().absorb(saved, mine);
-                }
-                Err(source) => {
-                    registry.error.get_or_insert(StateError::Section { operator: name.to_owned(), source });
+        let Some(loading) = registry.loading.as_mut() else { return registry.restoring };
+        let (index, workers) = (loading.index as u64, loading.workers as u64);
+        let filter = loading.filter;
+        for file in &mut loading.files {
+            match file.next::<M>(name) {
+                Ok(saved) if filter => state.borrow_mut().absorb(saved, |key| route(key) % workers == index),
+                Ok(saved) => state.borrow_mut().absorb_all(saved),
+                Err(error) => {
+                    registry.error.get_or_insert(error);
+                    registry.loading = None;
+                    break;
                 }
             }
         }
@@ -232,11 +279,20 @@ pub(crate) trait Entries {
     type Key;
     /// Adds `other`'s entries whose key `keep` accepts.
     fn absorb(&mut self, other: Self, keep: impl Fn(&Self::Key) -> bool);
+    /// Adds all of `other`'s entries (taking `other` whole when empty).
+    fn absorb_all(&mut self, other: Self);
 }
 
 impl<K: std::hash::Hash + Eq, V> Entries for rustc_hash::FxHashMap<K, V> {
     type Key = K;
     fn absorb(&mut self, other: Self, keep: impl Fn(&K) -> bool) {
         self.extend(other.into_iter().filter(|(key, _)| keep(key)));
+    }
+    fn absorb_all(&mut self, other: Self) {
+        if self.is_empty() {
+            *self = other;
+        } else {
+            self.extend(other);
+        }
     }
 }

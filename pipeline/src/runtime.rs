@@ -9,7 +9,9 @@
 //!    tables reach, and the operator state saved with those tables, if any. The driver resumes
 //!    from that state; without one, or when it cannot be loaded, the events go through the driver
 //!    (in epochs of [`RESTORE_EPOCH_EVENTS`]) to rebuild it. Either way the rows go back to the
-//!    sink. A sink that keeps state has it saved at the end, before it finishes.
+//!    sink. A sink that keeps state has it saved when it asks ([`Sink::state_due`]: before a
+//!    `serve` snapshot, and at the end, before it finishes), after every finished epoch is
+//!    committed, so the state is of exactly what the sink's next write holds.
 //! 2. **Catch up.** The source opens at that position and is read up to where its input ended at
 //!    start; only then is the caller told it is ready ([`Observer::ready`]).
 //! 3. **Epochs.** Each read is one epoch. While the workers run it, the previous epoch is
@@ -21,7 +23,7 @@
 //!    input ends at that moment (what was acknowledged to a client must be applied). The sink then
 //!    finishes (a last snapshot) and the source acknowledges what it holds.
 
-use convoflow_connectors::{Commit, Read, Restored, RuntimeError, Sink, Source};
+use convoflow_connectors::{Commit, Read, Restored, RuntimeError, SavedState, Sink, Source};
 use convoflow_events::Tenants;
 use convoflow_operators::{Driver, EpochOutput, RejectedRow, TableSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +77,7 @@ pub struct RunStats {
     /// Operator state was resumed from what the sink saved, not rebuilt by re-feeding.
     pub resumed: bool,
     pub restore_seconds: f64,
-    /// Saving the operator state at the end.
+    /// Saving the operator state (at the end, and with each `serve` snapshot).
     pub save_seconds: f64,
     pub seconds: f64,
 }
@@ -179,6 +181,13 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
                 self.observer.ready(&stats, from, start_end);
             }
             if !catching_up {
+                let after = held.as_ref().map_or(reach, |finished| finished.position);
+                if let Some(state) = self.sink.state_due(after, false)? {
+                    if let Some(finished) = held.take() {
+                        self.commit(finished, &mut reach, &mut stats)?;
+                    }
+                    self.save_state(&state, &mut stats)?;
+                }
                 if let Some(durable) = self.sink.tick(reach)? {
                     self.source.acknowledge(durable)?;
                 }
@@ -246,10 +255,8 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
         if let Some(finished) = held.take() {
             self.commit(finished, &mut reach, &mut stats)?;
         }
-        if let Some(state) = self.sink.state_to_save() {
-            let saving = Instant::now();
-            self.driver.save(&state.dir, &state.generation)?;
-            stats.save_seconds = saving.elapsed().as_secs_f64();
+        if let Some(state) = self.sink.state_due(reach, true)? {
+            self.save_state(&state, &mut stats)?;
         }
         // The workers' state goes before the sink finishes: a replay's one write then reuses
         // its memory instead of adding to it.
@@ -259,6 +266,16 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
         }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok((stats, self.observer))
+    }
+
+    /// Saves the operator state after every epoch committed so far (none is in flight).
+    fn save_state(&mut self, state: &SavedState, stats: &mut RunStats) -> Result<(), RuntimeError> {
+        let saving = Instant::now();
+        self.driver.save(&state.dir, &state.generation)?;
+        let seconds = saving.elapsed().as_secs_f64();
+        stats.save_seconds += seconds;
+        tracing::debug!(generation = %state.generation, seconds, "operator state saved");
+        Ok(())
     }
 
     fn commit(&mut self, finished: Finished, reach: &mut u64, stats: &mut RunStats) -> Result<(), RuntimeError> {

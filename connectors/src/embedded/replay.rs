@@ -119,10 +119,14 @@ impl Sink for ParquetSink {
         Ok(Committed { rows: 0, durable: None })
     }
 
-    fn state_to_save(&mut self) -> Option<SavedState> {
-        let generation = new_generation();
+    /// At the end only: `finish` writes the tables once.
+    fn state_due(&mut self, _position: u64, ending: bool) -> Result<Option<SavedState>, RuntimeError> {
+        if !ending {
+            return Ok(None);
+        }
+        let generation = EmbeddedStore::new_generation();
         self.saved = Some(generation.clone());
-        Some(SavedState { dir: self.store.state_dir(), generation })
+        Ok(Some(SavedState { dir: self.store.state_dir(), generation }))
     }
 
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
@@ -138,12 +142,6 @@ impl Sink for ParquetSink {
         self.write_seconds = started.elapsed().as_secs_f64();
         Ok(Some(position))
     }
-}
-
-/// A name no earlier state of this store has had: the time in ns and the process id.
-fn new_generation() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_nanos());
-    format!("{nanos:x}-{}", std::process::id())
 }
 
 /// Stored rejections plus new ones; a rejection of the same input, from the same place, for the

@@ -5,13 +5,21 @@
 //! The input position the tables reach is kept in `tables/checkpoint.json` beside the snapshot.
 //! After a restart the runtime reads the input from there; events already stored come again as
 //! duplicates and change nothing. An epoch is durable only with the next snapshot.
+//!
+//! Just before a snapshot takes its tables, the operator state is saved (`data/state`, a new
+//! generation; see `Sink::state_due`), and the snapshot names that generation in
+//! `tables/generation` once it is whole. A restart then resumes from the state instead of
+//! re-feeding every stored event: the snapshot's `events` and `rejected` are taken at the same
+//! point as the state (the derived tables may be taken later, and are derived again from the
+//! state on restart anyway).
 
 use super::{lock_tables, snapshot_table, EmbeddedStore, MemoryReader, MemoryTables};
-use crate::connector::{Commit, Committed, Restored, RuntimeError, Sink};
+use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
 use convoflow_api::Reader;
 use convoflow_operators::TableSet;
 use convoflow_schema::TABLES;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +43,7 @@ impl MemorySink {
             writing: None,
             last: Instant::now(),
             input: String::new(),
+            generation: None,
         };
         let reader = Arc::new(MemoryReader { tables: tables.clone(), runtime });
         Ok(MemorySink { tables, snapshots, reader })
@@ -56,7 +65,9 @@ impl Sink for MemorySink {
         let position = if same_input { checkpoint.position } else { 0 };
         snapshots.input = input.to_owned();
         snapshots.covered = position;
-        Ok(Restored { events, position, state: None })
+        let store = &snapshots.store;
+        let state = store.generation().map(|generation| SavedState { dir: store.state_dir(), generation });
+        Ok(Restored { events, position, state })
     }
 
     /// Takes in the tables' rows derived while restoring.
@@ -74,10 +85,26 @@ impl Sink for MemorySink {
     /// After an epoch: starts a snapshot when one is due. Checked after every epoch too, so a
     /// steady stream of input cannot hold snapshots off.
     fn tick(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
-        if self.snapshots.last.elapsed() >= self.snapshots.interval {
+        if self.snapshots.due() {
             self.snapshots.start(&self.tables, position)?;
         }
         Ok(None)
+    }
+
+    /// With each snapshot that will be written (one is due and the tables changed, or the last).
+    fn state_due(&mut self, position: u64, ending: bool) -> Result<Option<SavedState>, RuntimeError> {
+        let snapshots = &mut self.snapshots;
+        if !ending && !snapshots.due() {
+            return Ok(None);
+        }
+        // A snapshot that has just finished tells how far it reached.
+        snapshots.finish()?;
+        if position == snapshots.covered {
+            return Ok(None);
+        }
+        let generation = EmbeddedStore::new_generation();
+        snapshots.generation = Some(generation.clone());
+        Ok(Some(SavedState { dir: snapshots.store.state_dir(), generation }))
     }
 
     /// At shutdown: a last snapshot holding everything up to `position`.
@@ -136,13 +163,21 @@ struct Snapshots {
     covered: u64,
     writing: Option<std::thread::JoinHandle<Result<u64, RuntimeError>>>,
     last: Instant,
+    /// The operator state saved for the next snapshot, which names it once written.
+    generation: Option<String>,
 }
 
 impl Snapshots {
+    /// The interval has passed and no snapshot is being written.
+    fn due(&self) -> bool {
+        self.last.elapsed() >= self.interval && self.writing.as_ref().is_none_or(|writing| writing.is_finished())
+    }
+
     /// Starts a snapshot covering the input up to `position` (what the tables hold now); does
-    /// nothing while one is being written or when nothing changed. The writer thread takes the
-    /// tables one at a time, so epochs go on between them: `events` (taken after `position`)
-    /// may hold more than the checkpoint says, which a restart absorbs as duplicates.
+    /// nothing while one is being written or when nothing changed. `events` and `rejected` are
+    /// taken now (their batches are shared, not copied), so they hold exactly the input up to
+    /// `position`, as the state saved just before does. The writer thread takes the derived
+    /// tables one at a time, so epochs go on between them.
     fn start(&mut self, tables: &Arc<Mutex<MemoryTables>>, position: u64) -> Result<(), RuntimeError> {
         if self.writing.as_ref().is_some_and(|writing| !writing.is_finished()) {
             return Ok(());
@@ -153,17 +188,27 @@ impl Snapshots {
             return Ok(());
         }
         let (store, data_dir, tables) = (self.store.clone(), self.data_dir.clone(), tables.clone());
-        let input = self.input.clone();
+        let (input, generation) = (self.input.clone(), self.generation.take());
+        let mut now = HashMap::new();
+        for table in ["events", "rejected"] {
+            now.insert(table, snapshot_table(&tables, table)?);
+        }
         self.writing = Some(std::thread::spawn(move || {
             convoflow_api::lower_priority();
             let started = Instant::now();
             let mut batches = Vec::with_capacity(TABLES.len());
             for &table in TABLES {
-                batches.push(snapshot_table(&tables, table)?);
+                batches.push(match now.remove(table) {
+                    Some(taken) => taken,
+                    None => snapshot_table(&tables, table)?,
+                });
             }
             store.write_batches(&batches)?;
             write_checkpoint(&data_dir, &Checkpoint { input: Some(input), position })
                 .map_err(|source| RuntimeError::Io { what: "write the snapshot's checkpoint".to_owned(), source })?;
+            if let Some(generation) = generation {
+                store.set_generation(&generation)?;
+            }
             tracing::info!(position, seconds = started.elapsed().as_secs_f64(), "tables snapshotted to Parquet");
             Ok(position)
         }));

@@ -5,11 +5,11 @@
 //! `events` is renamed first: it is the source of truth the next replay rebuilds all derived
 //! tables from, so a crash between renames heals on the next replay.
 //!
-//! `<data>/tables/generation` names the operator state (`<data>/state`, written by a replay before
-//! its tables) that these tables were derived with. Every write removes it before renaming any
-//! file, and only a replay that saved state writes it again, after its last rename: state is used
-//! only with the very tables it derived, and any other write (a crash half-way, a `serve`
-//! snapshot) makes the next replay re-feed the stored events instead.
+//! `<data>/tables/generation` names the operator state (`<data>/state`, saved by a replay before
+//! its tables, or by `serve` just before a snapshot takes its tables) that these tables were
+//! derived with. Every write removes it before renaming any file; a writer that saved state
+//! writes it again after its last rename. So state is used only with the very events it derived,
+//! and a crash half-way makes the next start re-feed the stored events instead.
 
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
@@ -82,6 +82,12 @@ impl EmbeddedStore {
     pub fn generation(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.generation_path()).ok()?;
         Some(text.trim().to_owned()).filter(|generation| !generation.is_empty())
+    }
+
+    /// A name no earlier state of a store has had: the time in ns and the process id.
+    pub fn new_generation() -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_nanos());
+        format!("{nanos:x}-{}", std::process::id())
     }
 
     /// Records that the tables as they are now were derived with operator state `generation`.

@@ -62,12 +62,25 @@ impl Observer for ServeObserver {
 
     fn ready(&mut self, stats: &RunStats, from: u64, to: u64) {
         self.ready.store(true, Ordering::SeqCst);
+        let seconds = self.started.elapsed().as_secs_f64();
+        let restored = match (stats.resumed, stats.restored_events) {
+            (true, events) => format!("resumed the saved operator state of {events} stored events"),
+            (false, 0) => "nothing stored".to_owned(),
+            (false, events) => format!("re-fed {events} stored events"),
+        };
+        println!(
+            "ready in {seconds:.1} s: {restored} in {:.1} s, then caught up on {} input records ({} {from}..{to})",
+            stats.restore_seconds,
+            to.saturating_sub(from),
+            self.input_id
+        );
         tracing::info!(
             restored_events = stats.restored_events,
+            resumed = stats.resumed,
             input = %self.input_id,
             from,
             to,
-            seconds = self.started.elapsed().as_secs_f64(),
+            seconds,
             "state restored; ready"
         );
     }
