@@ -20,6 +20,21 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off for the process, unless `MIMALLOC_ALLOW_THP` says otherwise: mimalloc
+/// asks for them on its large allocations, and faulting in zeroed 2 MiB pages made `replay` 1.3–2×
+/// slower on the machine of BENCHMARKS.md ("Huge pages"), with no run faster.
+#[allow(unsafe_code)] // no safe wrapper for prctl in std or libc
+fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE sets a flag of this process; it reads no memory.
+        let refused = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0;
+        if refused {
+            eprintln!("note: cannot turn transparent huge pages off: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "convoflow", version, about = "Live analytics for WhatsApp business messaging")]
 struct Cli {
@@ -144,6 +159,7 @@ enum Command {
 }
 
 fn main() {
+    without_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CONVOFLOW_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

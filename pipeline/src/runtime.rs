@@ -105,17 +105,27 @@ pub fn restore<K: Sink, O: Observer>(
 ) -> Result<(Driver, u64, RunStats), RuntimeError> {
     let started = Instant::now();
     let Restored { events, position, state } = sink.restore(input_id)?;
+    let loaded = started.elapsed().as_secs_f64();
     let mut stats = RunStats { restored_events: events.len() as u64, ..RunStats::default() };
     if let Some(state) = state {
         match Driver::resume(workers, tenants.clone(), &state.dir, &state.generation) {
             Ok((driver, restored)) => {
+                let resumed = started.elapsed().as_secs_f64();
                 let mut tables = restored.tables;
                 tables.events = events.into_iter().map(Box::new).collect();
                 observer.restored(&tables);
+                let observed = started.elapsed().as_secs_f64();
                 sink.restored(tables)?;
                 stats.resumed = true;
                 stats.restore_seconds = started.elapsed().as_secs_f64();
-                tracing::info!(generation = %state.generation, seconds = stats.restore_seconds, "operator state resumed");
+                tracing::info!(
+                    generation = %state.generation,
+                    loaded,
+                    resumed,
+                    observed,
+                    seconds = stats.restore_seconds,
+                    "operator state resumed (seconds since the restore began)"
+                );
                 return Ok((driver, position, stats));
             }
             Err(error) => tracing::warn!(%error, "the saved operator state is not used: re-feeding the stored events"),

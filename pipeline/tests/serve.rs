@@ -442,6 +442,17 @@ fn mixed_traffic(prefix: &str) -> Vec<Value> {
     events
 }
 
+/// mimalloc asks for transparent huge pages, which made every run slower (BENCHMARKS.md, "Huge
+/// pages"): the process turns them off.
+#[test]
+fn serve_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &config(""));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("proc status");
+    let line = status.lines().find(|line| line.starts_with("THP_enabled:")).expect("THP_enabled in /proc status");
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
+
 /// A restart resumes the operator state saved with the last snapshot, after an orderly stop and
 /// after a kill -9 that followed a periodic snapshot, instead of re-feeding the stored events;
 /// what the log holds past that snapshot is read again. Either way the tables are those of a
