@@ -3,9 +3,9 @@
 //! connector folder implements one or both; the loop is written once against these traits.
 
 use convoflow_api::Reader;
-use convoflow_events::Event;
 use convoflow_operators::dedup::Positioned;
 use convoflow_operators::{DriverError, RejectedRow, TableSet};
+use datafusion::arrow::record_batch::RecordBatch;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub enum RuntimeError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("cannot read the stored events: {0}")]
+    Stored(datafusion::arrow::error::ArrowError),
     #[error("snapshot: {0}")]
     Snapshot(String),
     #[error("input: {0}")]
@@ -76,7 +78,9 @@ pub trait Source {
 
 /// What a sink holds at start.
 pub struct Restored {
-    pub events: Vec<Event>,
+    /// The stored events, as the `events` table's Arrow batches (the sink holds them already;
+    /// they are re-fed when no state is resumed, and shown to the observer).
+    pub events: Vec<RecordBatch>,
     /// How far into the source's input the stored tables reach.
     pub position: u64,
     /// Operator state saved with exactly these tables: resumed from instead of re-feeding
@@ -106,7 +110,7 @@ pub struct Commit<'a> {
 /// Where epochs go, and where state comes back from.
 pub trait Sink {
     fn restore(&mut self, input_id: Option<&str>) -> Result<Restored, RuntimeError>;
-    /// Takes the rows derived while restoring.
+    /// Takes the rows derived while restoring; `tables.events` are stored events it holds already.
     fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError>;
     /// Stores one epoch's consolidated changes.
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError>;

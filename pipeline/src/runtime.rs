@@ -24,8 +24,10 @@
 //!    finishes (a last snapshot) and the source acknowledges what it holds.
 
 use convoflow_connectors::{Commit, Read, Restored, RuntimeError, SavedState, Sink, Source};
-use convoflow_events::Tenants;
-use convoflow_operators::{Driver, EpochOutput, RejectedRow, TableSet};
+use convoflow_events::{Event, Tenants};
+use convoflow_operators::{Driver, EpochOutput, RejectedRow};
+use convoflow_schema::events_from_batch;
+use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,8 +44,12 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 /// What the caller does around the loop (`serve`: the seen-events index, the feed, telemetry).
 pub trait Observer {
-    /// Rows derived from stored events while restoring.
-    fn restored(&mut self, _tables: &TableSet) {}
+    /// Whether it is shown the stored events when state is resumed (a re-feed reads them anyway).
+    fn wants_stored(&self) -> bool {
+        false
+    }
+    /// Stored events, chunk by chunk, while restoring.
+    fn stored(&mut self, _events: &[Event]) {}
     /// An epoch is finished by the dataflow and about to be committed.
     fn finished(&mut self, _epoch: &EpochOutput, _rejected: &[RejectedRow], _catching_up: bool) {}
     /// The epoch is committed.
@@ -106,16 +112,19 @@ pub fn restore<K: Sink, O: Observer>(
     let started = Instant::now();
     let Restored { events, position, state } = sink.restore(input_id)?;
     let loaded = started.elapsed().as_secs_f64();
-    let mut stats = RunStats { restored_events: events.len() as u64, ..RunStats::default() };
+    let mut stats =
+        RunStats { restored_events: events.iter().map(|batch| batch.num_rows() as u64).sum(), ..RunStats::default() };
     if let Some(state) = state {
         match Driver::resume(workers, tenants.clone(), &state.dir, &state.generation) {
             Ok((driver, restored)) => {
                 let resumed = started.elapsed().as_secs_f64();
-                let mut tables = restored.tables;
-                tables.events = events.into_iter().map(Box::new).collect();
-                observer.restored(&tables);
+                if observer.wants_stored() {
+                    for chunk in chunks(&events) {
+                        observer.stored(&stored_events(&chunk)?);
+                    }
+                }
                 let observed = started.elapsed().as_secs_f64();
-                sink.restored(tables)?;
+                sink.restored(restored.tables)?;
                 stats.resumed = true;
                 stats.restore_seconds = started.elapsed().as_secs_f64();
                 tracing::info!(
@@ -132,16 +141,28 @@ pub fn restore<K: Sink, O: Observer>(
         }
     }
     let mut driver = Driver::start(workers, tenants)?;
-    let mut stored = events.into_iter().map(|event| (0, Box::new(event))).peekable();
-    while stored.peek().is_some() {
-        let chunk: Vec<_> = stored.by_ref().take(RESTORE_EPOCH_EVENTS).collect();
-        driver.submit(chunk, 0)?;
+    for chunk in chunks(&events) {
+        let stored = stored_events(&chunk)?;
+        observer.stored(&stored);
+        driver.submit(stored.into_iter().map(|event| (0, Box::new(event))).collect(), 0)?;
         let output = driver.next_output()?;
-        observer.restored(&output.tables);
         sink.restored(output.tables)?;
     }
     stats.restore_seconds = started.elapsed().as_secs_f64();
     Ok((driver, position, stats))
+}
+
+/// The stored events in slices of at most [`RESTORE_EPOCH_EVENTS`] rows (no copy).
+fn chunks(batches: &[RecordBatch]) -> impl Iterator<Item = RecordBatch> + '_ {
+    batches.iter().flat_map(|batch| {
+        (0..batch.num_rows())
+            .step_by(RESTORE_EPOCH_EVENTS)
+            .map(move |offset| batch.slice(offset, RESTORE_EPOCH_EVENTS.min(batch.num_rows() - offset)))
+    })
+}
+
+fn stored_events(batch: &RecordBatch) -> Result<Vec<Event>, RuntimeError> {
+    events_from_batch(batch).map_err(RuntimeError::Stored)
 }
 
 /// The loop; see the module doc.
@@ -317,6 +338,7 @@ mod tests {
     use super::*;
     use convoflow_connectors::{Batch, Committed};
     use convoflow_events::{parse_event, Tenants};
+    use convoflow_operators::TableSet;
 
     /// One event per read, then the end; its input ends at 0, so the loop is caught up at once.
     struct Reads {

@@ -30,7 +30,7 @@ async fn store(events: Vec<Event>, tenants: Tenants, dir: &Path) -> SqlEngine {
     driver.submit(batch, 0).expect("submit");
     let output = driver.next_output().expect("the epoch finishes");
     driver.shutdown().expect("the dataflow stops");
-    EmbeddedStore::open(dir).expect("store").write(&output.tables, &output.rejected).expect("write");
+    EmbeddedStore::open(dir).expect("store").write(Vec::new(), &output.tables, &output.rejected).expect("write");
     SqlEngine::open(dir).await.expect("sql engine")
 }
 

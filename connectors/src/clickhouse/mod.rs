@@ -25,11 +25,11 @@ mod rowbinary;
 mod sink;
 
 use bytes::Bytes;
-use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
-use convoflow_schema::{events_from_batch, schema, table_batches, Rows, TABLES};
+use convoflow_schema::{schema, table_batches, Rows, TABLES};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
 
 use convoflow_queries::clickhouse_string;
 pub use query::{batch_from_json_compact, clickhouse_batches, clickhouse_dialect, clickhouse_query, ReadLimits};
@@ -279,17 +279,13 @@ impl ClickHouseStore {
         Ok(String::from_utf8_lossy(&reply).trim().parse().unwrap_or(0))
     }
 
-    /// Every committed event, to rebuild operator state from.
-    pub async fn load_events(&self) -> Result<Vec<Event>, ClickHouseError> {
+    /// Every committed event, to rebuild operator state from, as the `events` table's batches.
+    pub async fn load_events(&self) -> Result<Vec<RecordBatch>, ClickHouseError> {
         let Some(schema) = schema("events") else { return Ok(Vec::new()) };
         let names: Vec<&str> = schema.fields().iter().map(|field| field.name().as_str()).collect();
         let sql = format!("SELECT {} FROM {}.events", names.join(", "), self.config.database);
         let bytes = self.fetch(&sql, "RowBinary", "load the committed events").await?;
-        let mut events = Vec::new();
-        for batch in decode(schema, &bytes).map_err(self.rows_error("decode the committed events"))? {
-            events.extend(events_from_batch(&batch).map_err(self.rows_error("decode the committed events"))?);
-        }
-        Ok(events)
+        decode(schema, &bytes).map_err(self.rows_error("decode the committed events"))
     }
 
     /// Writes one epoch's updates into the logs, then marks the epoch committed. Retrying a failed

@@ -147,6 +147,12 @@ impl MemoryTables {
         Ok(())
     }
 
+    /// Takes in the store's events as they were loaded (batches of the `events` table).
+    pub fn hold_stored(&mut self, stored: &[RecordBatch]) -> Result<(), ArrowError> {
+        self.event_count += stored.iter().map(|batch| batch.num_rows() as u64).sum::<u64>();
+        append(&mut self.events, stored.to_vec())
+    }
+
     /// Accepted events held.
     pub fn event_count(&self) -> u64 {
         self.event_count

@@ -8,6 +8,7 @@
 use super::{EmbeddedStore, StoreError};
 use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
 use convoflow_operators::{RejectedRow, TableSet};
+use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
@@ -24,6 +25,8 @@ use std::time::Instant;
 pub struct ParquetSink {
     store: EmbeddedStore,
     levels: Vec<Option<TableSet>>,
+    /// The store's events as loaded, written back ahead of the run's new ones.
+    stored_events: Vec<RecordBatch>,
     stored_rejected: Vec<RejectedRow>,
     rejected: Vec<RejectedRow>,
     load_seconds: f64,
@@ -40,6 +43,7 @@ impl ParquetSink {
         Ok(ParquetSink {
             store: EmbeddedStore::open(data_dir)?,
             levels: Vec::new(),
+            stored_events: Vec::new(),
             stored_rejected: Vec::new(),
             rejected,
             load_seconds: 0.0,
@@ -101,14 +105,16 @@ impl Sink for ParquetSink {
     fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
         let started = Instant::now();
         let events = self.store.load_events()?;
+        self.stored_events = events.clone();
         self.stored_rejected = self.store.load_rejected()?;
         self.load_seconds = started.elapsed().as_secs_f64();
         let state = self.store.generation().map(|generation| SavedState { dir: self.store.state_dir(), generation });
-        tracing::info!(stored_events = events.len(), state = ?state, "replay loaded");
+        tracing::info!(batches = events.len(), state = ?state, "replay loaded");
         Ok(Restored { events, position: 0, state })
     }
 
-    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
+    fn restored(&mut self, mut tables: TableSet) -> Result<(), RuntimeError> {
+        tables.events.clear();
         self.gather(tables);
         Ok(())
     }
@@ -133,11 +139,14 @@ impl Sink for ParquetSink {
         let started = Instant::now();
         let tables = self.gathered();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
-        self.store.write(&tables, &rejected)?;
+        let stored = std::mem::take(&mut self.stored_events);
+        let stored_count: usize = stored.iter().map(RecordBatch::num_rows).sum();
+        self.store.write(stored, &tables, &rejected)?;
         if let Some(generation) = self.saved.take() {
             self.store.set_generation(&generation)?;
         }
         self.table_rows = tables.counts();
+        self.table_rows[0].1 += stored_count;
         self.table_rows.insert(1, ("rejected", rejected.len()));
         self.write_seconds = started.elapsed().as_secs_f64();
         Ok(Some(position))

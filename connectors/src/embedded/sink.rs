@@ -56,7 +56,10 @@ impl Sink for MemorySink {
         let snapshots = &mut self.snapshots;
         let events = snapshots.store.load_events()?;
         let rejected = snapshots.store.load_rejected()?;
-        lock_tables(&self.tables).apply(TableSet::default(), &rejected)?;
+        let mut tables = lock_tables(&self.tables);
+        tables.hold_stored(&events)?;
+        tables.apply(TableSet::default(), &rejected)?;
+        drop(tables);
         let checkpoint = read_checkpoint(&snapshots.data_dir);
         let input = input.unwrap_or_default();
         // A snapshot of another input's tables is still right; only its position is not.
@@ -70,8 +73,9 @@ impl Sink for MemorySink {
         Ok(Restored { events, position, state })
     }
 
-    /// Takes in the tables' rows derived while restoring.
-    fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
+    /// Takes in the tables' rows derived while restoring (the stored events are held already).
+    fn restored(&mut self, mut tables: TableSet) -> Result<(), RuntimeError> {
+        tables.events.clear();
         lock_tables(&self.tables).apply(tables, &[])?;
         Ok(())
     }

@@ -11,10 +11,9 @@
 //! writes it again after its last rename. So state is used only with the very events it derived,
 //! and a crash half-way makes the next start re-feed the stored events instead.
 
-use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
 use convoflow_schema::schema;
-use convoflow_schema::{events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};
+use convoflow_schema::{rejected_from_batch, table_batches, Rows, TableBatches};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -139,9 +138,16 @@ impl EmbeddedStore {
         Ok(rows)
     }
 
-    /// Every accepted event in the store.
-    pub fn load_events(&self) -> Result<Vec<Event>, StoreError> {
-        self.load("events", events_from_batch)
+    /// Every accepted event in the store, as the `events` table's batches (of 64 k rows).
+    pub fn load_events(&self) -> Result<Vec<RecordBatch>, StoreError> {
+        let path = || self.table_path("events").display().to_string();
+        let Some(schema) = schema("events") else { return Ok(Vec::new()) };
+        // Under the declared schema (the file's may differ in metadata), as every writer expects.
+        self.read_table("events")?
+            .into_iter()
+            .map(|batch| RecordBatch::try_new(schema.clone(), batch.columns().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|source| StoreError::Arrow { path: path(), source })
     }
 
     /// Every rejection in the store.
@@ -149,10 +155,20 @@ impl EmbeddedStore {
         self.load("rejected", rejected_from_batch)
     }
 
-    /// Replaces every table with `tables` and `rejected`.
-    pub fn write(&self, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
-        let batches = table_batches(tables, rejected, Rows::Contents)
+    /// Replaces every table with `tables` and `rejected`; `events` is `stored` (batches as
+    /// [`EmbeddedStore::load_events`] gave them) followed by `tables.events`.
+    pub fn write(
+        &self,
+        stored: Vec<RecordBatch>,
+        tables: &TableSet,
+        rejected: &[RejectedRow],
+    ) -> Result<(), StoreError> {
+        let mut batches = table_batches(tables, rejected, Rows::Contents)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
+        if let Some(events) = batches.iter_mut().find(|table| table.table == "events") {
+            let new = std::mem::replace(&mut events.batches, stored);
+            events.batches.extend(new);
+        }
         self.write_batches(&batches)
     }
 

@@ -6,6 +6,7 @@
 
 use crate::runtime::{EpochStats, Observer, RunStats};
 use convoflow_api::{FeedPublisher, SeenEvents, Telemetry};
+use convoflow_events::Event;
 use convoflow_operators::{EpochOutput, RejectedRow, TableSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,8 +36,12 @@ impl ServeObserver {
 }
 
 impl Observer for ServeObserver {
-    fn restored(&mut self, tables: &TableSet) {
-        self.seen.remember(tables.events.iter().map(|event| &**event));
+    fn wants_stored(&self) -> bool {
+        true
+    }
+
+    fn stored(&mut self, events: &[Event]) {
+        self.seen.remember(events.iter());
     }
 
     fn finished(&mut self, epoch: &EpochOutput, rejected: &[RejectedRow], catching_up: bool) {
