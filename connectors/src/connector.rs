@@ -86,6 +86,9 @@ pub struct Restored {
     /// Operator state saved with exactly these tables: resumed from instead of re-feeding
     /// `events`, unless it cannot be loaded.
     pub state: Option<SavedState>,
+    /// Stored events the state does not cover (ClickHouse saves state less often than it
+    /// commits): fed through the driver after resuming. Empty when `state` is `None`.
+    pub since_state: Vec<RecordBatch>,
 }
 
 /// Operator state beside a sink's tables (`convoflow_operators::state`): where, and which.

@@ -82,6 +82,8 @@ pub struct RunStats {
     pub restored_events: u64,
     /// Operator state was resumed from what the sink saved, not rebuilt by re-feeding.
     pub resumed: bool,
+    /// Stored events re-fed after resuming, which the saved state did not cover.
+    pub since_state: u64,
     pub restore_seconds: f64,
     /// Saving the operator state (at the end, and with each `serve` snapshot).
     pub save_seconds: f64,
@@ -110,13 +112,20 @@ pub fn restore<K: Sink, O: Observer>(
     input_id: Option<&str>,
 ) -> Result<(Driver, u64, RunStats), RuntimeError> {
     let started = Instant::now();
-    let Restored { events, position, state } = sink.restore(input_id)?;
+    let Restored { events, position, state, since_state } = sink.restore(input_id)?;
     let loaded = started.elapsed().as_secs_f64();
     let mut stats =
         RunStats { restored_events: events.iter().map(|batch| batch.num_rows() as u64).sum(), ..RunStats::default() };
     if let Some(state) = state {
         match Driver::resume(workers, tenants.clone(), &state.dir, &state.generation) {
-            Ok((driver, restored)) => {
+            Ok((mut driver, restored)) => {
+                sink.restored(restored.tables)?;
+                for chunk in chunks(&since_state) {
+                    let events = stored_events(&chunk)?;
+                    stats.since_state += events.len() as u64;
+                    driver.submit(events.into_iter().map(|event| (0, Box::new(event))).collect(), 0)?;
+                    sink.restored(driver.next_output()?.tables)?;
+                }
                 let resumed = started.elapsed().as_secs_f64();
                 if observer.wants_stored() {
                     for chunk in chunks(&events) {
@@ -124,11 +133,11 @@ pub fn restore<K: Sink, O: Observer>(
                     }
                 }
                 let observed = started.elapsed().as_secs_f64();
-                sink.restored(restored.tables)?;
                 stats.resumed = true;
                 stats.restore_seconds = started.elapsed().as_secs_f64();
                 tracing::info!(
                     generation = %state.generation,
+                    since_state = stats.since_state,
                     loaded,
                     resumed,
                     observed,
@@ -376,7 +385,7 @@ mod tests {
 
     impl Sink for Positions {
         fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
-            Ok(Restored { events: Vec::new(), position: 0, state: None })
+            Ok(Restored { events: Vec::new(), position: 0, state: None, since_state: Vec::new() })
         }
         fn restored(&mut self, _tables: TableSet) -> Result<(), RuntimeError> {
             Ok(())

@@ -79,6 +79,8 @@ pub struct ConsumeStats {
     pub commits: u64,
     pub rows: u64,
     pub restored_events: u64,
+    /// The operator state was resumed from ClickHouse, and this many events committed after it re-fed.
+    pub resumed: Option<u64>,
     pub restore_seconds: f64,
     pub seconds: f64,
     pub table_rows: Vec<(String, u64)>,
@@ -197,13 +199,16 @@ async fn table_counts(store: &ClickHouseStore) -> Vec<(String, u64)> {
 
 /// Consumes until the publisher is done and every message is acknowledged: the runtime loop
 /// with the consumer as its source and ClickHouse as its sink.
+/// How often a consumer saves the operator state into ClickHouse (and at the end).
+const STATE_INTERVAL: Duration = Duration::from_secs(60);
+
 fn consume_into_clickhouse(
     source: ConsumerSource<'_>,
     store: Arc<ClickHouseStore>,
     tenants: Tenants,
     workers: usize,
 ) -> Result<ConsumeStats, ScaledError> {
-    let mut sink = ClickHouseSink::new(store, Handle::current());
+    let mut sink = ClickHouseSink::new(store, Handle::current(), STATE_INTERVAL);
     let (driver, _, stats) = restore(workers, Arc::new(tenants), &mut sink, &mut Quiet, None)?;
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = Runtime { source, sink: &mut sink, observer: Quiet, driver, stop, spacing: Duration::ZERO };
@@ -217,6 +222,7 @@ fn consume_into_clickhouse(
         commits: stats.commits,
         rows: stats.rows,
         restored_events: stats.restored_events,
+        resumed: stats.resumed.then_some(stats.since_state),
         restore_seconds: stats.restore_seconds,
         seconds: stats.seconds + stats.restore_seconds,
         table_rows: Vec::new(),
@@ -277,9 +283,14 @@ impl ScaledSummary {
             thousands(c.duplicates),
             thousands(c.rejected)
         ));
+        let how = match c.resumed {
+            Some(since) => {
+                format!("the saved operator state resumed (and {} events after it re-fed)", thousands(since))
+            }
+            None => format!("{} committed events re-fed", thousands(c.restored_events)),
+        };
         out.push_str(&format!(
-            "  state       {} committed events restored in {:.2} s\n  commits     {} epochs, {} rows inserted ({} rows/s)\n",
-            thousands(c.restored_events),
+            "  state       {how} in {:.2} s\n  commits     {} epochs, {} rows inserted ({} rows/s)\n",
             c.restore_seconds,
             thousands(c.commits),
             thousands(c.rows),

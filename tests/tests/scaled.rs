@@ -178,6 +178,42 @@ fn killing_the_consumer_at_random_points_loses_and_doubles_nothing() {
     assert_same_tables(&expected, &clickhouse_tables(&database), &format!("after {kills} kills and a restart"));
 }
 
+/// The consumer saves its operator state into ClickHouse and a restart resumes it, re-feeding only
+/// the events committed after it: a run to the end of half the input, a run of all of it killed
+/// after more commits, and a last run give the tables of one uninterrupted replay.
+#[test]
+fn a_restarted_consumer_resumes_the_state_saved_in_clickhouse() {
+    if !services_for("a_restarted_consumer_resumes_the_state_saved_in_clickhouse") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, tenants) = generate(dir.path(), 60_000);
+    let expected = reference(dir.path(), &input, &tenants);
+    let text = std::fs::read_to_string(&input).expect("input");
+    let lines: Vec<&str> = text.lines().collect();
+    // Named as the whole input: a rejection names its file and line.
+    std::fs::create_dir_all(dir.path().join("half")).expect("half dir");
+    let half = dir.path().join("half").join("input.ndjson");
+    std::fs::write(&half, lines[..lines.len() / 2].join("\n") + "\n").expect("half");
+    let names = Names::new("resume");
+    let database = names.database_url(&clickhouse_url());
+    let first = succeed(&mut scaled_replay(&names, &half, &tenants, &nats_url(), &database));
+    let first = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(first.contains("0 committed events re-fed"), "a fresh database has no state: {first}");
+
+    let mut child = spawn_one_message_epochs(scaled_replay(&names, &input, &tenants, &nats_url(), &database), None);
+    let before = committed_epochs(&database);
+    assert!(wait_for_commit(&database, before + 2, &mut child), "the second run commits epochs");
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+
+    let last = succeed(&mut scaled_replay(&names, &input, &tenants, &nats_url(), &database));
+    let last = String::from_utf8_lossy(&last.stdout).into_owned();
+    assert!(last.contains("the saved operator state resumed (and "), "{last}");
+    assert!(!last.contains("(and 0 events"), "the epochs after the state are re-fed: {last}");
+    assert_same_tables(&expected, &clickhouse_tables(&database), "resumed after a kill");
+}
+
 /// A TCP proxy in front of ClickHouse that can refuse every connection for a while: to the
 /// pipeline, exactly an unreachable ClickHouse.
 struct Proxy {

@@ -23,6 +23,7 @@ mod query;
 mod reader;
 mod rowbinary;
 mod sink;
+mod state;
 
 use bytes::Bytes;
 use convoflow_operators::{RejectedRow, TableSet};
@@ -75,6 +76,8 @@ pub enum ClickHouseError {
     Request { url: String, what: String, source: clickhouse::error::Error },
     #[error("ClickHouse at {url}: {what}")]
     Rows { url: String, what: String, source: ArrowError },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
 }
 
 /// One epoch's changes to commit.
@@ -202,6 +205,7 @@ impl ClickHouseStore {
             "create table commits",
         )
         .await?;
+        self.create_state_tables().await?;
         self.execute(
             &format!(
                 "CREATE TABLE IF NOT EXISTS {db}.positions (input String, position UInt64, epoch UInt64) \

@@ -21,7 +21,7 @@ fn unsupported(data_type: &DataType) -> ArrowError {
     ArrowError::NotYetImplemented(format!("no ClickHouse mapping for Arrow type {data_type}"))
 }
 
-fn put_len(out: &mut Vec<u8>, mut len: usize) {
+pub(crate) fn put_len(out: &mut Vec<u8>, mut len: usize) {
     loop {
         let byte = (len & 0x7f) as u8;
         len >>= 7;

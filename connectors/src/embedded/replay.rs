@@ -110,7 +110,7 @@ impl Sink for ParquetSink {
         self.load_seconds = started.elapsed().as_secs_f64();
         let state = self.store.generation().map(|generation| SavedState { dir: self.store.state_dir(), generation });
         tracing::info!(batches = events.len(), state = ?state, "replay loaded");
-        Ok(Restored { events, position: 0, state })
+        Ok(Restored { events, position: 0, state, since_state: Vec::new() })
     }
 
     fn restored(&mut self, mut tables: TableSet) -> Result<(), RuntimeError> {

@@ -70,7 +70,7 @@ impl Sink for MemorySink {
         snapshots.covered = position;
         let store = &snapshots.store;
         let state = store.generation().map(|generation| SavedState { dir: store.state_dir(), generation });
-        Ok(Restored { events, position, state })
+        Ok(Restored { events, position, state, since_state: Vec::new() })
     }
 
     /// Takes in the tables' rows derived while restoring (the stored events are held already).

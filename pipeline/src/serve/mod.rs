@@ -139,7 +139,8 @@ async fn store_parts(config: &ServeConfig) -> Result<(Box<dyn Sink + Send>, Stri
             );
             let described =
                 format!("ClickHouse {} at {}, database {}", store.version(), clickhouse.url, clickhouse.database);
-            Ok((Box::new(ClickHouseSink::new(store, tokio::runtime::Handle::current())), described))
+            let sink = ClickHouseSink::new(store, tokio::runtime::Handle::current(), config.snapshot_interval);
+            Ok((Box::new(sink), described))
         }
     }
 }
