@@ -1,7 +1,13 @@
 //! Keyed incremental maintenance, the pattern of differential dataflow's `reduce`: records are
 //! routed by key, folded into that key's state, and once an epoch is complete every key it touched
-//! derives its rows again; only the difference to the rows it emitted before goes out, as
-//! retractions (−1) and insertions (+1). Keys an epoch did not touch cost nothing.
+//! derives its rows again; only the difference to the rows it derived before the epoch goes out,
+//! as retractions (−1) and insertions (+1). Keys an epoch did not touch cost nothing.
+//!
+//! A key keeps only its fold state, not a copy of the rows it emitted: when an epoch first touches
+//! a key, the rows the state derives are computed before the epoch's records are folded in, and
+//! are the rows to retract (`derive` is a function of the state alone, so they are what the key
+//! emitted). That derives a touched key twice per epoch and holds no row between epochs, where
+//! keeping the emitted rows held a second copy of every derived table (issue 13, BENCHMARKS.md).
 //!
 //! Each key's fold state is persisted (`crate::state`); a dataflow built from a saved state gives,
 //! at epoch 0, every row its restored keys derive, and ignores its input at epoch 0.
@@ -26,15 +32,14 @@ pub fn route<K: Hash + ?Sized>(key: &K) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(key)
 }
 
-/// Only the fold state is persisted: what the key emitted is derived from it again on load.
+/// A key's fold state; only the state is persisted.
 #[derive(Serialize, Deserialize)]
 #[serde(bound(serialize = "S: Serialize", deserialize = "S: Deserialize<'de>"))]
-struct KeyState<S, R> {
+struct KeyState<S> {
     state: S,
+    /// Touched by the epoch being folded (its rows before the epoch are kept aside).
     #[serde(skip)]
-    emitted: Vec<R>,
-    #[serde(skip)]
-    dirty: bool,
+    touched: bool,
 }
 
 /// Maintains `derive(key, state)` for every key, where `state` is the fold of all values seen for
@@ -49,12 +54,17 @@ where
     K: ExchangeData + Hash + Eq + Clone,
     V: ExchangeData,
     S: Default + Serialize + DeserializeOwned + 'static,
-    R: ExchangeData + Ord + Clone,
+    R: ExchangeData + Ord,
 {
     let exchange = Exchange::new(|(key, _): &(K, V)| route(key));
-    let keys: Rc<RefCell<FxHashMap<K, KeyState<S, R>>>> = Rc::default();
+    let keys: Rc<RefCell<FxHashMap<K, KeyState<S>>>> = Rc::default();
     let restoring = state::register(name, &keys, |key: &K| route(key));
     let scope = stream.scope();
+    let mut sorted = move |key: &K, state: &S| {
+        let mut rows = derive(key, state);
+        rows.sort_unstable();
+        rows
+    };
     stream.unary_frontier(exchange, name, move |initial, info| {
         let mut stash = EpochStash::default();
         // Restored: epoch 0 gives every restored key's rows, so hold its capability till then.
@@ -66,11 +76,8 @@ where
             let mut keys = keys.borrow_mut();
             if let Some(cap) = initial.take() {
                 let mut session = output.session(&cap);
-                for (key, entry) in keys.iter_mut() {
-                    let mut rows = derive(key, &entry.state);
-                    rows.sort();
-                    rows.iter().for_each(|row| session.give((row.clone(), 1)));
-                    entry.emitted = rows;
+                for (key, entry) in keys.iter() {
+                    sorted(key, &entry.state).into_iter().for_each(|row| session.give((row, 1)));
                 }
             }
             input.for_each_stamp(|cap, data| {
@@ -84,31 +91,31 @@ where
                 }
             });
             for (cap, records) in stash.take_ready(frontier) {
-                let mut dirty = Vec::new();
+                // Each key the epoch touches, with the rows it derived before the epoch.
+                let mut touched: Vec<(K, Vec<R>)> = Vec::new();
                 for (key, value) in records {
                     let entry = match keys.entry(key) {
                         Entry::Occupied(occupied) => {
-                            if !occupied.get().dirty {
-                                dirty.push(occupied.key().clone());
+                            if !occupied.get().touched {
+                                let before = sorted(occupied.key(), &occupied.get().state);
+                                touched.push((occupied.key().clone(), before));
                             }
                             occupied.into_mut()
                         }
                         Entry::Vacant(vacant) => {
-                            dirty.push(vacant.key().clone());
-                            vacant.insert(KeyState { state: S::default(), emitted: Vec::new(), dirty: false })
+                            touched.push((vacant.key().clone(), Vec::new()));
+                            vacant.insert(KeyState { state: S::default(), touched: false })
                         }
                     };
-                    entry.dirty = true;
+                    entry.touched = true;
                     fold(&mut entry.state, value);
                 }
                 let mut session = output.session(&cap);
-                for key in dirty {
+                for (key, before) in touched {
                     let Some(entry) = keys.get_mut(&key) else { continue };
-                    entry.dirty = false;
-                    let mut rows = derive(&key, &entry.state);
-                    rows.sort();
-                    emit_difference(&entry.emitted, &rows, |row, diff| session.give((row, diff)));
-                    entry.emitted = rows;
+                    entry.touched = false;
+                    let after = sorted(&key, &entry.state);
+                    emit_difference(before, after, |row, diff| session.give((row, diff)));
                 }
             }
         }
@@ -116,31 +123,22 @@ where
 }
 
 /// Emits `new − old` for two sorted row lists: −1 for rows only in `old`, +1 for rows only in `new`.
-pub fn emit_difference<R: Ord + Clone>(old: &[R], new: &[R], mut emit: impl FnMut(R, i64)) {
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() || j < new.len() {
-        match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) if a == b => {
-                i += 1;
-                j += 1;
+pub fn emit_difference<R: Ord>(old: Vec<R>, new: Vec<R>, mut emit: impl FnMut(R, i64)) {
+    let (mut old, mut new) = (old.into_iter().peekable(), new.into_iter().peekable());
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (Some(a), Some(b)) => a.cmp(b),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => return,
+        };
+        match order {
+            std::cmp::Ordering::Equal => {
+                old.next();
+                new.next();
             }
-            (Some(a), Some(b)) if a < b => {
-                emit(a.clone(), -1);
-                i += 1;
-            }
-            (Some(_), Some(b)) => {
-                emit(b.clone(), 1);
-                j += 1;
-            }
-            (Some(a), None) => {
-                emit(a.clone(), -1);
-                i += 1;
-            }
-            (None, Some(b)) => {
-                emit(b.clone(), 1);
-                j += 1;
-            }
-            (None, None) => unreachable!("loop condition"),
+            std::cmp::Ordering::Less => old.next().into_iter().for_each(|row| emit(row, -1)),
+            std::cmp::Ordering::Greater => new.next().into_iter().for_each(|row| emit(row, 1)),
         }
     }
 }
@@ -152,7 +150,7 @@ mod tests {
     #[test]
     fn difference_retracts_and_inserts_only_what_changed() {
         let mut out = Vec::new();
-        emit_difference(&[1, 2, 4], &[2, 3, 4, 5], |row, diff| out.push((row, diff)));
+        emit_difference(vec![1, 2, 4], vec![2, 3, 4, 5], |row, diff| out.push((row, diff)));
         assert_eq!(out, vec![(1, -1), (3, 1), (5, 1)]);
     }
 }

@@ -7,7 +7,9 @@
 
 use super::{EmbeddedStore, StoreError};
 use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
+use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
+use convoflow_schema::batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::HashSet;
 use std::path::Path;
@@ -25,8 +27,9 @@ use std::time::Instant;
 pub struct ParquetSink {
     store: EmbeddedStore,
     levels: Vec<Option<TableSet>>,
-    /// The store's events as loaded, written back ahead of the run's new ones.
-    stored_events: Vec<RecordBatch>,
+    /// The store's events as loaded, then each epoch's new ones as it is gathered: held as Arrow
+    /// (a fraction of what the events take as structs) and written back as they are.
+    events: Vec<RecordBatch>,
     stored_rejected: Vec<RejectedRow>,
     rejected: Vec<RejectedRow>,
     load_seconds: f64,
@@ -43,7 +46,7 @@ impl ParquetSink {
         Ok(ParquetSink {
             store: EmbeddedStore::open(data_dir)?,
             levels: Vec::new(),
-            stored_events: Vec::new(),
+            events: Vec::new(),
             stored_rejected: Vec::new(),
             rejected,
             load_seconds: 0.0,
@@ -68,14 +71,18 @@ impl ParquetSink {
         std::mem::take(&mut self.table_rows)
     }
 
-    fn gather(&mut self, mut tables: TableSet) {
+    fn gather(&mut self, mut tables: TableSet) -> Result<(), RuntimeError> {
+        if !tables.events.is_empty() {
+            self.events.extend(batches::<Event, _>(&tables.events).map_err(RuntimeError::Stored)?);
+            tables.events = Vec::new();
+        }
         // The workers' consolidated parts, one after another: consolidated as one.
         tables.consolidate();
         for level in &mut self.levels {
             match level.take() {
                 None => {
                     *level = Some(tables);
-                    return;
+                    return Ok(());
                 }
                 Some(mut earlier) => {
                     earlier.merge_consolidated(tables);
@@ -84,11 +91,11 @@ impl ParquetSink {
             }
         }
         self.levels.push(Some(tables));
+        Ok(())
     }
 
     /// Everything gathered, as one consolidated set: the levels merged smallest first, so the
-    /// largest is copied once. A higher level holds earlier epochs, and events stay in the order
-    /// they came.
+    /// largest is copied once.
     fn gathered(&mut self) -> TableSet {
         let mut gathered: Option<TableSet> = None;
         for mut earlier in std::mem::take(&mut self.levels).into_iter().flatten() {
@@ -105,7 +112,7 @@ impl Sink for ParquetSink {
     fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
         let started = Instant::now();
         let events = self.store.load_events()?;
-        self.stored_events = events.clone();
+        self.events = events.clone();
         self.stored_rejected = self.store.load_rejected()?;
         self.load_seconds = started.elapsed().as_secs_f64();
         let state = self.store.generation().map(|generation| SavedState { dir: self.store.state_dir(), generation });
@@ -115,12 +122,11 @@ impl Sink for ParquetSink {
 
     fn restored(&mut self, mut tables: TableSet) -> Result<(), RuntimeError> {
         tables.events.clear();
-        self.gather(tables);
-        Ok(())
+        self.gather(tables)
     }
 
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
-        self.gather(tables);
+        self.gather(tables)?;
         self.rejected.extend_from_slice(commit.rejected);
         Ok(Committed { rows: 0, durable: None })
     }
@@ -139,14 +145,14 @@ impl Sink for ParquetSink {
         let started = Instant::now();
         let tables = self.gathered();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
-        let stored = std::mem::take(&mut self.stored_events);
-        let stored_count: usize = stored.iter().map(RecordBatch::num_rows).sum();
-        self.store.write(stored, &tables, &rejected)?;
+        let events = std::mem::take(&mut self.events);
+        let event_count: usize = events.iter().map(RecordBatch::num_rows).sum();
+        self.store.write(events, &tables, &rejected)?;
         if let Some(generation) = self.saved.take() {
             self.store.set_generation(&generation)?;
         }
         self.table_rows = tables.counts();
-        self.table_rows[0].1 += stored_count;
+        self.table_rows[0].1 = event_count;
         self.table_rows.insert(1, ("rejected", rejected.len()));
         self.write_seconds = started.elapsed().as_secs_f64();
         Ok(Some(position))
@@ -173,6 +179,7 @@ mod tests {
     use super::*;
     use convoflow_events::parse_event;
     use convoflow_operators::rows::RetentionRow;
+    use convoflow_schema::events_from_batch;
 
     fn row(n: i64) -> RetentionRow {
         RetentionRow {
@@ -206,14 +213,16 @@ mod tests {
             }
             tables.retention.push(row(1000 + epoch % 3), 2);
             everything.merge(tables.clone());
-            sink.gather(tables);
+            sink.gather(tables).expect("gather");
         }
         everything.consolidate();
         let gathered = sink.gathered();
         assert!(!gathered.retention.is_empty());
         assert_eq!(gathered.retention, everything.retention);
         assert_eq!(gathered.negative_rows(), 0);
-        let ids: Vec<&str> = gathered.events.iter().map(|event| event.event_id.as_str()).collect();
+        let events: Vec<Event> =
+            sink.events.iter().flat_map(|batch| events_from_batch(batch).expect("events")).collect();
+        let ids: Vec<&str> = events.iter().map(|event| event.event_id.as_str()).collect();
         let expected: Vec<String> = (0..13).map(|epoch| format!("e{epoch}")).collect();
         assert_eq!(ids, expected);
     }
