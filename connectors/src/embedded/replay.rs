@@ -73,7 +73,7 @@ impl ParquetSink {
 
     fn gather(&mut self, mut tables: TableSet) -> Result<(), RuntimeError> {
         if !tables.events.is_empty() {
-            self.events.extend(batches::<Event, _>(&tables.events).map_err(RuntimeError::Stored)?);
+            self.events.extend(batches::<Event, _>(&tables.events)?);
             tables.events = Vec::new();
         }
         // The workers' consolidated parts, one after another: consolidated as one.
