@@ -105,14 +105,14 @@ fn display_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
 }
 
-/// Reads input files whole, named by their file names (as `rejected.source` shows them).
+/// Opens the input files, named by their file names (as `rejected.source` shows them); each is
+/// read as the replay needs its lines.
 pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<InputFile>, ReplayError> {
     paths
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path)
-                .map_err(|source| ReplayError::Input { path: path.display().to_string(), source })?;
-            Ok(InputFile { name: display_name(path), bytes })
+            InputFile::open(display_name(path), path)
+                .map_err(|source| ReplayError::Input { path: path.display().to_string(), source })
         })
         .collect()
 }

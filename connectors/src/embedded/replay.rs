@@ -1,16 +1,16 @@
 //! The embedded store as a replay's sink: the store's events are restored first, every epoch's
-//! updates are gathered, and the tables are written once, consolidated, at the end.
+//! updates are gathered, and the tables are written once, consolidated, at the end. Events, the
+//! store's and each epoch's new ones, go into the new `events` file as they come.
 //!
 //! Operator state is saved before that write (`<data>/state`, a new generation) and the tables are
 //! tied to it once written (see `store.rs`), so the next replay resumes from it instead of
 //! re-feeding every stored event through the dataflow.
 
-use super::{EmbeddedStore, StoreError};
+use super::{EmbeddedStore, EventsWriter, StoreError};
 use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
 use convoflow_schema::batches;
-use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
@@ -27,9 +27,9 @@ use std::time::Instant;
 pub struct ParquetSink {
     store: EmbeddedStore,
     levels: Vec<Option<TableSet>>,
-    /// The store's events as loaded, then each epoch's new ones as it is gathered: held as Arrow
-    /// (a fraction of what the events take as structs) and written back as they are.
-    events: Vec<RecordBatch>,
+    /// The next `events` file: the store's events as loaded, then each epoch's new ones as it is
+    /// gathered, encoded as they come (`None` once written).
+    events: Option<EventsWriter>,
     stored_rejected: Vec<RejectedRow>,
     rejected: Vec<RejectedRow>,
     load_seconds: f64,
@@ -43,10 +43,11 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// `rejected`: rejections found before the dataflow (by a publisher), stored with the run's.
     pub fn open(data_dir: &Path, rejected: Vec<RejectedRow>) -> Result<Self, StoreError> {
+        let store = EmbeddedStore::open(data_dir)?;
         Ok(ParquetSink {
-            store: EmbeddedStore::open(data_dir)?,
+            events: Some(store.events_writer()?),
+            store,
             levels: Vec::new(),
-            events: Vec::new(),
             stored_rejected: Vec::new(),
             rejected,
             load_seconds: 0.0,
@@ -71,9 +72,15 @@ impl ParquetSink {
         std::mem::take(&mut self.table_rows)
     }
 
+    fn events_writer(&mut self) -> Result<&mut EventsWriter, RuntimeError> {
+        self.events.as_mut().ok_or_else(written)
+    }
+
     fn gather(&mut self, mut tables: TableSet) -> Result<(), RuntimeError> {
         if !tables.events.is_empty() {
-            self.events.extend(batches::<Event, _>(&tables.events)?);
+            for batch in batches::<Event, _>(&tables.events)? {
+                self.events_writer()?.append(&batch)?;
+            }
             tables.events = Vec::new();
         }
         // The workers' consolidated parts, one after another: consolidated as one.
@@ -112,7 +119,9 @@ impl Sink for ParquetSink {
     fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
         let started = Instant::now();
         let events = self.store.load_events()?;
-        self.events = events.clone();
+        for batch in &events {
+            self.events_writer()?.append(batch)?;
+        }
         self.stored_rejected = self.store.load_rejected()?;
         self.load_seconds = started.elapsed().as_secs_f64();
         let state = self.store.generation().map(|generation| SavedState { dir: self.store.state_dir(), generation });
@@ -145,8 +154,8 @@ impl Sink for ParquetSink {
         let started = Instant::now();
         let tables = self.gathered();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
-        let events = std::mem::take(&mut self.events);
-        let event_count: usize = events.iter().map(RecordBatch::num_rows).sum();
+        let events = self.events.take().ok_or_else(written)?;
+        let event_count = events.rows();
         self.store.write(events, &tables, &rejected)?;
         if let Some(generation) = self.saved.take() {
             self.store.set_generation(&generation)?;
@@ -157,6 +166,10 @@ impl Sink for ParquetSink {
         self.write_seconds = started.elapsed().as_secs_f64();
         Ok(Some(position))
     }
+}
+
+fn written() -> RuntimeError {
+    RuntimeError::Input("the replay's tables are already written".to_owned())
 }
 
 /// Stored rejections plus new ones; a rejection of the same input, from the same place, for the
@@ -220,8 +233,9 @@ mod tests {
         assert!(!gathered.retention.is_empty());
         assert_eq!(gathered.retention, everything.retention);
         assert_eq!(gathered.negative_rows(), 0);
-        let events: Vec<Event> =
-            sink.events.iter().flat_map(|batch| events_from_batch(batch).expect("events")).collect();
+        sink.finish(13).expect("write");
+        let stored = sink.store.load_events().expect("events written");
+        let events: Vec<Event> = stored.iter().flat_map(|batch| events_from_batch(batch).expect("events")).collect();
         let ids: Vec<&str> = events.iter().map(|event| event.event_id.as_str()).collect();
         let expected: Vec<String> = (0..13).map(|epoch| format!("e{epoch}")).collect();
         assert_eq!(ids, expected);

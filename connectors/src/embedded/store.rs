@@ -20,7 +20,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{WriterProperties, DEFAULT_MAX_ROW_GROUP_ROW_COUNT};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -155,68 +155,123 @@ impl EmbeddedStore {
         self.load("rejected", rejected_from_batch)
     }
 
-    /// Replaces every table with `tables` and `rejected`; `events` is `stored` (batches as
-    /// [`EmbeddedStore::load_events`] gave them) followed by `tables.events`.
-    pub fn write(
-        &self,
-        stored: Vec<RecordBatch>,
-        tables: &TableSet,
-        rejected: &[RejectedRow],
-    ) -> Result<(), StoreError> {
+    /// Starts the `events` table of the next write, appended to as events come.
+    pub fn events_writer(&self) -> Result<EventsWriter, StoreError> {
+        let (partial, writer) = self.partial_writer("events", EventsWriter::ROW_GROUP)?;
+        Ok(EventsWriter { partial, writer, rows: 0 })
+    }
+
+    /// Replaces every table: `events` with what `events` was given, the derived tables with
+    /// `tables` (whose own `events` are left out) and `rejected`.
+    pub fn write(&self, events: EventsWriter, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
         let mut batches = table_batches(tables, rejected, Rows::Contents)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
-        if let Some(events) = batches.iter_mut().find(|table| table.table == "events") {
-            let new = std::mem::replace(&mut events.batches, stored);
-            events.batches.extend(new);
-        }
-        self.write_batches(&batches)
+        batches.retain(|table| table.table != "events");
+        let mut partials = vec![("events", events.finish()?)];
+        partials.extend(self.encode(&batches)?);
+        self.install(partials)
     }
 
     /// Replaces the tables named in `batches`. The files are encoded concurrently (one thread per
     /// table), then renamed into place in the given order (SPEC order puts `events` first).
     pub fn write_batches(&self, batches: &[TableBatches]) -> Result<(), StoreError> {
-        let partials: Vec<Result<PathBuf, StoreError>> = std::thread::scope(|scope| {
+        let partials = self.encode(batches)?;
+        self.install(partials)
+    }
+
+    /// Each table's partial file, encoded one thread per table.
+    fn encode(&self, batches: &[TableBatches]) -> Result<Vec<(&'static str, PathBuf)>, StoreError> {
+        let partials: Vec<Result<(&'static str, PathBuf), StoreError>> = std::thread::scope(|scope| {
             let writers: Vec<_> = batches
                 .iter()
-                .map(|table| scope.spawn(move || self.write_partial(table.table, &table.batches)))
+                .map(|table| scope.spawn(move || Ok((table.table, self.write_partial(table.table, &table.batches)?))))
                 .collect();
             writers
                 .into_iter()
                 .map(|writer| writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                 .collect()
         });
-        let partials = partials.into_iter().collect::<Result<Vec<_>, _>>()?;
+        partials.into_iter().collect()
+    }
+
+    /// Renames the partial files into place, in order.
+    fn install(&self, partials: Vec<(&'static str, PathBuf)>) -> Result<(), StoreError> {
         // From the first rename on, the tables are no longer those the saved state derived.
         match std::fs::remove_file(self.generation_path()) {
             Ok(()) => self.sync_dir()?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(StoreError::Io { path: self.generation_path().display().to_string(), source }),
         }
-        for (table, partial) in batches.iter().zip(partials) {
-            let path = self.table_path(table.table);
+        for (table, partial) in partials {
+            let path = self.table_path(table);
             std::fs::rename(&partial, &path)
                 .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         }
         self.sync_dir()
     }
 
-    /// Writes and fsyncs `<table>.parquet.partial`, returning its path.
-    fn write_partial(&self, table: &str, batches: &[RecordBatch]) -> Result<PathBuf, StoreError> {
+    /// A Parquet writer of `<table>.parquet.partial`, with row groups of at most `row_group` rows.
+    fn partial_writer(&self, table: &str, row_group: usize) -> Result<(PathBuf, ArrowWriter<File>), StoreError> {
         let partial = self.table_path(table).with_extension("parquet.partial");
-        let io = |source| StoreError::Io { path: partial.display().to_string(), source };
-        let parquet = |source| StoreError::Parquet { path: partial.display().to_string(), source };
         let schema = schema(table).ok_or_else(|| StoreError::Arrow {
             path: partial.display().to_string(),
             source: ArrowError::SchemaError(format!("no table {table}")),
         })?;
-        let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-        let file = File::create(&partial).map_err(io)?;
-        let mut writer = ArrowWriter::try_new(file, schema, Some(properties)).map_err(parquet)?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(row_group))
+            .build();
+        let file =
+            File::create(&partial).map_err(|source| StoreError::Io { path: partial.display().to_string(), source })?;
+        let writer = ArrowWriter::try_new(file, schema, Some(properties))
+            .map_err(|source| StoreError::Parquet { path: partial.display().to_string(), source })?;
+        Ok((partial, writer))
+    }
+
+    /// Writes and fsyncs `<table>.parquet.partial`, returning its path.
+    fn write_partial(&self, table: &str, batches: &[RecordBatch]) -> Result<PathBuf, StoreError> {
+        let (partial, mut writer) = self.partial_writer(table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
+        let parquet = |source| StoreError::Parquet { path: partial.display().to_string(), source };
         for batch in batches {
             writer.write(batch).map_err(parquet)?;
         }
         let file = writer.into_inner().map_err(parquet)?;
-        file.sync_all().map_err(io)?;
+        file.sync_all().map_err(|source| StoreError::Io { path: partial.display().to_string(), source })?;
         Ok(partial)
+    }
+}
+
+/// The `events` table being written: each appended batch is encoded at once, and only the row
+/// group being filled is held (encoded), so a replay holds none of its events as rows.
+pub struct EventsWriter {
+    partial: PathBuf,
+    writer: ArrowWriter<File>,
+    rows: usize,
+}
+
+impl EventsWriter {
+    /// Rows per row group: 1/8 of Parquet's default, so what is held while filling one stays
+    /// small, and DataFusion still reads whole pages of 64 k-row batches.
+    const ROW_GROUP: usize = 128 * 1024;
+
+    pub fn append(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
+        self.writer
+            .write(batch)
+            .map_err(|source| StoreError::Parquet { path: self.partial.display().to_string(), source })?;
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    /// Events appended so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Closes and fsyncs the file, returning its path.
+    fn finish(self) -> Result<PathBuf, StoreError> {
+        let path = self.partial.display().to_string();
+        let file = self.writer.into_inner().map_err(|source| StoreError::Parquet { path: path.clone(), source })?;
+        file.sync_all().map_err(|source| StoreError::Io { path, source })?;
+        Ok(self.partial)
     }
 }

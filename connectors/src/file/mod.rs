@@ -16,9 +16,49 @@ pub use whatsapp::{normalize_files, Normalized};
 /// Lines per worker per read, and so per epoch.
 const BATCH_LINES: usize = 16 * 1024;
 
+/// Bytes read from an input at a time.
+const READ_BYTES: usize = 1 << 20;
+
+/// An input and its name (as `rejected.source` shows it). A file is read as its lines are
+/// needed, one read's worth at a time, not held whole: the 1 M-event file is 206 MB.
 pub struct InputFile {
     pub name: String,
-    pub bytes: Vec<u8>,
+    reader: Box<dyn std::io::Read + Send>,
+    /// Bytes read beyond the lines already taken.
+    pending: Vec<u8>,
+    ended: bool,
+}
+
+impl InputFile {
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        InputFile { name: name.into(), reader: Box::new(std::io::empty()), pending: bytes, ended: true }
+    }
+
+    pub fn open(name: impl Into<String>, path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        Ok(InputFile { name: name.into(), reader: Box::new(file), pending: Vec::new(), ended: false })
+    }
+
+    /// Everything not yet taken.
+    pub fn into_bytes(mut self) -> std::io::Result<Vec<u8>> {
+        self.reader.read_to_end(&mut self.pending)?;
+        Ok(self.pending)
+    }
+
+    /// The next `lines` whole lines, fewer at the end (where the last line may lack its newline);
+    /// empty once everything is taken.
+    fn take_lines(&mut self, lines: usize) -> std::io::Result<Vec<u8>> {
+        let mut counted = memchr::memchr_iter(b'\n', &self.pending).count();
+        while counted < lines && !self.ended {
+            let start = self.pending.len();
+            let mut piece = std::io::Read::take(&mut self.reader, READ_BYTES as u64);
+            let read = std::io::Read::read_to_end(&mut piece, &mut self.pending)?;
+            self.ended = read == 0;
+            counted += memchr::memchr_iter(b'\n', &self.pending[start..]).count();
+        }
+        let rest = self.pending.split_off(after_lines(&self.pending, 0, lines));
+        Ok(std::mem::replace(&mut self.pending, rest))
+    }
 }
 
 /// Input position of a line: files in command-line order, then line numbers; stored events are 0.
@@ -30,21 +70,20 @@ pub struct FileSource {
     files: Vec<InputFile>,
     workers: usize,
     received_at: i64,
-    /// Where the next read starts: a file, a byte offset in it and that byte's line number.
+    /// Where the next read starts: a file and the number of its next line.
     file: usize,
-    offset: usize,
     line: u64,
     reads: u64,
 }
 
 impl FileSource {
     pub fn new(files: Vec<InputFile>, workers: usize, received_at: i64) -> Self {
-        FileSource { files, workers: workers.max(1), received_at, file: 0, offset: 0, line: 1, reads: 0 }
+        FileSource { files, workers: workers.max(1), received_at, file: 0, line: 1, reads: 0 }
     }
 }
 
 /// Parses `bytes` (whole lines, the first numbered `first_line`) of file `file`.
-fn parse_range(input: &InputFile, file: usize, bytes: &[u8], first_line: u64, received_at: i64) -> Batch {
+fn parse_range(name: &str, file: usize, bytes: &[u8], first_line: u64, received_at: i64) -> Batch {
     let mut batch = Batch::default();
     for line in split_lines(bytes, first_line) {
         match parse_event(line.bytes) {
@@ -54,7 +93,7 @@ fn parse_range(input: &InputFile, file: usize, bytes: &[u8], first_line: u64, re
                 received_at,
                 error.to_string(),
                 line.bytes,
-                format!("{}:{}", input.name, line.number),
+                format!("{name}:{}", line.number),
             )),
         }
     }
@@ -72,14 +111,22 @@ impl Source for FileSource {
     }
 
     fn read(&mut self, _wait: Duration) -> Result<Read, RuntimeError> {
-        let Some(input) = self.files.get(self.file) else { return Ok(Read::End) };
-        let bytes = &input.bytes;
-        let end = after_lines(bytes, self.offset, BATCH_LINES * self.workers);
+        let (input, bytes) = loop {
+            let Some(input) = self.files.get_mut(self.file) else { return Ok(Read::End) };
+            let bytes = input
+                .take_lines(BATCH_LINES * self.workers)
+                .map_err(|source| RuntimeError::Io { what: format!("cannot read input {}", input.name), source })?;
+            if !bytes.is_empty() {
+                break (&*input, bytes);
+            }
+            (self.file, self.line) = (self.file + 1, 1);
+        };
+        let end = bytes.len();
         // One byte range per worker, split at line ends.
         let mut ranges = Vec::with_capacity(self.workers);
-        let (mut start, mut line) = (self.offset, self.line);
+        let (mut start, mut line) = (0, self.line);
         for worker in 0..self.workers {
-            let target = self.offset + (end - self.offset) * (worker + 1) / self.workers;
+            let target = end * (worker + 1) / self.workers;
             let stop = if worker + 1 == self.workers {
                 end
             } else {
@@ -89,12 +136,14 @@ impl Source for FileSource {
             line += memchr::memchr_iter(b'\n', &bytes[start..stop]).count() as u64;
             start = stop;
         }
-        let (file, received_at) = (self.file, self.received_at);
+        // A last line without its newline is a line too.
+        line += u64::from(bytes.last() != Some(&b'\n'));
+        let (file, received_at, name, bytes) = (self.file, self.received_at, input.name.as_str(), &bytes);
         let parts: Vec<Batch> = std::thread::scope(|scope| {
             let handles: Vec<_> = ranges
                 .iter()
                 .map(|&(start, stop, first)| {
-                    scope.spawn(move || parse_range(input, file, &bytes[start..stop], first, received_at))
+                    scope.spawn(move || parse_range(name, file, &bytes[start..stop], first, received_at))
                 })
                 .collect();
             handles
@@ -109,11 +158,7 @@ impl Source for FileSource {
         }
         batch.last = position(file, line);
         self.reads += 1;
-        if end == bytes.len() {
-            (self.file, self.offset, self.line) = (self.file + 1, 0, 1);
-        } else {
-            (self.offset, self.line) = (end, line);
-        }
+        self.line = line;
         Ok(Read::Batch(batch))
     }
 
@@ -156,7 +201,7 @@ mod tests {
             }
         }
         for workers in 1..=4 {
-            let files = vec![InputFile { name: "in.ndjson".into(), bytes: text.clone().into_bytes() }];
+            let files = vec![InputFile::from_bytes("in.ndjson", text.clone().into_bytes())];
             let (events, rejected) = read_all(FileSource::new(files, workers, 0));
             let mut ids: Vec<String> = events.into_iter().map(|(_, e)| e.event_id).collect();
             ids.sort();
@@ -166,6 +211,41 @@ mod tests {
         }
     }
 
+    /// A reader that gives at most 7 bytes per read, as a pipe or a slow disk may.
+    struct Trickle(std::io::Cursor<Vec<u8>>);
+
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(7);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn a_file_read_piece_by_piece_gives_the_lines_of_the_whole_file() {
+        // Lines cut anywhere by the reads, more lines than one read takes, and a last line
+        // without its newline: the same events, rejections and line numbers as the file whole.
+        let lines = BATCH_LINES + 3;
+        let mut text: String =
+            (0..lines).map(|i| if i == 7 { "{broken\n".to_owned() } else { line(i) + "\n" }).collect();
+        text.push_str(&line(lines));
+        let whole =
+            read_all(FileSource::new(vec![InputFile::from_bytes("in.ndjson", text.clone().into_bytes())], 1, 0));
+        let trickled = InputFile {
+            name: "in.ndjson".into(),
+            reader: Box::new(Trickle(std::io::Cursor::new(text.into_bytes()))),
+            pending: Vec::new(),
+            ended: false,
+        };
+        let pieces = read_all(FileSource::new(vec![trickled], 2, 0));
+        let ids = |(events, _): &(Vec<convoflow_operators::dedup::Positioned>, Vec<RejectedRow>)| {
+            events.iter().map(|(position, event)| (*position, event.event_id.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&pieces).len(), lines);
+        assert_eq!(ids(&pieces), ids(&whole));
+        assert_eq!(pieces.1.iter().map(|r| r.source.as_str()).collect::<Vec<_>>(), ["in.ndjson:8"]);
+    }
+
     #[test]
     fn reads_follow_file_order_so_positions_grow_from_read_to_read() {
         // More lines than one read takes, over two files: every read's positions are above the
@@ -173,8 +253,8 @@ mod tests {
         let lines = 2 * BATCH_LINES + 5;
         let text: String = (0..lines).map(|i| line(i) + "\n").collect();
         let files = vec![
-            InputFile { name: "a.ndjson".into(), bytes: text.clone().into_bytes() },
-            InputFile { name: "b.ndjson".into(), bytes: (line(1) + "\n" + &line(2)).into_bytes() },
+            InputFile::from_bytes("a.ndjson", text.clone().into_bytes()),
+            InputFile::from_bytes("b.ndjson", (line(1) + "\n" + &line(2)).into_bytes()),
         ];
         let mut source = FileSource::new(files, 1, 0);
         let (mut reads, mut seen, mut highest) = (0, 0, 0);

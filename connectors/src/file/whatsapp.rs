@@ -15,14 +15,17 @@ pub struct Normalized {
     pub skipped: u64,
 }
 
-pub fn normalize_files(files: Vec<InputFile>, tenants: &Tenants, received_at: i64) -> Normalized {
+/// Reads each file whole (a webhook body is a line) and normalizes it.
+pub fn normalize_files(files: Vec<InputFile>, tenants: &Tenants, received_at: i64) -> std::io::Result<Normalized> {
     let tenant_of = |number: &str| tenants.tenant_of_number(number).map(str::to_owned);
     let mut out = Normalized::default();
     for file in files {
-        let mut canonical = Vec::with_capacity(file.bytes.len() / 2);
-        for line in split_lines(&file.bytes, 1) {
+        let name = file.name.clone();
+        let bytes = file.into_bytes()?;
+        let mut canonical = Vec::with_capacity(bytes.len() / 2);
+        for line in split_lines(&bytes, 1) {
             out.bodies += 1;
-            let source = format!("{}:{}", file.name, line.number);
+            let source = format!("{name}:{}", line.number);
             match normalize_webhook(line.bytes, &tenant_of) {
                 Err(error) => out.rejected.push(RejectedRow::new(
                     None,
@@ -52,9 +55,9 @@ pub fn normalize_files(files: Vec<InputFile>, tenants: &Tenants, received_at: i6
                 }
             }
         }
-        out.files.push(InputFile { name: file.name, bytes: canonical });
+        out.files.push(InputFile::from_bytes(name, canonical));
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -71,19 +74,19 @@ mod tests {
         let mut bytes = fixture("inbound_text.json").trim_ascii_end().to_vec();
         bytes.push(b'\n');
         bytes.extend_from_slice(b"{not json\n");
-        let normalized = normalize_files(vec![InputFile { name: "hooks.ndjson".to_owned(), bytes }], &tenants, 0);
+        let normalized =
+            normalize_files(vec![InputFile::from_bytes("hooks.ndjson", bytes)], &tenants, 0).expect("in memory");
         assert_eq!((normalized.bodies, normalized.events), (2, 1));
-        let text = String::from_utf8(normalized.files[0].bytes.clone()).expect("utf-8");
-        let event = convoflow_events::parse_event(text.trim_end().as_bytes()).expect("canonical");
-        assert_eq!((event.tenant_id.as_str(), event.session_id.as_deref()), ("acme", Some("118273645501234")));
         assert_eq!(normalized.rejected.len(), 1);
         assert_eq!(normalized.rejected[0].source, "hooks.ndjson:2");
+        let file = normalized.files.into_iter().next().expect("one file");
+        let text = String::from_utf8(file.into_bytes().expect("in memory")).expect("utf-8");
+        let event = convoflow_events::parse_event(text.trim_end().as_bytes()).expect("canonical");
+        assert_eq!((event.tenant_id.as_str(), event.session_id.as_deref()), ("acme", Some("118273645501234")));
 
-        let nobody = normalize_files(
-            vec![InputFile { name: "x".to_owned(), bytes: fixture("inbound_text.json") }],
-            &Tenants::default(),
-            0,
-        );
+        let nobody =
+            normalize_files(vec![InputFile::from_bytes("x", fixture("inbound_text.json"))], &Tenants::default(), 0)
+                .expect("in memory");
         assert_eq!((nobody.events, nobody.skipped), (0, 1), "a number no tenant lists is skipped");
     }
 }
