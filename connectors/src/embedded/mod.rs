@@ -12,4 +12,4 @@ pub use memory::{lock_tables, read_table, snapshot_table, split_by_tenant, Memor
 pub use reader::MemoryReader;
 pub use replay::ParquetSink;
 pub use sink::MemorySink;
-pub use store::{DataDirLock, EmbeddedStore, EventsWriter, StoreError};
+pub use store::{DataDirLock, EmbeddedStore, StoreError, TableWriter};

@@ -6,7 +6,7 @@
 //! tied to it once written (see `store.rs`), so the next replay resumes from it instead of
 //! re-feeding every stored event through the dataflow.
 
-use super::{EmbeddedStore, EventsWriter, StoreError};
+use super::{EmbeddedStore, StoreError, TableWriter};
 use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, TableSet};
@@ -29,7 +29,7 @@ pub struct ParquetSink {
     levels: Vec<Option<TableSet>>,
     /// The next `events` file: the store's events as loaded, then each epoch's new ones as it is
     /// gathered, encoded as they come (`None` once written).
-    events: Option<EventsWriter>,
+    events: Option<TableWriter>,
     stored_rejected: Vec<RejectedRow>,
     rejected: Vec<RejectedRow>,
     load_seconds: f64,
@@ -72,7 +72,7 @@ impl ParquetSink {
         std::mem::take(&mut self.table_rows)
     }
 
-    fn events_writer(&mut self) -> Result<&mut EventsWriter, RuntimeError> {
+    fn events_writer(&mut self) -> Result<&mut TableWriter, RuntimeError> {
         self.events.as_mut().ok_or_else(written)
     }
 

@@ -156,14 +156,13 @@ impl EmbeddedStore {
     }
 
     /// Starts the `events` table of the next write, appended to as events come.
-    pub fn events_writer(&self) -> Result<EventsWriter, StoreError> {
-        let (partial, writer) = self.partial_writer("events", EventsWriter::ROW_GROUP)?;
-        Ok(EventsWriter { partial, writer, rows: 0 })
+    pub fn events_writer(&self) -> Result<TableWriter, StoreError> {
+        self.partial_writer("events", TableWriter::ROW_GROUP)
     }
 
     /// Replaces every table: `events` with what `events` was given, the derived tables with
     /// `tables` (whose own `events` are left out) and `rejected`.
-    pub fn write(&self, events: EventsWriter, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
+    pub fn write(&self, events: TableWriter, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
         let mut batches = table_batches(tables, rejected, Rows::Contents)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
         batches.retain(|table| table.table != "events");
@@ -210,8 +209,8 @@ impl EmbeddedStore {
         self.sync_dir()
     }
 
-    /// A Parquet writer of `<table>.parquet.partial`, with row groups of at most `row_group` rows.
-    fn partial_writer(&self, table: &str, row_group: usize) -> Result<(PathBuf, ArrowWriter<File>), StoreError> {
+    /// A writer of `<table>.parquet.partial`, with row groups of at most `row_group` rows.
+    fn partial_writer(&self, table: &str, row_group: usize) -> Result<TableWriter, StoreError> {
         let partial = self.table_path(table).with_extension("parquet.partial");
         let schema = schema(table).ok_or_else(|| StoreError::Arrow {
             path: partial.display().to_string(),
@@ -225,31 +224,29 @@ impl EmbeddedStore {
             File::create(&partial).map_err(|source| StoreError::Io { path: partial.display().to_string(), source })?;
         let writer = ArrowWriter::try_new(file, schema, Some(properties))
             .map_err(|source| StoreError::Parquet { path: partial.display().to_string(), source })?;
-        Ok((partial, writer))
+        Ok(TableWriter { partial, writer, rows: 0 })
     }
 
     /// Writes and fsyncs `<table>.parquet.partial`, returning its path.
     fn write_partial(&self, table: &str, batches: &[RecordBatch]) -> Result<PathBuf, StoreError> {
-        let (partial, mut writer) = self.partial_writer(table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
-        let parquet = |source| StoreError::Parquet { path: partial.display().to_string(), source };
+        let mut writer = self.partial_writer(table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
         for batch in batches {
-            writer.write(batch).map_err(parquet)?;
+            writer.append(batch)?;
         }
-        let file = writer.into_inner().map_err(parquet)?;
-        file.sync_all().map_err(|source| StoreError::Io { path: partial.display().to_string(), source })?;
-        Ok(partial)
+        writer.finish()
     }
 }
 
-/// The `events` table being written: each appended batch is encoded at once, and only the row
-/// group being filled is held (encoded), so a replay holds none of its events as rows.
-pub struct EventsWriter {
+/// A table's next file being written (`events`, for a replay): each appended batch is encoded at
+/// once, and only the row group being filled is held (encoded), so a replay holds none of its
+/// events as rows.
+pub struct TableWriter {
     partial: PathBuf,
     writer: ArrowWriter<File>,
     rows: usize,
 }
 
-impl EventsWriter {
+impl TableWriter {
     /// Rows per row group: 1/8 of Parquet's default, so what is held while filling one stays
     /// small, and DataFusion still reads whole pages of 64 k-row batches.
     const ROW_GROUP: usize = 128 * 1024;
@@ -262,7 +259,7 @@ impl EventsWriter {
         Ok(())
     }
 
-    /// Events appended so far.
+    /// Rows appended so far.
     pub fn rows(&self) -> usize {
         self.rows
     }
