@@ -223,8 +223,7 @@ fn run(cli: Cli) -> Result<()> {
                 let mut inputs = read_inputs(&inputs)?;
                 let mut rejected = Vec::new();
                 if format == InputFormat::WhatsApp {
-                    let normalized =
-                        normalize_files(inputs, &tenants, now_ms()).context("cannot read the webhook input")?;
+                    let normalized = normalize_files(inputs, &tenants, now_ms())?;
                     println!(
                         "normalized {} webhook bodies into {} events ({} items without an event, {} rejected)",
                         thousands(normalized.bodies),

@@ -114,11 +114,10 @@ async fn publish_files(bus: &JetStreamBus, inputs: &[PathBuf], received_at: i64)
     let started = Instant::now();
     let mut published =
         Published { lines: 0, stats: PublishStats::default(), rejected: Vec::new(), rejected_lines: 0, seconds: 0.0 };
-    for (file, path) in read_inputs(inputs)?.into_iter().zip(inputs) {
-        let name = file.name.clone();
+    for (mut file, path) in read_inputs(inputs)?.into_iter().zip(inputs) {
         let bytes =
-            file.into_bytes().map_err(|source| ReplayError::Input { path: path.display().to_string(), source })?;
-        let batched = batch_file(&name, &bytes, received_at);
+            file.take_rest().map_err(|source| ReplayError::Input { path: path.display().to_string(), source })?;
+        let batched = batch_file(&file.name, &bytes, received_at);
         published.lines += batched.lines;
         published.stats.add(bus.publish(&batched.batches).await?);
         published.rejected_lines += batched.rejected.len() as u64;

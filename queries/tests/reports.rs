@@ -30,7 +30,9 @@ async fn store(events: Vec<Event>, tenants: Tenants, dir: &Path) -> SqlEngine {
     driver.submit(batch, 0).expect("submit");
     let output = driver.next_output().expect("the epoch finishes");
     driver.shutdown().expect("the dataflow stops");
-    EmbeddedStore::open(dir).expect("store").write(Vec::new(), &output.tables, &output.rejected).expect("write");
+    let embedded = EmbeddedStore::open(dir).expect("store");
+    let events = embedded.events_writer().expect("events file");
+    embedded.write(events, &output.tables, &output.rejected).expect("write");
     SqlEngine::open(dir).await.expect("sql engine")
 }
 

@@ -160,12 +160,21 @@ impl EmbeddedStore {
         self.partial_writer("events", TableWriter::ROW_GROUP)
     }
 
-    /// Replaces every table: `events` with what `events` was given, the derived tables with
-    /// `tables` (whose own `events` are left out) and `rejected`.
-    pub fn write(&self, events: TableWriter, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
+    /// Replaces every table: `events` with what `events` was given followed by `tables.events`,
+    /// the derived tables with `tables` and `rejected`.
+    pub fn write(
+        &self,
+        mut events: TableWriter,
+        tables: &TableSet,
+        rejected: &[RejectedRow],
+    ) -> Result<(), StoreError> {
         let mut batches = table_batches(tables, rejected, Rows::Contents)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
-        batches.retain(|table| table.table != "events");
+        if let Some(at) = batches.iter().position(|table| table.table == "events") {
+            for batch in &batches.remove(at).batches {
+                events.append(batch)?;
+            }
+        }
         let mut partials = vec![("events", events.finish()?)];
         partials.extend(self.encode(&batches)?);
         self.install(partials)

@@ -39,10 +39,11 @@ impl InputFile {
         Ok(InputFile { name: name.into(), reader: Box::new(file), pending: Vec::new(), ended: false })
     }
 
-    /// Everything not yet taken.
-    pub fn into_bytes(mut self) -> std::io::Result<Vec<u8>> {
+    /// Everything not yet taken, at once (a webhook file is normalized whole).
+    pub fn take_rest(&mut self) -> std::io::Result<Vec<u8>> {
         self.reader.read_to_end(&mut self.pending)?;
-        Ok(self.pending)
+        self.ended = true;
+        Ok(std::mem::take(&mut self.pending))
     }
 
     /// The next `lines` whole lines, fewer at the end (where the last line may lack its newline);

@@ -3,6 +3,7 @@
 //! `phone_number_id` to its tenant; items of numbers no tenant lists are skipped and counted.
 
 use super::InputFile;
+use crate::connector::RuntimeError;
 use convoflow_events::{normalize_webhook, split_lines, Tenants};
 use convoflow_operators::RejectedRow;
 
@@ -16,16 +17,17 @@ pub struct Normalized {
 }
 
 /// Reads each file whole (a webhook body is a line) and normalizes it.
-pub fn normalize_files(files: Vec<InputFile>, tenants: &Tenants, received_at: i64) -> std::io::Result<Normalized> {
+pub fn normalize_files(files: Vec<InputFile>, tenants: &Tenants, received_at: i64) -> Result<Normalized, RuntimeError> {
     let tenant_of = |number: &str| tenants.tenant_of_number(number).map(str::to_owned);
     let mut out = Normalized::default();
-    for file in files {
-        let name = file.name.clone();
-        let bytes = file.into_bytes()?;
+    for mut file in files {
+        let bytes = file
+            .take_rest()
+            .map_err(|source| RuntimeError::Io { what: format!("cannot read input {}", file.name), source })?;
         let mut canonical = Vec::with_capacity(bytes.len() / 2);
         for line in split_lines(&bytes, 1) {
             out.bodies += 1;
-            let source = format!("{name}:{}", line.number);
+            let source = format!("{}:{}", file.name, line.number);
             match normalize_webhook(line.bytes, &tenant_of) {
                 Err(error) => out.rejected.push(RejectedRow::new(
                     None,
@@ -55,7 +57,7 @@ pub fn normalize_files(files: Vec<InputFile>, tenants: &Tenants, received_at: i6
                 }
             }
         }
-        out.files.push(InputFile::from_bytes(name, canonical));
+        out.files.push(InputFile::from_bytes(file.name, canonical));
     }
     Ok(out)
 }
@@ -79,8 +81,8 @@ mod tests {
         assert_eq!((normalized.bodies, normalized.events), (2, 1));
         assert_eq!(normalized.rejected.len(), 1);
         assert_eq!(normalized.rejected[0].source, "hooks.ndjson:2");
-        let file = normalized.files.into_iter().next().expect("one file");
-        let text = String::from_utf8(file.into_bytes().expect("in memory")).expect("utf-8");
+        let mut file = normalized.files.into_iter().next().expect("one file");
+        let text = String::from_utf8(file.take_rest().expect("in memory")).expect("utf-8");
         let event = convoflow_events::parse_event(text.trim_end().as_bytes()).expect("canonical");
         assert_eq!((event.tenant_id.as_str(), event.session_id.as_deref()), ("acme", Some("118273645501234")));
 
