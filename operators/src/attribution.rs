@@ -14,6 +14,7 @@
 
 use crate::ordered::{add_to_multiset, insert_ordered, Ordered};
 use crate::reduce::reduce;
+use crate::rows::Text;
 use crate::rows::{AttributionModel, AttributionRow, Real};
 use convoflow_events::{AttributionSettings, Event, EventType, Tenants};
 use serde::{Deserialize, Serialize};
@@ -25,17 +26,17 @@ use timely::dataflow::StreamVec;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Touch {
     pub ts: i64,
-    pub event_id: String,
-    pub channel: String,
-    pub campaign_id: Option<String>,
-    pub source: Option<String>,
+    pub event_id: Text,
+    pub channel: Text,
+    pub campaign_id: Option<Text>,
+    pub source: Option<Text>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conversion {
     pub ts: i64,
-    pub event_id: String,
-    pub name: String,
+    pub event_id: Text,
+    pub name: Text,
     pub value: f64,
 }
 
@@ -67,27 +68,27 @@ impl ContactJourney {
 }
 
 /// The attribution record of a `touch` or `conversion` event, keyed by `(tenant_id, contact_id)`.
-pub fn attribution_record(event: &Event) -> Option<((String, String), AttributionInput)> {
+pub fn attribution_record(event: &Event) -> Option<((Text, Text), AttributionInput)> {
     let input = match event.kind {
         EventType::Touch => AttributionInput::Touch(
             Touch {
                 ts: event.ts,
-                event_id: event.event_id.clone(),
-                channel: event.channel.clone()?,
-                campaign_id: event.campaign_id.clone(),
-                source: event.source.clone(),
+                event_id: Text::from(&event.event_id),
+                channel: event.channel.as_deref().map(Text::from)?,
+                campaign_id: event.campaign_id.as_deref().map(Text::from),
+                source: event.source.as_deref().map(Text::from),
             },
             1,
         ),
         EventType::Conversion => AttributionInput::Conversion(Conversion {
             ts: event.ts,
-            event_id: event.event_id.clone(),
-            name: event.name.clone()?,
+            event_id: Text::from(&event.event_id),
+            name: event.name.as_deref().map(Text::from)?,
             value: event.value.unwrap_or(0.0),
         }),
         _ => return None,
     };
-    Some(((event.tenant_id.clone(), event.contact_id.clone()?), input))
+    Some(((Text::from(&event.tenant_id), event.contact_id.as_deref().map(Text::from)?), input))
 }
 
 /// The weight of each of `touches` (in order, conversion at `conversion_ts`) under `model`.
@@ -138,16 +139,16 @@ pub fn derive_attribution(
         let start = touches.partition_point(|t| t.ts < conversion.ts.saturating_sub(settings.lookback_ms));
         let credited = &touches[start..end];
         let row = |model: AttributionModel, touch: Option<&Touch>, weight: f64| AttributionRow {
-            tenant_id: tenant_id.to_owned(),
+            tenant_id: tenant_id.into(),
             model,
             conversion_event_id: conversion.event_id.clone(),
             conversion_ts: conversion.ts,
             conversion_name: conversion.name.clone(),
             conversion_value: Real(conversion.value),
-            contact_id: contact_id.to_owned(),
+            contact_id: contact_id.into(),
             touch_event_id: touch.map(|t| t.event_id.clone()),
             touch_ts: touch.map(|t| t.ts),
-            channel: touch.map_or_else(|| "direct".to_owned(), |t| t.channel.clone()),
+            channel: touch.map_or_else(|| "direct".into(), |t| t.channel.clone()),
             campaign_id: touch.and_then(|t| t.campaign_id.clone()),
             source: touch.and_then(|t| t.source.clone()),
             weight: Real(weight),
@@ -170,14 +171,14 @@ pub fn derive_attribution(
 }
 
 pub fn attribution<'s>(
-    keyed: StreamVec<'s, u64, ((String, String), AttributionInput)>,
+    keyed: StreamVec<'s, u64, ((Text, Text), AttributionInput)>,
     tenants: Arc<Tenants>,
 ) -> StreamVec<'s, u64, (AttributionRow, i64)> {
     reduce(
         keyed,
         "Attribution",
         |journey: &mut ContactJourney, input| journey.add(input),
-        move |(tenant_id, contact_id): &(String, String), journey| {
+        move |(tenant_id, contact_id): &(Text, Text), journey| {
             derive_attribution(tenant_id, contact_id, journey, tenants.attribution(tenant_id))
         },
     )
@@ -188,7 +189,13 @@ mod tests {
     use super::*;
 
     fn touch(ts: i64) -> Touch {
-        Touch { ts, event_id: format!("t{ts}"), channel: "ad".into(), campaign_id: None, source: None }
+        Touch {
+            ts,
+            event_id: compact_str::format_compact!("t{ts}"),
+            channel: "ad".into(),
+            campaign_id: None,
+            source: None,
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use crate::reduce::reduce;
 use crate::rows::ContactRow;
+use crate::rows::Text;
 use convoflow_events::{iso_week_monday, Event, EventType, LocalTime};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -51,7 +52,7 @@ pub enum ContactOutput {
     Row(ContactRow),
     /// Member of `cohort_week`; with `Some(k)`, also wrote in week offset k.
     Cohort {
-        tenant_id: String,
+        tenant_id: Text,
         cohort_week: i32,
         week_offset: Option<i32>,
     },
@@ -61,8 +62,8 @@ pub fn derive_contact(tenant_id: &str, contact_id: &str, state: &ContactState) -
     let Some(first_seen_ts) = state.first_seen_ts else { return Vec::new() };
     let cohort_week = state.first_inbound.map(|(_, week)| week);
     let mut outputs = vec![ContactOutput::Row(ContactRow {
-        tenant_id: tenant_id.to_owned(),
-        contact_id: contact_id.to_owned(),
+        tenant_id: tenant_id.into(),
+        contact_id: contact_id.into(),
         first_seen_ts,
         first_inbound_ts: state.first_inbound.map(|(ts, _)| ts),
         last_inbound_ts: state.last_inbound_ts,
@@ -70,10 +71,10 @@ pub fn derive_contact(tenant_id: &str, contact_id: &str, state: &ContactState) -
         cohort_week,
     })];
     if let Some(cohort_week) = cohort_week {
-        outputs.push(ContactOutput::Cohort { tenant_id: tenant_id.to_owned(), cohort_week, week_offset: None });
+        outputs.push(ContactOutput::Cohort { tenant_id: tenant_id.into(), cohort_week, week_offset: None });
         for &week in state.inbound_weeks.range(cohort_week..) {
             outputs.push(ContactOutput::Cohort {
-                tenant_id: tenant_id.to_owned(),
+                tenant_id: tenant_id.into(),
                 cohort_week,
                 week_offset: Some((week - cohort_week) / 7),
             });
@@ -83,7 +84,7 @@ pub fn derive_contact(tenant_id: &str, contact_id: &str, state: &ContactState) -
 }
 
 /// `(tenant_id, contact_id)`
-pub type ContactKey = (String, String);
+pub type ContactKey = (Text, Text);
 
 /// The contact record of a message, given where its `ts` falls in the tenant's local time.
 pub fn contact_record(event: &Event, local: &LocalTime) -> Option<(ContactKey, ContactMessage)> {
@@ -93,7 +94,7 @@ pub fn contact_record(event: &Event, local: &LocalTime) -> Option<(ContactKey, C
         _ => return None,
     };
     let message = ContactMessage { ts: event.ts, inbound, week: iso_week_monday(local.local_date) };
-    Some(((event.tenant_id.clone(), event.contact_id.clone()?), message))
+    Some(((Text::from(&event.tenant_id), event.contact_id.as_deref().map(Text::from)?), message))
 }
 
 pub fn contacts<'s>(

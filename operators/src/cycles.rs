@@ -11,6 +11,7 @@
 //! An assignment without `agent_id` unassigns. Open cycles have null close columns.
 
 use crate::rows::CycleRow;
+use crate::rows::Text;
 use crate::thread::{Step, ThreadEvent};
 use convoflow_events::Sender;
 
@@ -30,7 +31,7 @@ pub fn derive_cycles(tenant_id: &str, conversation_id: &str, events: &[ThreadEve
                     .filter(|later| later.step == Step::Assigned)
                     .last()
                     .map(|later| later.agent_id.as_deref());
-                cycle.assignee = same_ts_assignee.unwrap_or(assignee).map(str::to_owned);
+                cycle.assignee = same_ts_assignee.unwrap_or(assignee).map(Text::from);
                 cycle.resolved_ts = Some(event.ts);
                 cycle.resolution_ms = Some(event.ts - cycle.start_ts);
                 cycle.resolved_by = event.agent_id.clone();
@@ -38,8 +39,8 @@ pub fn derive_cycles(tenant_id: &str, conversation_id: &str, events: &[ThreadEve
             }
             Step::Received | Step::Sent(_) => {
                 let cycle = open.get_or_insert_with(|| CycleRow {
-                    tenant_id: tenant_id.to_owned(),
-                    conversation_id: conversation_id.to_owned(),
+                    tenant_id: tenant_id.into(),
+                    conversation_id: conversation_id.into(),
                     contact_id: event.contact_id.clone().unwrap_or_default(),
                     cycle_id: event.event_id.clone(),
                     start_ts: event.ts,
@@ -75,7 +76,7 @@ pub fn derive_cycles(tenant_id: &str, conversation_id: &str, events: &[ThreadEve
         }
     }
     if let Some(mut cycle) = open {
-        cycle.assignee = assignee.map(str::to_owned);
+        cycle.assignee = assignee.map(Text::from);
         rows.push(cycle);
     }
     rows

@@ -28,6 +28,7 @@ use crate::funnel::{funnel_progress, funnel_record, FunnelEvent};
 use crate::message_status::{inbound_record, message_status, ContactStatusInput};
 use crate::messages::{message_record, messages, MessageEvent, MessageKey, MessageOutput};
 use crate::retention::{retention, CohortKey, Membership};
+use crate::rows::Text;
 use crate::rows::VolumeKey;
 use crate::session_health::{session_health, session_record, SessionInput};
 use crate::split::branches;
@@ -48,7 +49,7 @@ pub struct Outputs<'s> {
 }
 
 /// `(tenant_id, contact_id)` or `(tenant_id, session_id)`
-type TenantKey = (String, String);
+type TenantKey = (Text, Text);
 
 branches! {
     /// What an admission contributes to each branch. Deriving these in one place and routing

@@ -341,7 +341,7 @@ fn state_tag(generation: &str, tenants: &Tenants) -> String {
 fn hash_probe() -> u64 {
     let routes = [
         crate::reduce::route("tenant"),
-        crate::reduce::route(&("tenant".to_owned(), "contact".to_owned())),
+        crate::reduce::route(&(crate::Text::from("tenant"), crate::Text::from("contact"))),
         crate::reduce::route(&("tenant", 7_u64, Some(3_i64))),
     ];
     let event = convoflow_events::event_key("tenant", "event");

@@ -11,6 +11,7 @@
 use crate::ordered::{insert_ordered, Ordered};
 use crate::reduce::reduce;
 use crate::rows::FunnelRow;
+use crate::rows::Text;
 use chrono_tz::Tz;
 use convoflow_events::{local_time, Event, EventType, Funnel, Sender, Tenants};
 use serde::{Deserialize, Serialize};
@@ -21,10 +22,10 @@ use timely::dataflow::StreamVec;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunnelEvent {
     pub ts: i64,
-    pub event_id: String,
+    pub event_id: Text,
     pub kind: EventType,
     pub sender: Option<Sender>,
-    pub name: Option<String>,
+    pub name: Option<Text>,
 }
 
 impl Ordered for FunnelEvent {
@@ -34,7 +35,7 @@ impl Ordered for FunnelEvent {
 }
 
 /// The funnel record of an event that fits a step of one of its tenant's funnels.
-pub fn funnel_record(event: &Event, tenants: &Tenants) -> Option<((String, String), FunnelEvent)> {
+pub fn funnel_record(event: &Event, tenants: &Tenants) -> Option<((Text, Text), FunnelEvent)> {
     let concerned =
         tenants.funnels(&event.tenant_id).iter().any(|f| f.concerns(event.kind, event.sender, event.name.as_deref()));
     if !concerned {
@@ -42,12 +43,12 @@ pub fn funnel_record(event: &Event, tenants: &Tenants) -> Option<((String, Strin
     }
     let record = FunnelEvent {
         ts: event.ts,
-        event_id: event.event_id.clone(),
+        event_id: Text::from(&event.event_id),
         kind: event.kind,
         sender: event.sender,
-        name: event.name.clone(),
+        name: event.name.as_deref().map(Text::from),
     };
-    Some(((event.tenant_id.clone(), event.contact_id.clone()?), record))
+    Some(((Text::from(&event.tenant_id), event.contact_id.as_deref().map(Text::from)?), record))
 }
 
 /// The best entry of one local date: (reach, entry_ts, completed_ts).
@@ -89,9 +90,9 @@ fn funnel_rows(tenant_id: &str, contact_id: &str, funnel: &Funnel, events: &[Fun
     by_date
         .into_iter()
         .map(|(entry_date, (furthest_step, entry_ts, completed_ts))| FunnelRow {
-            tenant_id: tenant_id.to_owned(),
-            funnel_id: funnel.funnel_id.clone(),
-            contact_id: contact_id.to_owned(),
+            tenant_id: tenant_id.into(),
+            funnel_id: Text::from(&funnel.funnel_id),
+            contact_id: contact_id.into(),
             entry_date,
             furthest_step,
             entry_ts,
@@ -110,15 +111,13 @@ pub fn derive_funnels(tenant_id: &str, contact_id: &str, events: &[FunnelEvent],
 }
 
 pub fn funnel_progress<'s>(
-    keyed: StreamVec<'s, u64, ((String, String), FunnelEvent)>,
+    keyed: StreamVec<'s, u64, ((Text, Text), FunnelEvent)>,
     tenants: Arc<Tenants>,
 ) -> StreamVec<'s, u64, (FunnelRow, i64)> {
     reduce(
         keyed,
         "FunnelProgress",
         |events: &mut Vec<FunnelEvent>, event| insert_ordered(events, event),
-        move |(tenant_id, contact_id): &(String, String), events| {
-            derive_funnels(tenant_id, contact_id, events, &tenants)
-        },
+        move |(tenant_id, contact_id): &(Text, Text), events| derive_funnels(tenant_id, contact_id, events, &tenants),
     )
 }

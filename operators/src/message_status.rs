@@ -15,6 +15,7 @@ use crate::messages::{MessageEvent, MessagePart};
 use crate::ordered::add_to_multiset;
 use crate::reduce::reduce;
 use crate::rows::MessageStatusRow;
+use crate::rows::Text;
 use convoflow_events::{Event, EventType, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,7 +37,7 @@ pub fn derive_message_status(tenant_id: &str, message_id: &str, events: &[Messag
     let status = first_status(events, |_| true);
     let origin = send.or(status)?;
     let field =
-        |get: fn(&MessageEvent) -> &Option<String>| get(origin).clone().or_else(|| status.and_then(|s| get(s).clone()));
+        |get: fn(&MessageEvent) -> &Option<Text>| get(origin).clone().or_else(|| status.and_then(|s| get(s).clone()));
     let (sender, agent_id, campaign_id) = match send.map(|s| &s.part) {
         Some(MessagePart::Sent { sender, agent_id, campaign_id }) => {
             (Some(*sender), agent_id.clone(), campaign_id.clone())
@@ -58,8 +59,8 @@ pub fn derive_message_status(tenant_id: &str, message_id: &str, events: &[Messag
         (None, None, None) => Status::Sent,
     };
     Some(MessageStatusRow {
-        tenant_id: tenant_id.to_owned(),
-        message_id: message_id.to_owned(),
+        tenant_id: tenant_id.into(),
+        message_id: message_id.into(),
         contact_id: field(|e| &e.contact_id).unwrap_or_default(),
         session_id: field(|e| &e.session_id),
         sender,
@@ -111,15 +112,18 @@ impl ContactMessages {
 }
 
 /// The per-contact record of an inbound message.
-pub fn inbound_record(event: &Event) -> Option<((String, String), ContactStatusInput)> {
+pub fn inbound_record(event: &Event) -> Option<((Text, Text), ContactStatusInput)> {
     if event.kind != EventType::MessageReceived {
         return None;
     }
-    Some(((event.tenant_id.clone(), event.contact_id.clone()?), ContactStatusInput::Inbound(event.ts)))
+    Some((
+        (Text::from(&event.tenant_id), event.contact_id.as_deref().map(Text::from)?),
+        ContactStatusInput::Inbound(event.ts),
+    ))
 }
 
 pub fn message_status<'s>(
-    keyed: StreamVec<'s, u64, ((String, String), ContactStatusInput)>,
+    keyed: StreamVec<'s, u64, ((Text, Text), ContactStatusInput)>,
 ) -> StreamVec<'s, u64, (MessageStatusRow, i64)> {
     reduce(
         keyed,

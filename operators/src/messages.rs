@@ -10,6 +10,7 @@ use crate::message_status::{derive_message_status, first_send};
 use crate::ordered::{insert_ordered, Ordered};
 use crate::reactions::derive_reactions;
 use crate::reduce::reduce;
+use crate::rows::Text;
 use crate::rows::{MessageStatusRow, ReactionRow};
 use convoflow_events::{local_time, Event, EventType, Sender, Status, Tenants};
 use serde::{Deserialize, Serialize};
@@ -17,21 +18,21 @@ use std::sync::Arc;
 use timely::dataflow::StreamVec;
 
 /// `(tenant_id, message_id)`
-pub type MessageKey = (String, String);
+pub type MessageKey = (Text, Text);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessagePart {
-    Sent { sender: Sender, agent_id: Option<String>, campaign_id: Option<String> },
+    Sent { sender: Sender, agent_id: Option<Text>, campaign_id: Option<Text> },
     Status { status: Status, error_code: Option<i64> },
-    Reaction { emoji: String },
+    Reaction { emoji: Text },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageEvent {
     pub ts: i64,
-    pub event_id: String,
-    pub contact_id: Option<String>,
-    pub session_id: Option<String>,
+    pub event_id: Text,
+    pub contact_id: Option<Text>,
+    pub session_id: Option<Text>,
     pub part: MessagePart,
 }
 
@@ -46,21 +47,23 @@ pub fn message_record(event: &Event) -> Option<(MessageKey, MessageEvent)> {
     let part = match event.kind {
         EventType::MessageSent => MessagePart::Sent {
             sender: event.sender?,
-            agent_id: event.agent_id.clone(),
-            campaign_id: event.campaign_id.clone(),
+            agent_id: event.agent_id.as_deref().map(Text::from),
+            campaign_id: event.campaign_id.as_deref().map(Text::from),
         },
         EventType::MessageStatus => MessagePart::Status { status: event.status?, error_code: event.error_code },
-        EventType::MessageReaction => MessagePart::Reaction { emoji: event.emoji.clone().unwrap_or_default() },
+        EventType::MessageReaction => {
+            MessagePart::Reaction { emoji: event.emoji.as_deref().map(Text::from).unwrap_or_default() }
+        }
         _ => return None,
     };
-    let key = (event.tenant_id.clone(), event.message_id.clone()?);
+    let key = (Text::from(&event.tenant_id), event.message_id.as_deref().map(Text::from)?);
     Some((
         key,
         MessageEvent {
             ts: event.ts,
-            event_id: event.event_id.clone(),
-            contact_id: event.contact_id.clone(),
-            session_id: event.session_id.clone(),
+            event_id: Text::from(&event.event_id),
+            contact_id: event.contact_id.as_deref().map(Text::from),
+            session_id: event.session_id.as_deref().map(Text::from),
             part,
         },
     ))
@@ -74,14 +77,14 @@ pub enum MessageOutput {
     Reaction(ReactionRow),
     /// A campaign send that did not end failed, as a touch of `(tenant_id, contact_id)`.
     CampaignTouch {
-        tenant_id: String,
-        contact_id: String,
+        tenant_id: Text,
+        contact_id: Text,
         touch: Touch,
     },
     /// A send in the local hour `hour_start` of business sender `session_id`.
     SenderSend {
-        tenant_id: String,
-        session_id: String,
+        tenant_id: Text,
+        session_id: Text,
         hour_start: i64,
         failed: bool,
     },
@@ -99,12 +102,12 @@ pub fn derive_message(
     let failed = row.final_status == Status::Failed;
     if let (Some(send), Some(Sender::Campaign), false) = (first_send(events), row.sender, failed) {
         outputs.push(MessageOutput::CampaignTouch {
-            tenant_id: tenant_id.to_owned(),
+            tenant_id: tenant_id.into(),
             contact_id: row.contact_id.clone(),
             touch: Touch {
                 ts: send.ts,
                 event_id: send.event_id.clone(),
-                channel: "whatsapp".to_owned(),
+                channel: "whatsapp".into(),
                 campaign_id: row.campaign_id.clone(),
                 source: None,
             },
@@ -112,7 +115,7 @@ pub fn derive_message(
     }
     if let (Some(session_id), Some(sent_ts)) = (&row.session_id, row.sent_ts) {
         outputs.push(MessageOutput::SenderSend {
-            tenant_id: tenant_id.to_owned(),
+            tenant_id: tenant_id.into(),
             session_id: session_id.clone(),
             hour_start: local_time(tenants.timezone(tenant_id), sent_ts).hour_start_ms,
             failed,

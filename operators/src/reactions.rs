@@ -10,13 +10,14 @@
 
 use crate::message_status::first_send;
 use crate::messages::{MessageEvent, MessagePart};
+use crate::rows::Text;
 use crate::rows::{ReactionRow, Sentiment};
 use std::collections::BTreeMap;
 
 const POSITIVE: &[&str] = &["👍", "❤", "😍", "🥰", "😊", "😀", "😃", "🙏", "👏", "🎉", "💯", "✅"];
 const NEGATIVE: &[&str] = &["👎", "😡", "😠", "😞", "😢", "😤", "💔", "❌"];
 
-pub fn normalize_emoji(emoji: &str) -> String {
+pub fn normalize_emoji(emoji: &str) -> Text {
     emoji.chars().filter(|&c| c != '\u{FE0F}' && !('\u{1F3FB}'..='\u{1F3FF}').contains(&c)).collect()
 }
 
@@ -49,9 +50,9 @@ pub fn derive_reactions(tenant_id: &str, message_id: &str, events: &[MessageEven
         .filter_map(|(contact_id, (event, emoji))| {
             let emoji = normalize_emoji(emoji);
             (!emoji.is_empty()).then(|| ReactionRow {
-                tenant_id: tenant_id.to_owned(),
-                message_id: message_id.to_owned(),
-                contact_id: contact_id.to_owned(),
+                tenant_id: tenant_id.into(),
+                message_id: message_id.into(),
+                contact_id: contact_id.into(),
                 sentiment: sentiment(&emoji),
                 emoji,
                 ts: event.ts,

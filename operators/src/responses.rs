@@ -20,8 +20,8 @@ pub fn derive_responses(tenant_id: &str, conversation_id: &str, events: &[Thread
             Step::Sent(responder @ (Sender::Agent | Sender::Bot)) => {
                 if let Some(start) = waiting.take() {
                     rows.push(ResponseRow {
-                        tenant_id: tenant_id.to_owned(),
-                        conversation_id: conversation_id.to_owned(),
+                        tenant_id: tenant_id.into(),
+                        conversation_id: conversation_id.into(),
                         contact_id: start.contact_id.clone().unwrap_or_default(),
                         start_event_id: start.event_id.clone(),
                         start_ts: start.ts,

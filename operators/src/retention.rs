@@ -6,6 +6,7 @@
 
 use crate::reduce::reduce;
 use crate::rows::RetentionRow;
+use crate::rows::Text;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use timely::dataflow::StreamVec;
@@ -17,7 +18,7 @@ pub struct Cohort {
 }
 
 /// `(tenant_id, cohort_week)`
-pub type CohortKey = (String, i32);
+pub type CohortKey = (Text, i32);
 
 /// A contact joining (+1) or leaving (−1) a cohort (`None`) or its retained set in a week offset.
 pub type Membership = (Option<i32>, i64);

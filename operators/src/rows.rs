@@ -5,6 +5,12 @@ use crate::table;
 use convoflow_events::{Event, MessageType, Sender, SessionState, Status};
 use serde::{Deserialize, Serialize};
 
+/// A text cell or id held by the operators: inline when at most 24 bytes (every generated id, a
+/// tenant, a channel), on the heap like a `String` when longer (Meta's ~60-byte `wamid`s). It
+/// orders, hashes and serializes as the string it holds, so routes and saved state are as with
+/// `String`.
+pub type Text = compact_str::CompactString;
+
 table! { Event as "events", |e| {
     event_id: text = &e.event_id,
     tenant_id: text = &e.tenant_id,
@@ -79,16 +85,16 @@ impl Direction {
 /// SPEC §5.1
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ResponseRow {
-    pub tenant_id: String,
-    pub conversation_id: String,
-    pub contact_id: String,
-    pub start_event_id: String,
+    pub tenant_id: Text,
+    pub conversation_id: Text,
+    pub contact_id: Text,
+    pub start_event_id: Text,
     pub start_ts: i64,
-    pub reply_event_id: String,
+    pub reply_event_id: Text,
     pub reply_ts: i64,
     pub response_ms: i64,
     pub responder: Sender,
-    pub agent_id: Option<String>,
+    pub agent_id: Option<Text>,
 }
 
 table! { ResponseRow as "responses", |row| {
@@ -107,19 +113,19 @@ table! { ResponseRow as "responses", |row| {
 /// SPEC §5.2
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CycleRow {
-    pub tenant_id: String,
-    pub conversation_id: String,
-    pub contact_id: String,
-    pub cycle_id: String,
+    pub tenant_id: Text,
+    pub conversation_id: Text,
+    pub contact_id: Text,
+    pub cycle_id: Text,
     pub start_ts: i64,
     pub first_inbound_ts: Option<i64>,
     pub first_response_ts: Option<i64>,
     pub first_response_ms: Option<i64>,
-    pub first_response_agent_id: Option<String>,
+    pub first_response_agent_id: Option<Text>,
     pub resolved_ts: Option<i64>,
     pub resolution_ms: Option<i64>,
-    pub resolved_by: Option<String>,
-    pub assignee: Option<String>,
+    pub resolved_by: Option<Text>,
+    pub assignee: Option<Text>,
     pub inbound_count: i64,
     pub outbound_count: i64,
 }
@@ -145,7 +151,7 @@ table! { CycleRow as "conversation_cycles", |row| {
 /// SPEC §5.3: the key columns of a `message_volume` row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct VolumeKey {
-    pub tenant_id: String,
+    pub tenant_id: Text,
     pub hour_start: i64,
     pub local_date: i32,
     pub local_hour: u32,
@@ -175,8 +181,8 @@ table! { VolumeRow as "message_volume", |row| {
 /// SPEC §5.4
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ContactRow {
-    pub tenant_id: String,
-    pub contact_id: String,
+    pub tenant_id: Text,
+    pub contact_id: Text,
     pub first_seen_ts: i64,
     pub first_inbound_ts: Option<i64>,
     pub last_inbound_ts: Option<i64>,
@@ -197,7 +203,7 @@ table! { ContactRow as "contacts", |row| {
 /// SPEC §5.5
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RetentionRow {
-    pub tenant_id: String,
+    pub tenant_id: Text,
     pub cohort_week: i32,
     pub week_offset: i32,
     pub cohort_size: i64,
@@ -215,9 +221,9 @@ table! { RetentionRow as "retention", |row| {
 /// SPEC §5.6: a contact's progress through a funnel from the step-1 events of one local date.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FunnelRow {
-    pub tenant_id: String,
-    pub funnel_id: String,
-    pub contact_id: String,
+    pub tenant_id: Text,
+    pub funnel_id: Text,
+    pub contact_id: Text,
     pub entry_date: i32,
     pub furthest_step: i32,
     pub entry_ts: i64,
@@ -298,18 +304,18 @@ impl AttributionModel {
 /// SPEC §5.7: the credit one touch (or `direct`) gets for one conversion under one model.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AttributionRow {
-    pub tenant_id: String,
+    pub tenant_id: Text,
     pub model: AttributionModel,
-    pub conversion_event_id: String,
+    pub conversion_event_id: Text,
     pub conversion_ts: i64,
-    pub conversion_name: String,
+    pub conversion_name: Text,
     pub conversion_value: Real,
-    pub contact_id: String,
-    pub touch_event_id: Option<String>,
+    pub contact_id: Text,
+    pub touch_event_id: Option<Text>,
     pub touch_ts: Option<i64>,
-    pub channel: String,
-    pub campaign_id: Option<String>,
-    pub source: Option<String>,
+    pub channel: Text,
+    pub campaign_id: Option<Text>,
+    pub source: Option<Text>,
     pub weight: Real,
     pub credited_value: Real,
 }
@@ -334,13 +340,13 @@ table! { AttributionRow as "attribution", |row| {
 /// SPEC §5.8: one outbound message id. `final_status` is `Read`, `Delivered`, `Failed` or `Sent`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MessageStatusRow {
-    pub tenant_id: String,
-    pub message_id: String,
-    pub contact_id: String,
-    pub session_id: Option<String>,
+    pub tenant_id: Text,
+    pub message_id: Text,
+    pub contact_id: Text,
+    pub session_id: Option<Text>,
     pub sender: Option<Sender>,
-    pub agent_id: Option<String>,
-    pub campaign_id: Option<String>,
+    pub agent_id: Option<Text>,
+    pub campaign_id: Option<Text>,
     pub sent_ts: Option<i64>,
     pub delivered_ts: Option<i64>,
     pub read_ts: Option<i64>,
@@ -388,16 +394,16 @@ impl Sentiment {
 /// SPEC §5.9: a contact's standing reaction to a message.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReactionRow {
-    pub tenant_id: String,
-    pub message_id: String,
-    pub contact_id: String,
-    pub emoji: String,
+    pub tenant_id: Text,
+    pub message_id: Text,
+    pub contact_id: Text,
+    pub emoji: Text,
     pub sentiment: Sentiment,
     pub ts: i64,
     pub sender: Option<Sender>,
-    pub agent_id: Option<String>,
+    pub agent_id: Option<Text>,
     /// Not in the SPEC's columns: the reacted message's campaign, for CSAT by campaign.
-    pub campaign_id: Option<String>,
+    pub campaign_id: Option<Text>,
 }
 
 table! { ReactionRow as "reactions", |row| {
@@ -415,8 +421,8 @@ table! { ReactionRow as "reactions", |row| {
 /// SPEC §5.10: one business sender in one local hour.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionHealthRow {
-    pub tenant_id: String,
-    pub session_id: String,
+    pub tenant_id: Text,
+    pub session_id: Text,
     pub hour_start: i64,
     pub uptime: Real,
     pub sent: i64,

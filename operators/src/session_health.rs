@@ -12,6 +12,7 @@
 
 use crate::ordered::{insert_ordered, Ordered};
 use crate::reduce::reduce;
+use crate::rows::Text;
 use crate::rows::{Real, SessionHealthRow};
 use chrono_tz::Tz;
 use convoflow_events::{local_time, Event, EventType, SessionState, Tenants};
@@ -25,7 +26,7 @@ const HOUR_MS: i64 = 3_600_000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateChange {
     pub ts: i64,
-    pub event_id: String,
+    pub event_id: Text,
     pub state: SessionState,
 }
 
@@ -83,11 +84,11 @@ impl SenderTimeline {
 }
 
 /// The session record of an event carrying a `session_id`.
-pub fn session_record(event: &Event) -> Option<((String, String), SessionInput)> {
-    let key = (event.tenant_id.clone(), event.session_id.clone()?);
+pub fn session_record(event: &Event) -> Option<((Text, Text), SessionInput)> {
+    let key = (Text::from(&event.tenant_id), event.session_id.as_deref().map(Text::from)?);
     let input = match (event.kind, event.state) {
         (EventType::SessionStatus, Some(state)) => {
-            SessionInput::State(StateChange { ts: event.ts, event_id: event.event_id.clone(), state })
+            SessionInput::State(StateChange { ts: event.ts, event_id: Text::from(&event.event_id), state })
         }
         _ => SessionInput::Seen(event.ts),
     };
@@ -154,8 +155,8 @@ pub fn derive_session_health(
         let hour_ms = hour_end - hour_start;
         let (sent, failed) = timeline.sends.get(&hour_start).copied().unwrap_or((0, 0));
         rows.push(SessionHealthRow {
-            tenant_id: tenant_id.to_owned(),
-            session_id: session_id.to_owned(),
+            tenant_id: tenant_id.into(),
+            session_id: session_id.into(),
             hour_start,
             uptime: Real(up_ms as f64 / hour_ms as f64),
             sent,
@@ -169,14 +170,14 @@ pub fn derive_session_health(
 
 /// Session records, plus the sends `messages.rs` attributes to each sender.
 pub fn session_health<'s>(
-    keyed: StreamVec<'s, u64, ((String, String), SessionInput)>,
+    keyed: StreamVec<'s, u64, ((Text, Text), SessionInput)>,
     tenants: Arc<Tenants>,
 ) -> StreamVec<'s, u64, (SessionHealthRow, i64)> {
     reduce(
         keyed,
         "SessionHealth",
         |timeline: &mut SenderTimeline, input| timeline.add(input),
-        move |(tenant_id, session_id): &(String, String), timeline| {
+        move |(tenant_id, session_id): &(Text, Text), timeline| {
             derive_session_health(tenant_id, session_id, timeline, tenants.timezone(tenant_id))
         },
     )

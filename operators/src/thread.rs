@@ -6,6 +6,7 @@ use crate::cycles::derive_cycles;
 use crate::ordered::{insert_ordered, Ordered};
 use crate::reduce::reduce;
 use crate::responses::derive_responses;
+use crate::rows::Text;
 use crate::rows::{CycleRow, ResponseRow};
 use convoflow_events::{Event, EventType, Sender};
 use serde::{Deserialize, Serialize};
@@ -22,10 +23,10 @@ pub enum Step {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadEvent {
     pub ts: i64,
-    pub event_id: String,
+    pub event_id: Text,
     pub step: Step,
-    pub contact_id: Option<String>,
-    pub agent_id: Option<String>,
+    pub contact_id: Option<Text>,
+    pub agent_id: Option<Text>,
 }
 
 impl ThreadEvent {
@@ -39,10 +40,10 @@ impl ThreadEvent {
         };
         Some(ThreadEvent {
             ts: event.ts,
-            event_id: event.event_id.clone(),
+            event_id: Text::from(&event.event_id),
             step,
-            contact_id: event.contact_id.clone(),
-            agent_id: event.agent_id.clone(),
+            contact_id: event.contact_id.as_deref().map(Text::from),
+            agent_id: event.agent_id.as_deref().map(Text::from),
         })
     }
 }
@@ -54,7 +55,7 @@ impl Ordered for ThreadEvent {
 }
 
 /// `(tenant_id, conversation_id)`
-pub type ThreadKey = (String, String);
+pub type ThreadKey = (Text, Text);
 
 /// A thread's events in `(ts, event_id)` order.
 #[derive(Default, Serialize, Deserialize)]
@@ -77,7 +78,7 @@ pub enum ThreadRow {
 
 /// The thread record of an event, if it belongs to a thread.
 pub fn thread_record(event: &Event) -> Option<(ThreadKey, ThreadEvent)> {
-    let key = (event.tenant_id.clone(), event.thread_id()?.to_owned());
+    let key = (Text::from(&event.tenant_id), Text::from(event.thread_id()?));
     ThreadEvent::from_event(event).map(|thread_event| (key, thread_event))
 }
 

@@ -3,7 +3,7 @@
 
 use convoflow_events::{parse_event, Tenants};
 use convoflow_operators::dataflow::build;
-use convoflow_operators::Update;
+use convoflow_operators::{Text, Update};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ fn a_late_reply_retracts_and_replaces_only_its_threads_rows() {
     let log = run_epochs(&[on_time, late]);
 
     let late: Vec<&Update> = log.iter().filter(|(time, _)| *time == 1).map(|(_, update)| update).collect();
-    let responses: Vec<(String, i64, i64)> = late
+    let responses: Vec<(Text, i64, i64)> = late
         .iter()
         .filter_map(|u| match u {
             Update::Response(row, diff) => Some((row.reply_event_id.clone(), row.response_ms, *diff)),
@@ -77,7 +77,7 @@ fn a_late_reply_retracts_and_replaces_only_its_threads_rows() {
     assert!(responses.contains(&("a2".into(), 600_000, -1)), "old response retracted: {responses:?}");
     assert!(responses.contains(&("a3".into(), 300_000, 1)), "new response inserted: {responses:?}");
 
-    let cycles: Vec<(Option<String>, i64, i64)> = late
+    let cycles: Vec<(Option<Text>, i64, i64)> = late
         .iter()
         .filter_map(|u| match u {
             Update::Cycle(row, diff) => Some((row.first_response_agent_id.clone(), row.outbound_count, *diff)),
@@ -122,7 +122,7 @@ fn a_late_failed_status_retracts_the_campaign_touch_and_reweights_the_conversion
         r#"{"event_id":"m1-failed","tenant_id":"t","ts":"2026-02-02T10:00:05Z","type":"message.status","contact_id":"A","message_id":"m1","status":"failed","error_code":131026}"#,
     ];
     let log = run_epochs(&[on_time, late]);
-    let linear = |epoch: u64| -> Vec<(Option<String>, f64, i64)> {
+    let linear = |epoch: u64| -> Vec<(Option<Text>, f64, i64)> {
         let mut rows: Vec<_> = log
             .iter()
             .filter(|(time, _)| *time == epoch)

@@ -230,8 +230,8 @@ mod tests {
     fn a_table_survives_encode_then_decode() {
         let schema = schema("contacts").expect("table");
         let contact = |tenant: &str, id: &str, first: i64, inbound: Option<i64>, week: Option<i32>| ContactRow {
-            tenant_id: tenant.to_owned(),
-            contact_id: id.to_owned(),
+            tenant_id: tenant.into(),
+            contact_id: id.into(),
             first_seen_ts: first,
             first_inbound_ts: inbound,
             last_inbound_ts: inbound,

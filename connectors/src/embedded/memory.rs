@@ -243,8 +243,8 @@ mod tests {
 
     fn contact(tenant: &str, id: &str, messages: i64) -> ContactRow {
         ContactRow {
-            tenant_id: tenant.to_owned(),
-            contact_id: id.to_owned(),
+            tenant_id: tenant.into(),
+            contact_id: id.into(),
             first_seen_ts: 0,
             first_inbound_ts: None,
             last_inbound_ts: None,

@@ -195,13 +195,7 @@ mod tests {
     use convoflow_schema::events_from_batch;
 
     fn row(n: i64) -> RetentionRow {
-        RetentionRow {
-            tenant_id: "t".to_owned(),
-            cohort_week: (n % 7) as i32,
-            week_offset: 0,
-            cohort_size: n,
-            retained: 1,
-        }
+        RetentionRow { tenant_id: "t".into(), cohort_week: (n % 7) as i32, week_offset: 0, cohort_size: n, retained: 1 }
     }
 
     #[test]
