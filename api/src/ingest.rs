@@ -232,7 +232,7 @@ impl Intake {
                 } else {
                     self.counts.duplicates += 1;
                 }
-                let body = self.bodies.entry(event.tenant_id.clone()).or_default();
+                let body = self.bodies.entry(event.tenant_id.to_string()).or_default();
                 body.extend_from_slice(event.to_json().as_bytes());
                 body.push(b'\n');
             }
@@ -385,7 +385,7 @@ fn admit_lines(
         if let Some(own) = own_tenant {
             if event.tenant_id != own {
                 let reason = format!("tenant_id: `{}` is not the API key's tenant `{own}`", event.tenant_id);
-                reject(Some(own), reason, Some(event.event_id.clone()));
+                reject(Some(own), reason, Some(event.event_id.to_string()));
                 continue;
             }
         }
@@ -394,7 +394,7 @@ fn admit_lines(
             Claim::Duplicate | Claim::DuplicatePending => ("duplicate", None),
             Claim::Conflicting => ("rejected", Some(conflict_reason(&event.event_id))),
         };
-        results.push(LineResult { line: *number, event_id: Some(event.event_id), status, reason });
+        results.push(LineResult { line: *number, event_id: Some(event.event_id.into()), status, reason });
     }
     results
 }
@@ -479,7 +479,7 @@ mod tests {
         assert_eq!(claim, Claim::New);
         assert_eq!(seen.claim(&event).1, Claim::DuplicatePending, "not durable yet: a copy is stored again");
         let mut changed = event.clone();
-        changed.channel = Some("web".to_owned());
+        changed.channel = Some("web".into());
         assert_eq!(seen.claim(&changed).1, Claim::Conflicting);
         seen.release(&[key]);
         assert_eq!(seen.claim(&changed).1, Claim::New);

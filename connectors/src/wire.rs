@@ -2,7 +2,7 @@
 //! events and rejection lines, and how a record read back becomes positioned events.
 
 use bytes::Bytes;
-use convoflow_events::{parse_event, split_lines};
+use convoflow_events::{parse_event, split_lines, Text};
 use convoflow_operators::dedup::Positioned;
 use convoflow_operators::RejectedRow;
 use std::collections::HashMap;
@@ -53,7 +53,7 @@ fn finish(tenant: &str, body: Vec<u8>, events: u64) -> OutgoingBatch {
 /// Splits NDJSON into per-tenant batches in input order. Batch boundaries depend only on the
 /// file, so publishing the same file again yields the same message ids.
 pub fn batch_file(name: &str, bytes: &[u8], received_at: i64) -> BatchedFile {
-    let mut open: HashMap<String, (Vec<u8>, u64)> = HashMap::new();
+    let mut open: HashMap<Text, (Vec<u8>, u64)> = HashMap::new();
     let mut out = BatchedFile { batches: Vec::new(), rejected: Vec::new(), lines: 0 };
     for line in split_lines(bytes, 1) {
         out.lines += 1;
@@ -78,7 +78,7 @@ pub fn batch_file(name: &str, bytes: &[u8], received_at: i64) -> BatchedFile {
             )),
         }
     }
-    let mut rest: Vec<(String, (Vec<u8>, u64))> = open.into_iter().collect();
+    let mut rest: Vec<(Text, (Vec<u8>, u64))> = open.into_iter().collect();
     rest.sort_by(|a, b| a.0.cmp(&b.0));
     out.batches.extend(rest.into_iter().map(|(tenant, (body, events))| finish(&tenant, body, events)));
     out

@@ -88,29 +88,35 @@ string_enum!(
     }
 );
 
+/// A text field of an event or a row: inline when at most 24 bytes (every generated id, a tenant,
+/// a channel), on the heap like a `String` when longer (Meta's ~60-byte `wamid`s). It orders,
+/// hashes and serializes as the string it holds, so key routes and saved state are as with
+/// `String`.
+pub type Text = compact_str::CompactString;
+
 /// A validated canonical event. `conversation_id` holds the effective thread id (it defaults to
 /// `contact_id`), `ts` is UTC epoch milliseconds, `properties` is the canonical JSON text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    pub tenant_id: String,
-    pub event_id: String,
+    pub tenant_id: Text,
+    pub event_id: Text,
     pub ts: i64,
     pub kind: EventType,
-    pub contact_id: Option<String>,
-    pub conversation_id: Option<String>,
-    pub session_id: Option<String>,
-    pub message_id: Option<String>,
+    pub contact_id: Option<Text>,
+    pub conversation_id: Option<Text>,
+    pub session_id: Option<Text>,
+    pub message_id: Option<Text>,
     pub sender: Option<Sender>,
-    pub agent_id: Option<String>,
-    pub campaign_id: Option<String>,
+    pub agent_id: Option<Text>,
+    pub campaign_id: Option<Text>,
     pub message_type: MessageType,
     pub status: Option<Status>,
     pub error_code: Option<i64>,
-    pub emoji: Option<String>,
-    pub channel: Option<String>,
-    pub source: Option<String>,
-    pub medium: Option<String>,
-    pub name: Option<String>,
+    pub emoji: Option<Text>,
+    pub channel: Option<Text>,
+    pub source: Option<Text>,
+    pub medium: Option<Text>,
+    pub name: Option<Text>,
     pub value: Option<f64>,
     pub state: Option<SessionState>,
     pub properties: Option<String>,
@@ -120,8 +126,8 @@ impl Event {
     /// A minimal event of the given type; the other fields are left empty for the caller to set.
     pub fn new(tenant_id: &str, event_id: &str, ts: i64, kind: EventType) -> Self {
         Event {
-            tenant_id: tenant_id.to_owned(),
-            event_id: event_id.to_owned(),
+            tenant_id: tenant_id.into(),
+            event_id: event_id.into(),
             ts,
             kind,
             contact_id: None,

@@ -11,7 +11,7 @@ mod tenants;
 mod time;
 mod whatsapp;
 
-pub use event::{escape_json_string, Event, EventType, MessageType, Sender, SessionState, Status, TsFormat};
+pub use event::{escape_json_string, Event, EventType, MessageType, Sender, SessionState, Status, Text, TsFormat};
 pub use funnels::{Funnel, FunnelStep, DEFAULT_FUNNEL_ID};
 pub use identity::{event_key, fingerprint};
 pub use ndjson::{split_lines, Line};

@@ -4,7 +4,7 @@
 //! that fails there goes through the slow path, which re-reads it as a JSON value to name the field
 //! that broke the schema.
 
-use crate::event::{Event, EventType, MessageType, Sender, SessionState, Status};
+use crate::event::{Event, EventType, MessageType, Sender, SessionState, Status, Text};
 use crate::time::rfc3339_to_ms;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -130,16 +130,16 @@ fn valid_tenant(tenant: &str) -> bool {
         && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn bounded(field: &'static str, value: Option<Cow<'_, str>>) -> Result<Option<String>, EventError> {
+fn bounded(field: &'static str, value: Option<Cow<'_, str>>) -> Result<Option<Text>, EventError> {
     bounded_to(field, value, MAX_ID_CHARS)
 }
 
-fn bounded_to(field: &'static str, value: Option<Cow<'_, str>>, max: usize) -> Result<Option<String>, EventError> {
+fn bounded_to(field: &'static str, value: Option<Cow<'_, str>>, max: usize) -> Result<Option<Text>, EventError> {
     match value {
         Some(text) if text.len() > max && text.chars().count() > max => {
             Err(EventError::new(field, format!("longer than {max} characters")))
         }
-        Some(text) => Ok(Some(text.into_owned())),
+        Some(text) => Ok(Some(Text::from(text))),
         None => Ok(None),
     }
 }
@@ -217,8 +217,8 @@ fn validate(raw: RawEvent<'_>) -> Result<Event, EventError> {
     let contact_id = bounded("contact_id", raw.contact_id)?;
     let conversation_id = bounded("conversation_id", raw.conversation_id)?.or_else(|| contact_id.clone());
     let event = Event {
-        tenant_id: tenant_id.into_owned(),
-        event_id: event_id.into_owned(),
+        tenant_id: Text::from(tenant_id),
+        event_id: Text::from(event_id),
         ts,
         kind,
         contact_id,

@@ -41,7 +41,7 @@
 //!   ([`WebhookError`]). Fields that are not read are skipped undecoded, so e.g. a cut surrogate in
 //!   a text body does not lose the message.
 
-use crate::event::{Event, EventType, MessageType, Status};
+use crate::event::{Event, EventType, MessageType, Status, Text};
 use crate::parse::parse_event;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -233,7 +233,7 @@ fn normalize_change(
     };
     if field != "messages" {
         let detail = format!("{path}: field `{}` carries no message events", short(&field));
-        batch.skipped.push(SkippedItem { kind: SkipKind::OtherField(field), detail });
+        batch.skipped.push(SkippedItem { kind: SkipKind::OtherField(field.into()), detail });
         return;
     }
     let value = match change_object.get("value").map(RawObject::parse) {
@@ -336,7 +336,7 @@ fn phone_number_id(value: &RawObject<'_>, path: &str) -> Result<String, String> 
     if number.is_empty() {
         return Err(format!("{path}.metadata.phone_number_id: empty, {unknown}"));
     }
-    Ok(number)
+    Ok(number.into())
 }
 
 enum Outcome {
@@ -356,7 +356,7 @@ fn message_events(path: &str, raw: &RawValue, tenant: &str, session: &str) -> Re
         _ => None,
     };
     if let Some(skip) = skip {
-        let id = item.text("id").ok().flatten().unwrap_or_else(|| "without id".to_owned());
+        let id = item.text("id").ok().flatten().unwrap_or_else(|| "without id".into());
         return Ok(Outcome::Skipped(skip, format!("{path}: {kind} message {}", short(&id))));
     }
     let wamid = item.required("id")?;
@@ -368,7 +368,7 @@ fn message_events(path: &str, raw: &RawValue, tenant: &str, session: &str) -> Re
         let reaction = item.object("reaction")?;
         let mut event = Event::new(tenant, &event_id, ts, EventType::MessageReaction);
         event.contact_id = Some(contact);
-        event.session_id = Some(session.to_owned());
+        event.session_id = Some(session.into());
         event.message_id = Some(reaction.required("message_id")?);
         event.emoji = Some(reaction.string("emoji")?.unwrap_or_default());
         return Ok(Outcome::Events(vec![Ok(event)]));
@@ -377,7 +377,7 @@ fn message_events(path: &str, raw: &RawValue, tenant: &str, session: &str) -> Re
     let mut received = Event::new(tenant, &event_id, ts, EventType::MessageReceived);
     received.contact_id = Some(contact.clone());
     received.conversation_id = item.text("group_id")?;
-    received.session_id = Some(session.to_owned());
+    received.session_id = Some(session.into());
     received.message_id = Some(wamid.clone());
     received.message_type = match MessageType::parse(&kind) {
         Some(known) if INBOUND_MESSAGE_TYPES.contains(&known) => known,
@@ -388,7 +388,7 @@ fn message_events(path: &str, raw: &RawValue, tenant: &str, session: &str) -> Re
         let touch = item.object("referral").and_then(|referral| {
             let mut touch = Event::new(tenant, &format!("wa:{wamid}:referral"), ts, EventType::Touch);
             touch.contact_id = Some(contact);
-            touch.session_id = Some(session.to_owned());
+            touch.session_id = Some(session.into());
             touch.channel = referral.text("source_type")?;
             touch.campaign_id = referral.text("source_id")?;
             touch.source = referral.text("source_url")?;
@@ -418,7 +418,7 @@ fn status_event(path: &str, raw: &RawValue, tenant: &str, session: &str) -> Resu
     };
     let mut event = Event::new(tenant, &event_id, ts, EventType::MessageStatus);
     event.contact_id = Some(contact);
-    event.session_id = Some(session.to_owned());
+    event.session_id = Some(session.into());
     event.message_id = Some(id);
     event.status = Some(status);
     event.error_code = item.object.get("errors").and_then(first_error_code);
@@ -511,7 +511,7 @@ impl<'a> Item<'a> {
     }
 
     /// A string field as is (`""` included); `None` when absent or null.
-    fn string(&self, key: &str) -> Result<Option<String>, String> {
+    fn string(&self, key: &str) -> Result<Option<Text>, String> {
         match self.object.get(key) {
             None => Ok(None),
             Some(raw) => as_string(raw).map(Some).map_err(|problem| format!("{}.{key}: {problem}", self.path)),
@@ -519,11 +519,11 @@ impl<'a> Item<'a> {
     }
 
     /// A string field, `None` when absent, null or empty.
-    fn text(&self, key: &str) -> Result<Option<String>, String> {
+    fn text(&self, key: &str) -> Result<Option<Text>, String> {
         Ok(self.string(key)?.filter(|text| !text.is_empty()))
     }
 
-    fn required(&self, key: &str) -> Result<String, String> {
+    fn required(&self, key: &str) -> Result<Text, String> {
         self.text(key)?.ok_or_else(|| format!("{}.{key}: missing", self.path))
     }
 
@@ -537,7 +537,7 @@ impl<'a> Item<'a> {
     }
 
     /// The phone (`wa_id`) when present, else the business-scoped user id.
-    fn contact(&self, phone: &str, user_id: &str) -> Result<String, String> {
+    fn contact(&self, phone: &str, user_id: &str) -> Result<Text, String> {
         match self.text(phone)? {
             Some(contact) => Ok(contact),
             None => self
@@ -578,7 +578,7 @@ fn kind_of(raw: &RawValue) -> &'static str {
     }
 }
 
-fn as_string(raw: &RawValue) -> Result<String, String> {
+fn as_string(raw: &RawValue) -> Result<Text, String> {
     match kind_of(raw) {
         "a string" => serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
         other => Err(format!("expected a string, found {other}")),
@@ -781,7 +781,7 @@ mod tests {
             )
         );
         let summary: Vec<(String, i64, Option<Status>, Option<&str>)> =
-            batch.events().map(|e| (e.event_id.clone(), e.ts, e.status, e.contact_id.as_deref())).collect();
+            batch.events().map(|e| (e.event_id.to_string(), e.ts, e.status, e.contact_id.as_deref())).collect();
         assert_eq!(
             summary,
             [

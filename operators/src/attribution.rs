@@ -73,22 +73,22 @@ pub fn attribution_record(event: &Event) -> Option<((Text, Text), AttributionInp
         EventType::Touch => AttributionInput::Touch(
             Touch {
                 ts: event.ts,
-                event_id: Text::from(&event.event_id),
-                channel: event.channel.as_deref().map(Text::from)?,
-                campaign_id: event.campaign_id.as_deref().map(Text::from),
-                source: event.source.as_deref().map(Text::from),
+                event_id: event.event_id.clone(),
+                channel: event.channel.clone()?,
+                campaign_id: event.campaign_id.clone(),
+                source: event.source.clone(),
             },
             1,
         ),
         EventType::Conversion => AttributionInput::Conversion(Conversion {
             ts: event.ts,
-            event_id: Text::from(&event.event_id),
-            name: event.name.as_deref().map(Text::from)?,
+            event_id: event.event_id.clone(),
+            name: event.name.clone()?,
             value: event.value.unwrap_or(0.0),
         }),
         _ => return None,
     };
-    Some(((Text::from(&event.tenant_id), event.contact_id.as_deref().map(Text::from)?), input))
+    Some(((event.tenant_id.clone(), event.contact_id.clone()?), input))
 }
 
 /// The weight of each of `touches` (in order, conversion at `conversion_ts`) under `model`.

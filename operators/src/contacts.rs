@@ -94,7 +94,7 @@ pub fn contact_record(event: &Event, local: &LocalTime) -> Option<(ContactKey, C
         _ => return None,
     };
     let message = ContactMessage { ts: event.ts, inbound, week: iso_week_monday(local.local_date) };
-    Some(((Text::from(&event.tenant_id), event.contact_id.as_deref().map(Text::from)?), message))
+    Some(((event.tenant_id.clone(), event.contact_id.clone()?), message))
 }
 
 pub fn contacts<'s>(

@@ -43,12 +43,12 @@ pub fn funnel_record(event: &Event, tenants: &Tenants) -> Option<((Text, Text), 
     }
     let record = FunnelEvent {
         ts: event.ts,
-        event_id: Text::from(&event.event_id),
+        event_id: event.event_id.clone(),
         kind: event.kind,
         sender: event.sender,
-        name: event.name.as_deref().map(Text::from),
+        name: event.name.clone(),
     };
-    Some(((Text::from(&event.tenant_id), event.contact_id.as_deref().map(Text::from)?), record))
+    Some(((event.tenant_id.clone(), event.contact_id.clone()?), record))
 }
 
 /// The best entry of one local date: (reach, entry_ts, completed_ts).

@@ -116,10 +116,7 @@ pub fn inbound_record(event: &Event) -> Option<((Text, Text), ContactStatusInput
     if event.kind != EventType::MessageReceived {
         return None;
     }
-    Some((
-        (Text::from(&event.tenant_id), event.contact_id.as_deref().map(Text::from)?),
-        ContactStatusInput::Inbound(event.ts),
-    ))
+    Some(((event.tenant_id.clone(), event.contact_id.clone()?), ContactStatusInput::Inbound(event.ts)))
 }
 
 pub fn message_status<'s>(

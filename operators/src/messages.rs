@@ -47,23 +47,21 @@ pub fn message_record(event: &Event) -> Option<(MessageKey, MessageEvent)> {
     let part = match event.kind {
         EventType::MessageSent => MessagePart::Sent {
             sender: event.sender?,
-            agent_id: event.agent_id.as_deref().map(Text::from),
-            campaign_id: event.campaign_id.as_deref().map(Text::from),
+            agent_id: event.agent_id.clone(),
+            campaign_id: event.campaign_id.clone(),
         },
         EventType::MessageStatus => MessagePart::Status { status: event.status?, error_code: event.error_code },
-        EventType::MessageReaction => {
-            MessagePart::Reaction { emoji: event.emoji.as_deref().map(Text::from).unwrap_or_default() }
-        }
+        EventType::MessageReaction => MessagePart::Reaction { emoji: event.emoji.clone().unwrap_or_default() },
         _ => return None,
     };
-    let key = (Text::from(&event.tenant_id), event.message_id.as_deref().map(Text::from)?);
+    let key = (event.tenant_id.clone(), event.message_id.clone()?);
     Some((
         key,
         MessageEvent {
             ts: event.ts,
-            event_id: Text::from(&event.event_id),
-            contact_id: event.contact_id.as_deref().map(Text::from),
-            session_id: event.session_id.as_deref().map(Text::from),
+            event_id: event.event_id.clone(),
+            contact_id: event.contact_id.clone(),
+            session_id: event.session_id.clone(),
             part,
         },
     ))

@@ -5,11 +5,7 @@ use crate::table;
 use convoflow_events::{Event, MessageType, Sender, SessionState, Status};
 use serde::{Deserialize, Serialize};
 
-/// A text cell or id held by the operators: inline when at most 24 bytes (every generated id, a
-/// tenant, a channel), on the heap like a `String` when longer (Meta's ~60-byte `wamid`s). It
-/// orders, hashes and serializes as the string it holds, so routes and saved state are as with
-/// `String`.
-pub type Text = compact_str::CompactString;
+pub use convoflow_events::Text;
 
 table! { Event as "events", |e| {
     event_id: text = &e.event_id,

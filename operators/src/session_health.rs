@@ -85,10 +85,10 @@ impl SenderTimeline {
 
 /// The session record of an event carrying a `session_id`.
 pub fn session_record(event: &Event) -> Option<((Text, Text), SessionInput)> {
-    let key = (Text::from(&event.tenant_id), event.session_id.as_deref().map(Text::from)?);
+    let key = (event.tenant_id.clone(), event.session_id.clone()?);
     let input = match (event.kind, event.state) {
         (EventType::SessionStatus, Some(state)) => {
-            SessionInput::State(StateChange { ts: event.ts, event_id: Text::from(&event.event_id), state })
+            SessionInput::State(StateChange { ts: event.ts, event_id: event.event_id.clone(), state })
         }
         _ => SessionInput::Seen(event.ts),
     };

@@ -40,10 +40,10 @@ impl ThreadEvent {
         };
         Some(ThreadEvent {
             ts: event.ts,
-            event_id: Text::from(&event.event_id),
+            event_id: event.event_id.clone(),
             step,
-            contact_id: event.contact_id.as_deref().map(Text::from),
-            agent_id: event.agent_id.as_deref().map(Text::from),
+            contact_id: event.contact_id.clone(),
+            agent_id: event.agent_id.clone(),
         })
     }
 }
@@ -78,7 +78,7 @@ pub enum ThreadRow {
 
 /// The thread record of an event, if it belongs to a thread.
 pub fn thread_record(event: &Event) -> Option<(ThreadKey, ThreadEvent)> {
-    let key = (Text::from(&event.tenant_id), Text::from(event.thread_id()?));
+    let key = (event.tenant_id.clone(), Text::from(event.thread_id()?));
     ThreadEvent::from_event(event).map(|thread_event| (key, thread_event))
 }
 

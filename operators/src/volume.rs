@@ -5,7 +5,6 @@
 //! outbound from its sender.
 
 use crate::reduce::reduce;
-use crate::rows::Text;
 use crate::rows::{Direction, Party, VolumeKey, VolumeRow};
 use convoflow_events::{Event, EventType, LocalTime};
 use timely::dataflow::StreamVec;
@@ -18,7 +17,7 @@ pub fn volume_key(event: &Event, local: &LocalTime) -> Option<VolumeKey> {
         _ => return None,
     };
     Some(VolumeKey {
-        tenant_id: Text::from(&event.tenant_id),
+        tenant_id: event.tenant_id.clone(),
         hour_start: local.hour_start_ms,
         local_date: local.local_date,
         local_hour: local.local_hour,

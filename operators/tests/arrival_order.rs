@@ -35,19 +35,19 @@ fn make_event(index: usize, (kind, tenant, contact, agent, minute, extra, varian
     ][kind as usize];
     let mut event = Event::new(tenants[tenant as usize], &format!("ev{index:03}"), ts, kind_of);
     let contact_id = format!("c{contact}");
-    event.conversation_id = Some(contact_id.clone());
-    event.contact_id = Some(contact_id);
-    event.message_id = Some(format!("m{}", minute % 5));
+    event.conversation_id = Some(contact_id.clone().into());
+    event.contact_id = Some(contact_id.into());
+    event.message_id = Some(format!("m{}", minute % 5).into());
     if variant < 3 || kind_of == EventType::SessionStatus {
-        event.session_id = Some(format!("s{}", variant % 2));
+        event.session_id = Some(format!("s{}", variant % 2).into());
     }
     match kind_of {
         EventType::MessageSent => {
             let sender = [Sender::Agent, Sender::Bot, Sender::Campaign][agent as usize % 3];
             event.sender = Some(sender);
             match sender {
-                Sender::Agent => event.agent_id = Some(format!("a{agent}")),
-                Sender::Campaign => event.campaign_id = Some(format!("spring{}", variant % 2)),
+                Sender::Agent => event.agent_id = Some(format!("a{agent}").into()),
+                Sender::Campaign => event.campaign_id = Some(format!("spring{}", variant % 2).into()),
                 Sender::Bot => {}
             }
         }
@@ -56,13 +56,13 @@ fn make_event(index: usize, (kind, tenant, contact, agent, minute, extra, varian
                 Some([Status::Sent, Status::Delivered, Status::Read, Status::Played, Status::Failed][variant as usize]);
             event.error_code = (variant == 4).then_some(131_026 + agent as i64);
         }
-        EventType::MessageReaction => event.emoji = Some(["👍", "❤️", "", "👎🏽", "😂"][variant as usize].to_owned()),
+        EventType::MessageReaction => event.emoji = Some(["👍", "❤️", "", "👎🏽", "😂"][variant as usize].into()),
         EventType::Touch => {
-            event.channel = Some(["ad", "web", "email"][variant as usize % 3].to_owned());
-            event.campaign_id = (variant % 3 == 0).then(|| "ad1".to_owned());
+            event.channel = Some(["ad", "web", "email"][variant as usize % 3].into());
+            event.campaign_id = (variant % 3 == 0).then(|| "ad1".into());
         }
         EventType::Conversion => {
-            event.name = Some(["lead", "purchase"][variant as usize % 2].to_owned());
+            event.name = Some(["lead", "purchase"][variant as usize % 2].into());
             event.value = Some(variant as f64 * 12.5);
         }
         EventType::SessionStatus => {
@@ -76,7 +76,7 @@ fn make_event(index: usize, (kind, tenant, contact, agent, minute, extra, varian
                 ][variant as usize],
             );
         }
-        _ if agent > 0 => event.agent_id = Some(format!("a{agent}")),
+        _ if agent > 0 => event.agent_id = Some(format!("a{agent}").into()),
         _ => {}
     }
     event

@@ -3,7 +3,7 @@
 
 use crate::columns::*;
 use crate::schema::schema_of;
-use convoflow_events::{Event, EventType, MessageType, Sender, SessionState, Status};
+use convoflow_events::{Event, EventType, MessageType, Sender, SessionState, Status, Text};
 use convoflow_operators::{Cells, Collection, Kind, RejectedRow, Table, TableSet, Visit};
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
@@ -201,34 +201,34 @@ pub fn events_from_batch(batch: &RecordBatch) -> Result<Vec<Event>, ArrowError> 
     let ts = c.instant("ts").ok_or_else(|| missing("ts"))?;
     let error_code = c.int64("error_code").ok_or_else(|| missing("error_code"))?;
     let value = c.float64("value").ok_or_else(|| missing("value"))?;
-    let owned = |array, row| opt_str(array, row).map(str::to_owned);
+    let text = |array, row| opt_str(array, row).map(Text::from);
     (0..batch.num_rows())
         .map(|row| {
             let kind_text = kind.value(row);
             Ok(Event {
-                tenant_id: tenant_id.value(row).to_owned(),
-                event_id: event_id.value(row).to_owned(),
+                tenant_id: tenant_id.value(row).into(),
+                event_id: event_id.value(row).into(),
                 ts: ts.value(row),
                 kind: EventType::parse(kind_text).ok_or_else(|| invalid("type", kind_text))?,
-                contact_id: owned(contact_id, row),
-                conversation_id: owned(conversation_id, row),
-                session_id: owned(session_id, row),
-                message_id: owned(message_id, row),
+                contact_id: text(contact_id, row),
+                conversation_id: text(conversation_id, row),
+                session_id: text(session_id, row),
+                message_id: text(message_id, row),
                 sender: parse_opt("sender", opt_str(sender, row), Sender::parse)?,
-                agent_id: owned(agent_id, row),
-                campaign_id: owned(campaign_id, row),
+                agent_id: text(agent_id, row),
+                campaign_id: text(campaign_id, row),
                 message_type: parse_opt("message_type", opt_str(message_type, row), MessageType::parse)?
                     .unwrap_or(MessageType::Text),
                 status: parse_opt("status", opt_str(status, row), Status::parse)?,
                 error_code: opt_i64(error_code, row),
-                emoji: owned(emoji, row),
-                channel: owned(channel, row),
-                source: owned(source, row),
-                medium: owned(medium, row),
-                name: owned(name, row),
+                emoji: text(emoji, row),
+                channel: text(channel, row),
+                source: text(source, row),
+                medium: text(medium, row),
+                name: text(name, row),
                 value: (!datafusion::arrow::array::Array::is_null(value, row)).then(|| value.value(row)),
                 state: parse_opt("state", opt_str(state, row), SessionState::parse)?,
-                properties: owned(properties, row),
+                properties: opt_str(properties, row).map(str::to_owned),
             })
         })
         .collect()
@@ -242,7 +242,7 @@ pub fn rejected_from_batch(batch: &RecordBatch) -> Result<Vec<RejectedRow>, Arro
     let received_at = c.instant("received_at").ok_or_else(|| missing("received_at"))?;
     Ok((0..batch.num_rows())
         .map(|row| RejectedRow {
-            tenant_id: tenant_id.value(row).to_owned(),
+            tenant_id: tenant_id.value(row).into(),
             received_at: received_at.value(row),
             reason: reason.value(row).to_owned(),
             raw: raw.value(row).to_owned(),

@@ -204,7 +204,7 @@ mod tests {
         for workers in 1..=4 {
             let files = vec![InputFile::from_bytes("in.ndjson", text.clone().into_bytes())];
             let (events, rejected) = read_all(FileSource::new(files, workers, 0));
-            let mut ids: Vec<String> = events.into_iter().map(|(_, e)| e.event_id).collect();
+            let mut ids: Vec<convoflow_events::Text> = events.into_iter().map(|(_, e)| e.event_id).collect();
             ids.sort();
             assert_eq!(ids, ["e1", "e2", "e3", "e4", "e6", "e7", "e8", "e9"], "workers = {workers}");
             let sources: Vec<String> = rejected.into_iter().map(|r| r.source).collect();
