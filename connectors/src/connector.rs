@@ -4,7 +4,7 @@
 
 use convoflow_api::Reader;
 use convoflow_operators::dedup::Positioned;
-use convoflow_operators::{DriverError, RejectedRow, TableSet};
+use convoflow_operators::{DriverError, RejectedRow, Resume, TableSet};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -115,6 +115,15 @@ pub trait Sink {
     fn restore(&mut self, input_id: Option<&str>) -> Result<Restored, RuntimeError>;
     /// Takes the rows derived while restoring; `tables.events` are stored events it holds already.
     fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError>;
+    /// How a saved state is resumed for this sink: with every derived row at epoch 0
+    /// ([`Resume::Rows`]: it holds its tables in memory and was given none), or with only what
+    /// later epochs change ([`Resume::Changes`]: it keeps its derived tables, so nothing but the
+    /// keys those epochs touch is read from the state).
+    fn resume(&self) -> Resume {
+        Resume::Rows
+    }
+    /// The saved state was resumed, as [`Sink::resume`] said (else the events were re-fed).
+    fn resumed(&mut self) {}
     /// Stores one epoch's consolidated changes.
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError>;
     /// Between epochs (a snapshot when one is due); returns a position now held durably, if any.
@@ -174,6 +183,12 @@ impl Sink for Box<dyn Sink + Send> {
     }
     fn restored(&mut self, tables: TableSet) -> Result<(), RuntimeError> {
         (**self).restored(tables)
+    }
+    fn resume(&self) -> Resume {
+        (**self).resume()
+    }
+    fn resumed(&mut self) {
+        (**self).resumed()
     }
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
         (**self).commit(tables, commit)

@@ -5,8 +5,8 @@
 //! their input position, so which copy wins never depends on worker scheduling.
 
 use crate::stash::EpochStash;
+use crate::state::Keyed;
 use convoflow_events::{event_key, fingerprint, Event};
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -29,8 +29,10 @@ pub type Positioned = (u64, Box<Event>);
 
 pub fn dedup<'s>(events: StreamVec<'s, u64, Positioned>) -> StreamVec<'s, u64, Admission> {
     let exchange = Exchange::new(|(_, event): &Positioned| event_key(&event.tenant_id, &event.event_id) as u64);
-    let seen: Rc<RefCell<FxHashMap<u128, u64>>> = Rc::default();
-    crate::state::register("Dedup", &seen, |key: &u128| *key as u64);
+    // Event key → fingerprint of the first copy; the stored events' keys are looked up in the
+    // saved state and never held in memory (a key's fingerprint never changes once set).
+    let seen: Rc<RefCell<Keyed<u128, u64>>> = Rc::new(RefCell::new(Keyed::new(|key: &u128| *key as u64)));
+    crate::state::register("Dedup", &seen);
     events.unary_frontier(exchange, "Dedup", |_, _| {
         let mut stash = EpochStash::default();
         move |(input, frontier), output| {
@@ -45,15 +47,14 @@ pub fn dedup<'s>(events: StreamVec<'s, u64, Positioned>) -> StreamVec<'s, u64, A
                 let mut session = output.session(&cap);
                 for (_, event) in events {
                     let print = fingerprint(&event);
-                    let admission = match seen.entry(event_key(&event.tenant_id, &event.event_id)) {
-                        std::collections::hash_map::Entry::Vacant(vacant) => {
-                            vacant.insert(print);
+                    let key = event_key(&event.tenant_id, &event.event_id);
+                    let admission = match seen.get(&key) {
+                        None => {
+                            seen.insert(key, print);
                             Admission::Accepted(event)
                         }
-                        std::collections::hash_map::Entry::Occupied(first) if *first.get() == print => {
-                            Admission::Duplicate
-                        }
-                        std::collections::hash_map::Entry::Occupied(_) => Admission::Conflicting(event),
+                        Some(first) if first == print => Admission::Duplicate,
+                        Some(_) => Admission::Conflicting(event),
                     };
                     session.give(admission);
                 }

@@ -9,7 +9,7 @@
 use crate::dataflow::build;
 use crate::dedup::{Admission, Positioned};
 use crate::rows::RejectedRow;
-use crate::state::{self, Registry, StateError};
+use crate::state::{self, Registry, Resume, StateError};
 use crate::tables::TableSet;
 use convoflow_events::{Event, Tenants};
 use std::cell::RefCell;
@@ -150,23 +150,29 @@ impl Driver {
 
     /// Starts from the operator state [`Driver::save`] wrote to `dir` as `generation`, with any number
     /// of workers; returns the driver and epoch 0, which holds every derived table as that state
-    /// has it (no events: they are the store's). Fails, and nothing is half loaded, when the state
-    /// is missing, torn, of another format, generation or tenants configuration: the caller then
-    /// re-feeds the events.
+    /// has it with [`Resume::Rows`], or nothing with [`Resume::Changes`] (never events: they are
+    /// the store's). Keys are read from the saved files as epochs touch them. Fails, and nothing
+    /// is half loaded, when the state is missing, torn, of another format, generation or tenants
+    /// configuration: the caller then re-feeds the events.
     pub fn resume(
         workers: usize,
         tenants: Arc<Tenants>,
         dir: &Path,
         generation: &str,
+        resume: Resume,
     ) -> Result<(Self, EpochOutput), DriverError> {
         let tag = state_tag(generation, &tenants);
-        let mut driver = Self::launch(workers, tenants, Some((dir.to_owned(), tag)))?;
+        let mut driver = Self::launch(workers, tenants, Some((dir.to_owned(), tag, resume)))?;
         driver.submit(Vec::new(), 0)?;
         let restored = driver.next_output()?;
         Ok((driver, restored))
     }
 
-    fn launch(workers: usize, tenants: Arc<Tenants>, resume: Option<(PathBuf, String)>) -> Result<Self, DriverError> {
+    fn launch(
+        workers: usize,
+        tenants: Arc<Tenants>,
+        resume: Option<(PathBuf, String, Resume)>,
+    ) -> Result<Self, DriverError> {
         let workers = workers.max(1);
         let (feeds, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| channel()).unzip();
         let receivers = std::sync::Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>());
@@ -184,18 +190,17 @@ impl Driver {
             let done_sender: Sender<WorkerDone> = done_sender.clone();
             let (index, peers) = (worker.index(), worker.peers());
             let registry = Rc::new(RefCell::new(match &resume {
-                Some((dir, tag)) => Registry::load(dir, tag, index, peers),
-                None => Registry::default(),
+                Some((dir, tag, resume)) => Registry::load(dir, tag, *resume, index, peers),
+                None => Registry::fresh(index, peers),
             }));
             let (mut input, probe, collected) = attach(worker, tenants.clone(), &registry);
-            registry.borrow_mut().loaded();
             // Blocking between epochs is safe: every worker gets every epoch (maybe empty), and
             // one only waits for the next after the whole dataflow has finished this one.
             while let Ok(command) = feed.recv() {
                 let (epoch, mut events) = match command {
                     Command::Epoch(epoch, events) => (epoch, events),
                     Command::Save { dir, tag, reply } => {
-                        let _ = reply.send(state::save_worker(&registry.borrow(), &dir, &tag, index, peers));
+                        let _ = reply.send(registry.borrow().save(&dir, &tag));
                         continue;
                     }
                 };
@@ -274,8 +279,9 @@ impl Driver {
     }
 
     /// Writes the operator state after every epoch submitted so far to `dir` as `generation`
-    /// (what [`Driver::resume`] must be given to load it): each worker's file is written and
+    /// (what [`Driver::resume`] must be given to load it): each worker's files are written and
     /// fsynced in `<dir>.partial`, which then replaces `dir`. A crash leaves the old state, or none.
+    /// From then on the workers look keys up in the files they wrote, and drop those in memory.
     pub fn save(&mut self, dir: &Path, generation: &str) -> Result<(), DriverError> {
         let tag = state_tag(generation, &self.tenants);
         let partial = dir.with_extension("partial");

@@ -28,5 +28,6 @@ pub mod volume;
 
 pub use driver::{conflict_reason, Driver, DriverError, EpochOutput};
 pub use rows::*;
+pub use state::Resume;
 pub use table::{Cells, Column, Kind, Table};
 pub use tables::{Collection, TableSet, Update, Visit, DERIVED_TABLES};

@@ -9,16 +9,15 @@
 //! emitted). That derives a touched key twice per epoch and holds no row between epochs, where
 //! keeping the emitted rows held a second copy of every derived table (issue 13, BENCHMARKS.md).
 //!
-//! Each key's fold state is persisted (`crate::state`); a dataflow built from a saved state gives,
-//! at epoch 0, every row its restored keys derive, and ignores its input at epoch 0.
+//! Each key's fold state is persisted (`crate::state`): a key an epoch touches is looked up in the
+//! saved state when it is not in memory. A dataflow resumed with `Resume::Rows` gives, at epoch
+//! 0, every row its saved keys derive, and ignores its input at epoch 0.
 
 use crate::stash::EpochStash;
-use crate::state;
-use rustc_hash::FxHashMap;
+use crate::state::{self, Keyed};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hash};
 use std::rc::Rc;
 use timely::dataflow::channels::pact::Exchange;
@@ -51,14 +50,15 @@ pub fn reduce<'s, K, V, S, R>(
     mut derive: impl FnMut(&K, &S) -> Vec<R> + 'static,
 ) -> StreamVec<'s, u64, (R, i64)>
 where
-    K: ExchangeData + Hash + Eq + Clone,
+    K: ExchangeData + Hash + Eq + Clone + Serialize + DeserializeOwned,
     V: ExchangeData,
     S: Default + Serialize + DeserializeOwned + 'static,
     R: ExchangeData + Ord,
 {
     let exchange = Exchange::new(|(key, _): &(K, V)| route(key));
-    let keys: Rc<RefCell<FxHashMap<K, KeyState<S>>>> = Rc::default();
-    let restoring = state::register(name, &keys, |key: &K| route(key));
+    let keys: Rc<RefCell<Keyed<K, KeyState<S>>>> = Rc::new(RefCell::new(Keyed::new(route::<K>)));
+    let registered = state::register(name, &keys);
+    let restoring = registered.rows;
     let scope = stream.scope();
     let mut sorted = move |key: &K, state: &S| {
         let mut rows = derive(key, state);
@@ -67,7 +67,7 @@ where
     };
     stream.unary_frontier(exchange, name, move |initial, info| {
         let mut stash = EpochStash::default();
-        // Restored: epoch 0 gives every restored key's rows, so hold its capability till then.
+        // Resumed with rows: epoch 0 gives every saved key's rows, so hold its capability till then.
         let mut initial = restoring.then_some(initial);
         if restoring {
             scope.activator_for(info.address.clone()).activate();
@@ -76,13 +76,13 @@ where
             let mut keys = keys.borrow_mut();
             if let Some(cap) = initial.take() {
                 let mut session = output.session(&cap);
-                for (key, entry) in keys.iter() {
-                    sorted(key, &entry.state).into_iter().for_each(|row| session.give((row, 1)));
-                }
+                keys.each_saved(registered.index, registered.workers, |key, entry| {
+                    sorted(key, &entry.state).into_iter().for_each(|row| session.give((row, 1)))
+                });
             }
             input.for_each_stamp(|cap, data| {
-                // What reaches a restored operator at epoch 0 is what the operators before it
-                // restored, already folded into its own restored state.
+                // What reaches an operator resumed with rows at epoch 0 is what the operators
+                // before it restored, already folded into its own saved state.
                 if restoring && cap.least() == Some(&0) {
                     return;
                 }
@@ -94,21 +94,15 @@ where
                 // Each key the epoch touches, with the rows it derived before the epoch.
                 let mut touched: Vec<(K, Vec<R>)> = Vec::new();
                 for (key, value) in records {
-                    let entry = match keys.entry(key) {
-                        Entry::Occupied(occupied) => {
-                            if !occupied.get().touched {
-                                let before = sorted(occupied.key(), &occupied.get().state);
-                                touched.push((occupied.key().clone(), before));
-                            }
-                            occupied.into_mut()
-                        }
-                        Entry::Vacant(vacant) => {
-                            touched.push((vacant.key().clone(), Vec::new()));
-                            vacant.insert(KeyState { state: S::default(), touched: false })
-                        }
-                    };
-                    entry.touched = true;
-                    fold(&mut entry.state, value);
+                    let (entry, existed) = keys.entry(&key, || KeyState { state: S::default(), touched: false });
+                    if !entry.touched {
+                        let before = if existed { sorted(&key, &entry.state) } else { Vec::new() };
+                        entry.touched = true;
+                        fold(&mut entry.state, value);
+                        touched.push((key, before));
+                    } else {
+                        fold(&mut entry.state, value);
+                    }
                 }
                 let mut session = output.session(&cap);
                 for (key, before) in touched {

@@ -1,13 +1,15 @@
 //! Persisted operator state (`convoflow_operators::state`): a dataflow resumed from saved state
 //! and then given new input ends with the same tables as one re-fed every stored event and given
-//! the same input, on one or two workers, saved and resumed with the same or another worker count.
-//! State that is torn, of another tag or missing is refused, never half loaded.
+//! the same input, on one or two workers, saved and resumed with the same or another worker count,
+//! resumed with every row at epoch 0 or with only the changes, and saved again after resuming (the
+//! new files merge the touched keys into the loaded ones). State that is torn, of another tag or
+//! missing is refused, never half loaded.
 
 mod support;
 
 use convoflow_events::{parse_event, Event, Tenants};
 use convoflow_fixtures::{generate, tenant_profiles, tenants_json, GeneratorConfig};
-use convoflow_operators::{Driver, TableSet};
+use convoflow_operators::{Driver, Resume, TableSet};
 use std::sync::Arc;
 use support::*;
 
@@ -72,7 +74,8 @@ fn resumed_state_and_new_input_equal_re_feeding_everything() {
         driver.shutdown().expect("shutdown");
 
         let what = format!("saved by {saved_by} workers, resumed by {resumed_by}");
-        let (mut driver, restored) = Driver::resume(resumed_by, tenants.clone(), &state, "tag-1").expect("resume");
+        let (mut driver, restored) =
+            Driver::resume(resumed_by, tenants.clone(), &state, "tag-1", Resume::Rows).expect("resume");
         let mut resumed = restored.tables;
         assert!(resumed.events.is_empty(), "{what}: the events are the store's, not the state's");
         resumed.consolidate();
@@ -83,6 +86,25 @@ fn resumed_state_and_new_input_equal_re_feeding_everything() {
         assert_eq!(resumed.negative_rows(), 0, "{what}");
         assert_eq!(resumed_duplicates, refed_duplicates, "{what}: redelivered events are known as duplicates");
         assert_same(&resumed, &refed, &format!("{what}, after the new input"));
+
+        // Resumed with only the changes: the stored tables plus them are the re-fed tables. Then
+        // saved again (the touched keys merged into the files it loaded) and resumed with rows.
+        let (mut driver, restored) =
+            Driver::resume(resumed_by, tenants.clone(), &state, "tag-1", Resume::Changes).expect("resume");
+        assert!(restored.tables.counts().iter().all(|(_, rows)| *rows == 0), "{what}: no rows at epoch 0");
+        let mut changed = before.clone();
+        feed(&mut driver, &new, stored_end, &mut changed);
+        assert_eq!(changed.negative_rows(), 0, "{what}");
+        assert_same(&changed, &refed, &format!("{what}, stored tables plus the changes"));
+        driver.save(&state, "tag-2").expect("save after resuming");
+        driver.shutdown().expect("shutdown");
+        let (driver, restored) =
+            Driver::resume(saved_by, tenants.clone(), &state, "tag-2", Resume::Rows).expect("resume the merged state");
+        let mut merged = restored.tables;
+        merged.consolidate();
+        merged.events = refed.events.clone();
+        driver.shutdown().expect("shutdown");
+        assert_same(&merged, &refed, &format!("{what}, saved again after resuming, resumed by {saved_by}"));
     }
 }
 
@@ -97,24 +119,26 @@ fn torn_foreign_or_missing_state_is_refused() {
     driver.save(&state, "tag-1").expect("save");
     // Saving again replaces the state whole, over a partial directory a crash left.
     std::fs::create_dir_all(dir.path().join("state.partial")).expect("partial dir");
-    std::fs::write(dir.path().join("state.partial").join("worker-0.bin"), b"torn").expect("torn file");
+    std::fs::write(dir.path().join("state.partial").join("Dedup.0.state"), b"torn").expect("torn file");
     driver.save(&state, "tag-1").expect("save over a partial directory");
     driver.shutdown().expect("shutdown");
 
-    let refused = |tag: &str| Driver::resume(2, tenants.clone(), &state, tag).err().map(|error| error.to_string());
+    let refused = |tag: &str| {
+        Driver::resume(2, tenants.clone(), &state, tag, Resume::Changes).err().map(|error| error.to_string())
+    };
     assert!(refused("tag-1").is_none(), "the saved state loads");
     let other = refused("tag-2").expect("another tag is refused");
     assert!(other.contains("tag-1") && other.contains("tag-2"), "{other}");
 
-    let file = state.join("worker-1.bin");
+    let file = state.join("Threads.1.state");
     let bytes = std::fs::read(&file).expect("state file");
     std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("tear");
     let torn = refused("tag-1").expect("a torn file is refused");
-    assert!(torn.contains("worker-1.bin"), "{torn}");
+    assert!(torn.contains("Threads.1.state"), "{torn}");
 
     std::fs::remove_dir_all(&state).expect("remove");
     let missing = refused("tag-1").expect("no state is refused");
-    assert!(missing.contains("worker-0.bin"), "{missing}");
+    assert!(missing.contains("Dedup.0.state"), "{missing}");
 }
 
 /// Saved keys sit where this build's hashes routed them: a state whose recorded hashes differ
@@ -130,7 +154,7 @@ fn a_state_saved_by_a_build_that_hashes_otherwise_is_refused() {
     driver.save(&state, "tag-1").expect("save");
     driver.shutdown().expect("shutdown");
 
-    let file = state.join("worker-0.bin");
+    let file = state.join("Dedup.0.state");
     let mut bytes = std::fs::read(&file).expect("state file");
     let marker = b"hashes:";
     let at = bytes.windows(marker.len()).position(|window| window == marker).expect("the header records the hashes");
@@ -138,7 +162,7 @@ fn a_state_saved_by_a_build_that_hashes_otherwise_is_refused() {
     assert!(digits.iter().all(u8::is_ascii_hexdigit), "16 hex digits follow");
     digits[0] = if digits[0] == b'0' { b'1' } else { b'0' };
     std::fs::write(&file, &bytes).expect("rewrite");
-    let refused = Driver::resume(1, tenants, &state, "tag-1").err().map(|error| error.to_string());
+    let refused = Driver::resume(1, tenants, &state, "tag-1", Resume::Changes).err().map(|error| error.to_string());
     let refused = refused.expect("a state of other hashes is refused");
     assert!(refused.contains("hashes:"), "{refused}");
 }

@@ -117,8 +117,9 @@ pub fn restore<K: Sink, O: Observer>(
     let mut stats =
         RunStats { restored_events: events.iter().map(|batch| batch.num_rows() as u64).sum(), ..RunStats::default() };
     if let Some(state) = state {
-        match Driver::resume(workers, tenants.clone(), &state.dir, &state.generation) {
+        match Driver::resume(workers, tenants.clone(), &state.dir, &state.generation, sink.resume()) {
             Ok((mut driver, restored)) => {
+                sink.resumed();
                 sink.restored(restored.tables)?;
                 for chunk in chunks(&since_state) {
                     let events = stored_events(&chunk)?;

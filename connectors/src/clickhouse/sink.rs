@@ -117,6 +117,11 @@ impl Sink for ClickHouseSink {
         Ok(Restored { events, position, state, since_state })
     }
 
+    /// ClickHouse holds the derived tables: a resumed state gives only what later epochs change.
+    fn resume(&self) -> convoflow_operators::Resume {
+        convoflow_operators::Resume::Changes
+    }
+
     /// ClickHouse holds the derived rows already.
     fn restored(&mut self, _tables: TableSet) -> Result<(), RuntimeError> {
         if let Some(dir) = self.fetched.take() {

@@ -4,12 +4,14 @@
 //!
 //! Operator state is saved before that write (`<data>/state`, a new generation) and the tables are
 //! tied to it once written (see `store.rs`), so the next replay resumes from it instead of
-//! re-feeding every stored event through the dataflow.
+//! re-feeding every stored event through the dataflow. A resumed replay gathers only what its
+//! epochs change, and applies that to the stored tables (`EmbeddedStore::write_changes`): a table
+//! it does not change keeps its file.
 
 use super::{EmbeddedStore, StoreError, TableWriter};
 use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
 use convoflow_events::Event;
-use convoflow_operators::{RejectedRow, TableSet};
+use convoflow_operators::{RejectedRow, Resume, TableSet};
 use convoflow_schema::batches;
 use std::collections::HashSet;
 use std::path::Path;
@@ -38,6 +40,8 @@ pub struct ParquetSink {
     table_rows: Vec<(&'static str, usize)>,
     /// The generation of the operator state saved for the tables `finish` writes.
     saved: Option<String>,
+    /// The stored state was resumed: what is gathered is the changes to the stored tables.
+    resumed: bool,
 }
 
 impl ParquetSink {
@@ -54,6 +58,7 @@ impl ParquetSink {
             write_seconds: 0.0,
             table_rows: Vec::new(),
             saved: None,
+            resumed: false,
         })
     }
 
@@ -134,6 +139,15 @@ impl Sink for ParquetSink {
         self.gather(tables)
     }
 
+    /// The store keeps its derived tables: a resumed state gives only the changes to them.
+    fn resume(&self) -> Resume {
+        Resume::Changes
+    }
+
+    fn resumed(&mut self) {
+        self.resumed = true;
+    }
+
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {
         self.gather(tables)?;
         self.rejected.extend_from_slice(commit.rejected);
@@ -156,12 +170,17 @@ impl Sink for ParquetSink {
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
         let events = self.events.take().ok_or_else(written)?;
         let event_count = events.rows();
-        self.store.write(events, &tables, &rejected)?;
+        if self.resumed {
+            self.table_rows = vec![("events", event_count)];
+            self.table_rows.extend(self.store.write_changes(events, &tables, &rejected)?);
+        } else {
+            self.store.write(events, &tables, &rejected)?;
+            self.table_rows = tables.counts();
+            self.table_rows[0].1 = event_count;
+        }
         if let Some(generation) = self.saved.take() {
             self.store.set_generation(&generation)?;
         }
-        self.table_rows = tables.counts();
-        self.table_rows[0].1 = event_count;
         self.table_rows.insert(1, ("rejected", rejected.len()));
         self.write_seconds = started.elapsed().as_secs_f64();
         Ok(Some(position))

@@ -14,13 +14,17 @@
 use convoflow_operators::{RejectedRow, TableSet};
 use convoflow_schema::schema;
 use convoflow_schema::{rejected_from_batch, table_batches, Rows, TableBatches};
+use datafusion::arrow::array::{BooleanArray, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::{WriterProperties, DEFAULT_MAX_ROW_GROUP_ROW_COUNT};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -180,6 +184,78 @@ impl EmbeddedStore {
         self.install(partials)
     }
 
+    /// Applies a resumed replay's changes to the stored derived tables, replaces `events` with what
+    /// `events` was given and `rejected` with `rejected`; returns each derived table's rows after.
+    /// A table the changes leave alone keeps its file. Each changed one is read, its retracted
+    /// rows taken out and its inserted rows added after ([`apply_changes`]), one thread per table.
+    pub fn write_changes(
+        &self,
+        mut events: TableWriter,
+        changes: &TableSet,
+        rejected: &[RejectedRow],
+    ) -> Result<Vec<(&'static str, usize)>, StoreError> {
+        let arrow = |source| StoreError::Arrow { path: self.dir.display().to_string(), source };
+        let mut batches = table_batches(changes, rejected, Rows::Updates).map_err(arrow)?;
+        if let Some(at) = batches.iter().position(|table| table.table == "events") {
+            for batch in &batches.remove(at).batches {
+                events.append(batch)?;
+            }
+        }
+        let mut partials = vec![("events", events.finish()?)];
+        let written: Vec<Result<(Option<PathBuf>, usize), StoreError>> = std::thread::scope(|scope| {
+            let writers: Vec<_> = batches
+                .iter()
+                .map(|changed| {
+                    scope.spawn(move || {
+                        if changed.table == "rejected" {
+                            let rows = changed.diffs.len();
+                            return Ok((Some(self.write_partial(changed.table, &changed.batches)?), rows));
+                        }
+                        if changed.diffs.is_empty() {
+                            return Ok((None, self.stored_rows(changed.table)?));
+                        }
+                        let path = self.table_path(changed.table).display().to_string();
+                        let stored = self.read_table(changed.table)?;
+                        let after = apply_changes(stored, changed)
+                            .map_err(|source| StoreError::Arrow { path: path.clone(), source })?;
+                        let rows = after.iter().map(RecordBatch::num_rows).sum();
+                        Ok((Some(self.write_partial(changed.table, &after)?), rows))
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .map(|writer| writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        let mut counts = Vec::new();
+        for (changed, result) in batches.iter().zip(written) {
+            let (partial, rows) = result?;
+            if let Some(partial) = partial {
+                partials.push((changed.table, partial));
+            }
+            if changed.table != "rejected" {
+                counts.push((changed.table, rows));
+            }
+        }
+        self.install(partials)?;
+        Ok(counts)
+    }
+
+    /// Rows in a stored table's file, from its footer.
+    fn stored_rows(&self, table: &str) -> Result<usize, StoreError> {
+        let path = self.table_path(table);
+        let shown = || path.display().to_string();
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(StoreError::Io { path: shown(), source }),
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|source| StoreError::Parquet { path: shown(), source })?;
+        Ok(builder.metadata().file_metadata().num_rows().max(0) as usize)
+    }
+
     /// Replaces the tables named in `batches`. The files are encoded concurrently (one thread per
     /// table), then renamed into place in the given order (SPEC order puts `events` first).
     pub fn write_batches(&self, batches: &[TableBatches]) -> Result<(), StoreError> {
@@ -244,6 +320,66 @@ impl EmbeddedStore {
         }
         writer.finish()
     }
+}
+
+/// `stored` with `changes` applied: every row with a negative diff is taken out of the stored
+/// rows (as many times as its diff), every row with a positive diff is added after them (as many
+/// times). Rows are matched by their whole content (Arrow's row format). A retracted row missing
+/// from `stored` means the saved state and the stored table disagree, which is an error.
+pub fn apply_changes(stored: Vec<RecordBatch>, changes: &TableBatches) -> Result<Vec<RecordBatch>, ArrowError> {
+    let Some(schema) = schema(changes.table) else {
+        return Err(ArrowError::SchemaError(format!("no table {}", changes.table)));
+    };
+    let converter =
+        RowConverter::new(schema.fields().iter().map(|field| SortField::new(field.data_type().clone())).collect())?;
+    let mut retracted: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut after = Vec::with_capacity(stored.len() + changes.batches.len());
+    let mut inserted = Vec::new();
+    let mut diffs = changes.diffs.iter();
+    for batch in &changes.batches {
+        let rows = converter.convert_columns(batch.columns())?;
+        let mut take = Vec::new();
+        for (at, row) in rows.iter().enumerate() {
+            match diffs.next().copied().unwrap_or(0) {
+                diff if diff < 0 => *retracted.entry(row.as_ref().to_vec()).or_default() -= diff,
+                diff => take.extend(std::iter::repeat_n(at as u32, diff as usize)),
+            }
+        }
+        if !take.is_empty() {
+            inserted.push(take_record_batch(batch, &UInt32Array::from(take))?);
+        }
+    }
+    let mut left = retracted.values().sum::<i64>();
+    for batch in stored {
+        let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+        if left == 0 {
+            after.push(batch);
+            continue;
+        }
+        let rows = converter.convert_columns(batch.columns())?;
+        let keep: BooleanArray = rows
+            .iter()
+            .map(|row| match retracted.get_mut(row.as_ref()) {
+                Some(count) if *count > 0 => {
+                    *count -= 1;
+                    left -= 1;
+                    Some(false)
+                }
+                _ => Some(true),
+            })
+            .collect();
+        after.push(filter_record_batch(&batch, &keep)?);
+    }
+    if left > 0 {
+        return Err(ArrowError::InvalidArgumentError(format!(
+            "{left} rows of table {} that the saved operator state derived are not in the stored table: the state and the \
+             tables disagree; remove the data dir's `state` folder to rebuild both from the stored events",
+            changes.table
+        )));
+    }
+    after.extend(inserted);
+    after.retain(|batch| batch.num_rows() > 0);
+    Ok(after)
 }
 
 /// A table's next file being written (`events`, for a replay): each appended batch is encoded at
