@@ -170,10 +170,10 @@ mod tests {
     fn strings_are_read_back_as_written_and_a_torn_one_is_none() {
         let mut out = Vec::new();
         let long = "x".repeat(300);
-        super::super::rowbinary::put_string(&mut out, "worker-0.bin");
+        super::super::rowbinary::put_string(&mut out, "Dedup.0.state");
         super::super::rowbinary::put_string(&mut out, &long);
         let mut input: &[u8] = &out;
-        assert_eq!(take_string(&mut input), Some(&b"worker-0.bin"[..]));
+        assert_eq!(take_string(&mut input), Some(&b"Dedup.0.state"[..]));
         assert_eq!(take_string(&mut input), Some(long.as_bytes()));
         assert!(input.is_empty());
         let mut torn: &[u8] = &out[..out.len() - 1];

@@ -9,7 +9,7 @@
 
 use convoflow_events::Event;
 use convoflow_operators::{for_each_table, Collection, RejectedRow, Table, TableSet};
-use convoflow_schema::{batches, TableBatches};
+use convoflow_schema::{batches, TableBatches, TABLES};
 use datafusion::arrow::array::{Array, AsArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::error::ArrowError;
@@ -198,13 +198,44 @@ pub fn read_table(tables: &Mutex<MemoryTables>, table: &str) -> Result<Option<Ar
     }
 }
 
-/// One table, all tenants, as the Parquet store writes it.
-pub fn snapshot_table(tables: &Mutex<MemoryTables>, table: &'static str) -> Result<TableBatches, ArrowError> {
-    let by_tenant = read_table(tables, table)?.unwrap_or_default();
-    let mut tenants: Vec<&String> = by_tenant.keys().collect();
-    tenants.sort();
-    let batches: Vec<RecordBatch> = tenants.into_iter().flat_map(|tenant| by_tenant[tenant].iter().cloned()).collect();
-    Ok(TableBatches { table, batches, diffs: Vec::new() })
+/// Every table as it is at one moment, turned into batches later (on a snapshot's thread): the
+/// rows of each derived table that changed since it was last read are copied under one hold of
+/// the lock, the others' batches are shared. So a snapshot's tables are all of the same epoch,
+/// the one its operator state was saved after: a replay resumed from that state applies its
+/// changes to exactly the tables the state derived.
+pub struct TablesAt {
+    tables: Vec<(&'static str, Lookup)>,
+    source: Arc<Mutex<MemoryTables>>,
+}
+
+pub fn tables_at(tables: &Arc<Mutex<MemoryTables>>) -> TablesAt {
+    let mut held = lock_tables(tables);
+    let taken = TABLES.iter().map(|&table| (table, held.lookup(table))).collect();
+    TablesAt { tables: taken, source: tables.clone() }
+}
+
+impl TablesAt {
+    /// Each table, all tenants, as the Parquet store writes it, in SPEC order.
+    pub fn batches(self) -> Result<Vec<TableBatches>, ArrowError> {
+        let TablesAt { tables, source } = self;
+        let mut out = Vec::with_capacity(tables.len());
+        for (table, lookup) in tables {
+            let by_tenant = match lookup {
+                Lookup::Ready(batches) => batches,
+                Lookup::Unknown => Arc::default(),
+                Lookup::Stale { generation, build } => {
+                    let batches = Arc::new(build()?);
+                    lock_tables(&source).keep(table, generation, batches.clone());
+                    batches
+                }
+            };
+            let mut tenants: Vec<&String> = by_tenant.keys().collect();
+            tenants.sort();
+            let batches = tenants.into_iter().flat_map(|tenant| by_tenant[tenant].iter().cloned()).collect();
+            out.push(TableBatches { table, batches, diffs: Vec::new() });
+        }
+        Ok(out)
+    }
 }
 
 /// Splits a batch by its `tenant_id` column (every table has one), keeping row order.
@@ -301,5 +332,29 @@ mod tests {
         assert_eq!(messages, vec![2, 1]);
         assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Ready(_)));
         assert!(read_table(&tables, "no_such_table").expect("read").is_none());
+    }
+
+    /// A snapshot's tables are those of the moment it was started, whatever epochs are applied
+    /// before its thread turns them into batches.
+    #[test]
+    fn tables_taken_at_a_moment_are_not_changed_by_later_epochs() {
+        let tables = Arc::new(Mutex::new(MemoryTables::default()));
+        lock_tables(&tables).apply(epoch(vec![(contact("a", "c1", 1), 1)]), &[]).expect("apply");
+        let taken = tables_at(&tables);
+        lock_tables(&tables)
+            .apply(epoch(vec![(contact("a", "c1", 1), -1), (contact("a", "c2", 1), 1)]), &[])
+            .expect("apply");
+        let batches = taken.batches().expect("batches");
+        let contacts = batches.iter().find(|table| table.table == "contacts").expect("contacts taken");
+        let taken_ids: Vec<String> = contacts
+            .batches
+            .iter()
+            .flat_map(|batch| {
+                let column = batch.column_by_name("contact_id").expect("column").as_string::<i32>();
+                column.iter().flatten().map(str::to_owned).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(taken_ids, vec!["c1"]);
+        assert_eq!(ids(&tables, "a"), vec!["c2"], "the tables themselves moved on");
     }
 }

@@ -8,7 +8,7 @@ mod replay;
 mod sink;
 mod store;
 
-pub use memory::{lock_tables, read_table, snapshot_table, split_by_tenant, MemoryTables, TenantBatches};
+pub use memory::{lock_tables, read_table, split_by_tenant, tables_at, MemoryTables, TablesAt, TenantBatches};
 pub use reader::MemoryReader;
 pub use replay::ParquetSink;
 pub use sink::MemorySink;

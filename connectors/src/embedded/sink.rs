@@ -9,17 +9,14 @@
 //! Just before a snapshot takes its tables, the operator state is saved (`data/state`, a new
 //! generation; see `Sink::state_due`), and the snapshot names that generation in
 //! `tables/generation` once it is whole. A restart then resumes from the state instead of
-//! re-feeding every stored event: the snapshot's `events` and `rejected` are taken at the same
-//! point as the state (the derived tables may be taken later, and are derived again from the
-//! state on restart anyway).
+//! re-feeding every stored event: every table of the snapshot is taken at the same point as the
+//! state, so a replay resumed from it can apply its changes to those tables.
 
-use super::{lock_tables, snapshot_table, EmbeddedStore, MemoryReader, MemoryTables};
+use super::{lock_tables, tables_at, EmbeddedStore, MemoryReader, MemoryTables};
 use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
 use convoflow_api::Reader;
 use convoflow_operators::TableSet;
-use convoflow_schema::TABLES;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -178,10 +175,10 @@ impl Snapshots {
     }
 
     /// Starts a snapshot covering the input up to `position` (what the tables hold now); does
-    /// nothing while one is being written or when nothing changed. `events` and `rejected` are
-    /// taken now (their batches are shared, not copied), so they hold exactly the input up to
-    /// `position`, as the state saved just before does. The writer thread takes the derived
-    /// tables one at a time, so epochs go on between them.
+    /// nothing while one is being written or when nothing changed. Every table is taken now
+    /// ([`tables_at`]: `events` and `rejected` shared, the changed derived tables' rows copied), so
+    /// they hold exactly the input up to `position`, as the state saved just before does; the
+    /// writer thread turns them into batches while epochs go on.
     fn start(&mut self, tables: &Arc<Mutex<MemoryTables>>, position: u64) -> Result<(), RuntimeError> {
         if self.writing.as_ref().is_some_and(|writing| !writing.is_finished()) {
             return Ok(());
@@ -191,22 +188,13 @@ impl Snapshots {
         if position == self.covered {
             return Ok(());
         }
-        let (store, data_dir, tables) = (self.store.clone(), self.data_dir.clone(), tables.clone());
+        let (store, data_dir) = (self.store.clone(), self.data_dir.clone());
         let (input, generation) = (self.input.clone(), self.generation.take());
-        let mut now = HashMap::new();
-        for table in ["events", "rejected"] {
-            now.insert(table, snapshot_table(&tables, table)?);
-        }
+        let now = tables_at(tables);
         self.writing = Some(std::thread::spawn(move || {
             convoflow_api::lower_priority();
             let started = Instant::now();
-            let mut batches = Vec::with_capacity(TABLES.len());
-            for &table in TABLES {
-                batches.push(match now.remove(table) {
-                    Some(taken) => taken,
-                    None => snapshot_table(&tables, table)?,
-                });
-            }
+            let batches = now.batches()?;
             store.write_batches(&batches)?;
             write_checkpoint(&data_dir, &Checkpoint { input: Some(input), position })
                 .map_err(|source| RuntimeError::Io { what: "write the snapshot's checkpoint".to_owned(), source })?;
