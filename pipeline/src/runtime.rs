@@ -7,9 +7,10 @@
 //!
 //! 1. **Restore.** The sink gives back the events it holds, how far into the source's input its
 //!    tables reach, and the operator state saved with those tables, if any. The driver resumes
-//!    from that state; without one, or when it cannot be loaded, the events go through the driver
-//!    (in epochs of [`RESTORE_EPOCH_EVENTS`]) to rebuild it. Either way the rows go back to the
-//!    sink. A sink that keeps state has it saved when it asks ([`Sink::state_due`]: before a
+//!    from that state, reading keys from it as epochs touch them; the sink is given every derived
+//!    row then, or nothing when it keeps its derived tables ([`Sink::resume`]). Without a state,
+//!    or when it cannot be loaded, the events go through the driver (in epochs of
+//!    [`RESTORE_EPOCH_EVENTS`]) to rebuild it, and the rows go back to the sink. A sink that keeps state has it saved when it asks ([`Sink::state_due`]: before a
 //!    `serve` snapshot, and at the end, before it finishes), after every finished epoch is
 //!    committed, so the state is of exactly what the sink's next write holds.
 //! 2. **Catch up.** The source opens at that position and is read up to where its input ended at
