@@ -9,8 +9,8 @@
 //! the workers that saved it). Opening a file reads only its index; a key is found by a binary
 //! search of the index and a scan of at most [`INDEX_EVERY`] entries, read with one `pread`.
 //!
-//! Held in memory are only the keys an epoch touched since the last save (each marked dirty).
-//! [`crate::Driver::save`] has each worker merge its dirty keys with the file it loaded from into
+//! Held in memory are only the keys an epoch touched since the last save.
+//! [`crate::Driver::save`] has each worker merge those keys with the file it loaded from into
 //! a new file: entries of keys it did not touch are copied as bytes, not decoded. The new file is
 //! then what the worker looks keys up in, and the keys in memory are dropped.
 //!
@@ -413,16 +413,10 @@ impl Iterator for Merged<'_> {
     }
 }
 
-/// A key's value in memory, and whether it changed since it was saved (or loaded).
-pub(crate) struct Slot<V> {
-    pub value: V,
-    dirty: bool,
-}
-
-/// An operator's keyed state: the keys touched since the last save in memory, the rest in the
-/// saved files (see the module doc).
+/// An operator's keyed state: the keys touched since the last save in memory (each one is saved
+/// by the next save, which then drops them), the rest in the saved files (see the module doc).
 pub(crate) struct Keyed<K, V> {
-    memory: FxHashMap<K, Slot<V>>,
+    memory: FxHashMap<K, V>,
     backing: Option<Backing>,
     route: fn(&K) -> u64,
     /// A saved key that could not be read; reported by the driver after the epoch.
@@ -436,23 +430,18 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
 
     /// The key's value if it is in memory (an epoch touched it).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.memory.get_mut(key).map(|slot| &mut slot.value)
+        self.memory.get_mut(key)
     }
 
     /// The key's value, from memory or else the saved files, or a new one; and whether it had
-    /// one. Kept in memory and marked dirty: the caller may change it.
+    /// one. Kept in memory (to be saved): the caller may change it.
     pub fn entry(&mut self, key: &K, new: impl FnOnce() -> V) -> (&mut V, bool) {
         match self.memory.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(occupied) => {
-                let slot = occupied.into_mut();
-                slot.dirty = true;
-                (&mut slot.value, true)
-            }
+            std::collections::hash_map::Entry::Occupied(occupied) => (occupied.into_mut(), true),
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 let saved = saved(self.backing.as_ref(), self.route, &mut self.error, key);
                 let existed = saved.is_some();
-                let slot = vacant.insert(Slot { value: saved.unwrap_or_else(new), dirty: true });
-                (&mut slot.value, existed)
+                (vacant.insert(saved.unwrap_or_else(new)), existed)
             }
         }
     }
@@ -463,14 +452,14 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
         V: Clone,
     {
         match self.memory.get(key) {
-            Some(slot) => Some(slot.value.clone()),
+            Some(value) => Some(value.clone()),
             None => saved(self.backing.as_ref(), self.route, &mut self.error, key),
         }
     }
 
-    /// Sets the key's value (dirty).
+    /// Sets the key's value (to be saved).
     pub fn insert(&mut self, key: K, value: V) {
-        self.memory.insert(key, Slot { value, dirty: true });
+        self.memory.insert(key, value);
     }
 
     /// Every saved key of this worker with its value, decoded (for [`Resume::Rows`]).
@@ -499,19 +488,14 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
         }
     }
 
-    /// Writes this worker's file of operator `name` into `dir`: its dirty keys merged with the
+    /// Writes this worker's file of operator `name` into `dir`: its keys in memory merged with the
     /// saved ones it loaded from. Then looks keys up in the new file and drops those in memory.
     fn save(&mut self, dir: &Path, tag: &str, name: &str, index: usize, workers: usize) -> Result<(), StateError> {
         let encode = |source| StateError::Encode { operator: name.to_owned(), source };
         let route = self.route;
-        let mut dirty: Vec<(u64, &K, &V)> = self
-            .memory
-            .iter()
-            .filter(|(_, slot)| slot.dirty)
-            .map(|(key, slot)| (route(key), key, &slot.value))
-            .collect();
+        let mut touched: Vec<(u64, &K, &V)> = self.memory.iter().map(|(key, value)| (route(key), key, value)).collect();
         // By route, then (rarely needed) by the key's bytes, as the files are ordered.
-        dirty.sort_unstable_by(|a, b| {
+        touched.sort_unstable_by(|a, b| {
             a.0.cmp(&b.0).then_with(|| {
                 bincode::serialize(a.1).unwrap_or_default().cmp(&bincode::serialize(b.1).unwrap_or_default())
             })
@@ -522,7 +506,7 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
             None => Merged { heads: Vec::new() }.peekable(),
         };
         let (mut key_bytes, mut value_bytes) = (Vec::new(), Vec::new());
-        for (route, key, value) in dirty {
+        for (route, key, value) in touched {
             key_bytes.clear();
             bincode::serialize_into(&mut key_bytes, key).map_err(encode)?;
             // Saved entries before this key go as they are; one for the same key is replaced.

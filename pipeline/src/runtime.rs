@@ -10,9 +10,10 @@
 //!    from that state, reading keys from it as epochs touch them; the sink is given every derived
 //!    row then, or nothing when it keeps its derived tables ([`Sink::resume`]). Without a state,
 //!    or when it cannot be loaded, the events go through the driver (in epochs of
-//!    [`RESTORE_EPOCH_EVENTS`]) to rebuild it, and the rows go back to the sink. A sink that keeps state has it saved when it asks ([`Sink::state_due`]: before a
-//!    `serve` snapshot, and at the end, before it finishes), after every finished epoch is
-//!    committed, so the state is of exactly what the sink's next write holds.
+//!    [`RESTORE_EPOCH_EVENTS`]) to rebuild it, and the rows go back to the sink. A sink that keeps
+//!    state has it saved when it asks ([`Sink::state_due`]: before a `serve` snapshot, and at the
+//!    end, before it finishes), after every finished epoch is committed, so the state is of
+//!    exactly what the sink's next write holds.
 //! 2. **Catch up.** The source opens at that position and is read up to where its input ended at
 //!    start; only then is the caller told it is ready ([`Observer::ready`]).
 //! 3. **Epochs.** Each read is one epoch. While the workers run it, the previous epoch is

@@ -166,22 +166,30 @@ impl EmbeddedStore {
 
     /// Replaces every table: `events` with what `events` was given followed by `tables.events`,
     /// the derived tables with `tables` and `rejected`.
-    pub fn write(
+    pub fn write(&self, events: TableWriter, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
+        let (events, batches) = self.split_events(events, tables, rejected, Rows::Contents)?;
+        let mut partials = vec![("events", events)];
+        partials.extend(self.encode(&batches)?);
+        self.install(partials)
+    }
+
+    /// Every table of `tables` as batches: `events` appended to `events` (its partial file then
+    /// finished, and returned), the others (`rejected` first) returned as batches.
+    fn split_events(
         &self,
         mut events: TableWriter,
         tables: &TableSet,
         rejected: &[RejectedRow],
-    ) -> Result<(), StoreError> {
-        let mut batches = table_batches(tables, rejected, Rows::Contents)
+        rows: Rows,
+    ) -> Result<(PathBuf, Vec<TableBatches>), StoreError> {
+        let mut batches = table_batches(tables, rejected, rows)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
         if let Some(at) = batches.iter().position(|table| table.table == "events") {
             for batch in &batches.remove(at).batches {
                 events.append(batch)?;
             }
         }
-        let mut partials = vec![("events", events.finish()?)];
-        partials.extend(self.encode(&batches)?);
-        self.install(partials)
+        Ok((events.finish()?, batches))
     }
 
     /// Applies a resumed replay's changes to the stored derived tables, replaces `events` with what
@@ -190,53 +198,32 @@ impl EmbeddedStore {
     /// rows taken out and its inserted rows added after ([`apply_changes`]), one thread per table.
     pub fn write_changes(
         &self,
-        mut events: TableWriter,
+        events: TableWriter,
         changes: &TableSet,
         rejected: &[RejectedRow],
     ) -> Result<Vec<(&'static str, usize)>, StoreError> {
-        let arrow = |source| StoreError::Arrow { path: self.dir.display().to_string(), source };
-        let mut batches = table_batches(changes, rejected, Rows::Updates).map_err(arrow)?;
-        if let Some(at) = batches.iter().position(|table| table.table == "events") {
-            for batch in &batches.remove(at).batches {
-                events.append(batch)?;
-            }
+        let (events, mut batches) = self.split_events(events, changes, rejected, Rows::Updates)?;
+        let mut partials = vec![("events", events)];
+        if let Some(at) = batches.iter().position(|table| table.table == "rejected") {
+            partials.extend(self.encode(&[batches.remove(at)])?);
         }
-        let mut partials = vec![("events", events.finish()?)];
-        let written: Vec<Result<(Option<PathBuf>, usize), StoreError>> = std::thread::scope(|scope| {
-            let writers: Vec<_> = batches
-                .iter()
-                .map(|changed| {
-                    scope.spawn(move || {
-                        if changed.table == "rejected" {
-                            let rows = changed.diffs.len();
-                            return Ok((Some(self.write_partial(changed.table, &changed.batches)?), rows));
-                        }
-                        if changed.diffs.is_empty() {
-                            return Ok((None, self.stored_rows(changed.table)?));
-                        }
-                        let path = self.table_path(changed.table).display().to_string();
-                        let stored = self.read_table(changed.table)?;
-                        let after = apply_changes(stored, changed)
-                            .map_err(|source| StoreError::Arrow { path: path.clone(), source })?;
-                        let rows = after.iter().map(RecordBatch::num_rows).sum();
-                        Ok((Some(self.write_partial(changed.table, &after)?), rows))
-                    })
-                })
-                .collect();
-            writers
-                .into_iter()
-                .map(|writer| writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
+        let written = on_threads(&batches, |changed| {
+            if changed.diffs.is_empty() {
+                return Ok((None, self.stored_rows(changed.table)?));
+            }
+            let stored = self.read_table(changed.table)?;
+            let after = apply_changes(stored, changed).map_err(|source| StoreError::Arrow {
+                path: self.table_path(changed.table).display().to_string(),
+                source,
+            })?;
+            let rows = after.iter().map(RecordBatch::num_rows).sum();
+            Ok((Some(self.write_partial(changed.table, &after)?), rows))
         });
         let mut counts = Vec::new();
         for (changed, result) in batches.iter().zip(written) {
-            let (partial, rows) = result?;
-            if let Some(partial) = partial {
-                partials.push((changed.table, partial));
-            }
-            if changed.table != "rejected" {
-                counts.push((changed.table, rows));
-            }
+            let (partial, rows): (Option<PathBuf>, usize) = result?;
+            partials.extend(partial.map(|partial| (changed.table, partial)));
+            counts.push((changed.table, rows));
         }
         self.install(partials)?;
         Ok(counts)
@@ -265,17 +252,9 @@ impl EmbeddedStore {
 
     /// Each table's partial file, encoded one thread per table.
     fn encode(&self, batches: &[TableBatches]) -> Result<Vec<(&'static str, PathBuf)>, StoreError> {
-        let partials: Vec<Result<(&'static str, PathBuf), StoreError>> = std::thread::scope(|scope| {
-            let writers: Vec<_> = batches
-                .iter()
-                .map(|table| scope.spawn(move || Ok((table.table, self.write_partial(table.table, &table.batches)?))))
-                .collect();
-            writers
-                .into_iter()
-                .map(|writer| writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        });
-        partials.into_iter().collect()
+        on_threads(batches, |table| Ok((table.table, self.write_partial(table.table, &table.batches)?)))
+            .into_iter()
+            .collect()
     }
 
     /// Renames the partial files into place, in order.
@@ -320,6 +299,19 @@ impl EmbeddedStore {
         }
         writer.finish()
     }
+}
+
+/// `work` on each item, one thread per item; the results in the items' order (a panic goes on
+/// in the caller).
+fn on_threads<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let threads: Vec<_> = items.iter().map(|item| scope.spawn(move || work(item))).collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
 }
 
 /// `stored` with `changes` applied: every row with a negative diff is taken out of the stored
