@@ -76,11 +76,38 @@ pub trait Source {
     }
 }
 
+/// The events a sink holds: read only if they are needed (re-fed when no state is resumed, or
+/// shown to an observer that asks for them).
+pub enum StoredEvents {
+    /// Held in memory already, as the `events` table's Arrow batches.
+    Batches(Vec<RecordBatch>),
+    /// The embedded store's `events` files, and how many events they hold.
+    Files { paths: Vec<PathBuf>, rows: u64 },
+}
+
+impl StoredEvents {
+    pub fn rows(&self) -> u64 {
+        match self {
+            StoredEvents::Batches(batches) => batches.iter().map(|batch| batch.num_rows() as u64).sum(),
+            StoredEvents::Files { rows, .. } => *rows,
+        }
+    }
+
+    /// The `events` table's batches, read one after another as they are asked for.
+    pub fn batches(self) -> Box<dyn Iterator<Item = Result<RecordBatch, RuntimeError>>> {
+        match self {
+            StoredEvents::Batches(batches) => Box::new(batches.into_iter().map(Ok)),
+            StoredEvents::Files { paths, .. } => {
+                Box::new(crate::embedded::read_events(paths).map(|batch| batch.map_err(RuntimeError::from)))
+            }
+        }
+    }
+}
+
 /// What a sink holds at start.
 pub struct Restored {
-    /// The stored events, as the `events` table's Arrow batches (the sink holds them already;
-    /// they are re-fed when no state is resumed, and shown to the observer).
-    pub events: Vec<RecordBatch>,
+    /// The stored events (the sink holds them already).
+    pub events: StoredEvents,
     /// How far into the source's input the stored tables reach.
     pub position: u64,
     /// Operator state saved with exactly these tables: resumed from instead of re-feeding

@@ -21,4 +21,4 @@ pub mod log;
 pub mod retry;
 pub mod wire;
 
-pub use connector::{Batch, Commit, Committed, Read, Restored, RuntimeError, SavedState, Sink, Source};
+pub use connector::{Batch, Commit, Committed, Read, Restored, RuntimeError, SavedState, Sink, Source, StoredEvents};

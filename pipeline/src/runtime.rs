@@ -116,23 +116,22 @@ pub fn restore<K: Sink, O: Observer>(
     let started = Instant::now();
     let Restored { events, position, state, since_state } = sink.restore(input_id)?;
     let loaded = started.elapsed().as_secs_f64();
-    let mut stats =
-        RunStats { restored_events: events.iter().map(|batch| batch.num_rows() as u64).sum(), ..RunStats::default() };
+    let mut stats = RunStats { restored_events: events.rows(), ..RunStats::default() };
     if let Some(state) = state {
         match Driver::resume(workers, tenants.clone(), &state.dir, &state.generation, sink.resume()) {
             Ok((mut driver, restored)) => {
                 sink.resumed();
                 sink.restored(restored.tables)?;
-                for chunk in chunks(&since_state) {
-                    let events = stored_events(&chunk)?;
+                for chunk in chunks(since_state.into_iter().map(Ok)) {
+                    let events = stored_events(&chunk?)?;
                     stats.since_state += events.len() as u64;
                     driver.submit(events.into_iter().map(|event| (0, Box::new(event))).collect(), 0)?;
                     sink.restored(driver.next_output()?.tables)?;
                 }
                 let resumed = started.elapsed().as_secs_f64();
                 if observer.wants_stored() {
-                    for chunk in chunks(&events) {
-                        observer.stored(&stored_events(&chunk)?);
+                    for chunk in chunks(events.batches()) {
+                        observer.stored(&stored_events(&chunk?)?);
                     }
                 }
                 let observed = started.elapsed().as_secs_f64();
@@ -153,8 +152,8 @@ pub fn restore<K: Sink, O: Observer>(
         }
     }
     let mut driver = Driver::start(workers, tenants)?;
-    for chunk in chunks(&events) {
-        let stored = stored_events(&chunk)?;
+    for chunk in chunks(events.batches()) {
+        let stored = stored_events(&chunk?)?;
         observer.stored(&stored);
         driver.submit(stored.into_iter().map(|event| (0, Box::new(event))).collect(), 0)?;
         let output = driver.next_output()?;
@@ -165,11 +164,18 @@ pub fn restore<K: Sink, O: Observer>(
 }
 
 /// The stored events in slices of at most [`RESTORE_EPOCH_EVENTS`] rows (no copy).
-fn chunks(batches: &[RecordBatch]) -> impl Iterator<Item = RecordBatch> + '_ {
-    batches.iter().flat_map(|batch| {
-        (0..batch.num_rows())
-            .step_by(RESTORE_EPOCH_EVENTS)
-            .map(move |offset| batch.slice(offset, RESTORE_EPOCH_EVENTS.min(batch.num_rows() - offset)))
+fn chunks(
+    batches: impl Iterator<Item = Result<RecordBatch, RuntimeError>>,
+) -> impl Iterator<Item = Result<RecordBatch, RuntimeError>> {
+    batches.flat_map(|batch| -> Box<dyn Iterator<Item = Result<RecordBatch, RuntimeError>>> {
+        match batch {
+            Ok(batch) => Box::new(
+                (0..batch.num_rows())
+                    .step_by(RESTORE_EPOCH_EVENTS)
+                    .map(move |offset| Ok(batch.slice(offset, RESTORE_EPOCH_EVENTS.min(batch.num_rows() - offset)))),
+            ),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        }
     })
 }
 
@@ -348,7 +354,7 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use convoflow_connectors::{Batch, Committed};
+    use convoflow_connectors::{Batch, Committed, StoredEvents};
     use convoflow_events::{parse_event, Tenants};
     use convoflow_operators::TableSet;
 
@@ -388,7 +394,12 @@ mod tests {
 
     impl Sink for Positions {
         fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
-            Ok(Restored { events: Vec::new(), position: 0, state: None, since_state: Vec::new() })
+            Ok(Restored {
+                events: StoredEvents::Batches(Vec::new()),
+                position: 0,
+                state: None,
+                since_state: Vec::new(),
+            })
         }
         fn restored(&mut self, _tables: TableSet) -> Result<(), RuntimeError> {
             Ok(())

@@ -379,3 +379,65 @@ fn a_replay_resumes_saved_state_and_re_feeds_when_it_cannot() {
         }
     }
 }
+
+/// The `events` files of a store: name and inode of each, in order.
+fn event_segments(data: &str) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Path::new(data).join("tables").join("events");
+    let mut segments: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .expect("events dir")
+        .map(|entry| entry.expect("entry"))
+        .map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.metadata().expect("metadata").ino()))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// A replay adds its new events as a segment of their own: a late event into a store leaves the
+/// stored events' file as it is (not read, not rewritten), a replay of only duplicates adds
+/// nothing, and small segments are merged; `events` holds every event once all along.
+#[test]
+fn a_replay_adds_its_new_events_as_a_segment_and_leaves_the_stored_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, tenants) = generated(dir.path(), "3000", "8");
+    let data = path(dir.path(), "data");
+    ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &data]);
+    let stored = event_segments(&data);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let count =
+        |data: &str| dump(data, "SELECT count(*), count(DISTINCT tenant_id || event_id) FROM events")[1].clone();
+    let before: u64 = count(&data).split(',').next().unwrap().parse().unwrap();
+
+    let late = path(dir.path(), "late.ndjson");
+    let line = r#"{"event_id":"late-1","tenant_id":"acme","ts":1700000000000,"type":"touch","contact_id":"c-late","channel":"ad"}"#;
+    std::fs::write(&late, format!("{line}\n")).unwrap();
+    let summary = ok(&["replay", "--input", &late, "--tenants", &tenants, "--data", &data]);
+    assert!(summary.contains("resume state"), "{summary}");
+    let after = event_segments(&data);
+    assert_eq!(after[0], stored[0], "the stored segment is the same file");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(count(&data), format!("{0},{0}", before + 1));
+
+    ok(&["replay", "--input", &late, "--tenants", &tenants, "--data", &data]);
+    assert_eq!(event_segments(&data), after, "only duplicates: no segment");
+
+    let later = path(dir.path(), "later.ndjson");
+    std::fs::write(&later, format!("{}\n", line.replace("late-1", "late-2"))).unwrap();
+    ok(&["replay", "--input", &later, "--tenants", &tenants, "--data", &data]);
+    let merged = event_segments(&data);
+    assert_eq!(merged.len(), 2, "the two one-event segments are merged: {merged:?}");
+    assert_eq!(merged[0], stored[0]);
+    assert_eq!(count(&data), format!("{0},{0}", before + 2));
+
+    // Re-fed from the segments, the tables are those of one replay of everything.
+    let whole = path(dir.path(), "whole");
+    let everything = path(dir.path(), "everything.ndjson");
+    let mut text = std::fs::read_to_string(&input).unwrap();
+    text.push_str(&format!("{line}\n{}\n", line.replace("late-1", "late-2")));
+    std::fs::write(&everything, text).unwrap();
+    ok(&["replay", "--input", &everything, "--tenants", &tenants, "--data", &whole]);
+    std::fs::remove_file(Path::new(&data).join("tables").join("generation")).unwrap();
+    let summary = ok(&["replay", "--input", &later, "--tenants", &tenants, "--data", &data]);
+    assert!(summary.contains("re-feed"), "{summary}");
+    assert_eq!(dump_tables(&data), dump_tables(&whole));
+}

@@ -50,14 +50,21 @@ impl SqlEngine {
     pub async fn open(data_dir: &Path) -> Result<Self, QueryError> {
         // The command line's own process: its queries may take the machine's memory, as before.
         let context = bounded_context(SessionConfig::new(), Arc::new(RuntimeEnv::default()));
+        let tables_dir = data_dir.join("tables");
         for &table in TABLES {
-            let path = data_dir.join("tables").join(format!("{table}.parquet"));
             let Some(table_schema) = schema(table) else { continue };
-            if path.exists() {
-                let options = ParquetReadOptions::default().schema(&table_schema);
-                context.register_parquet(table, path.to_string_lossy().as_ref(), options).await?;
-            } else {
+            let files = convoflow_schema::files::table_files(&tables_dir, table).map_err(|source| {
+                QueryError::DataFusion(DataFusionError::IoError(std::io::Error::new(
+                    source.kind(),
+                    format!("{}: {source}", tables_dir.display()),
+                )))
+            })?;
+            if files.is_empty() {
                 context.register_table(table, Arc::new(MemTable::try_new(table_schema, vec![vec![]])?))?;
+            } else {
+                let files: Vec<String> = files.iter().map(|path| path.to_string_lossy().into_owned()).collect();
+                let options = ParquetReadOptions::default().schema(&table_schema);
+                context.register_table(table, context.read_parquet(files, options).await?.into_view())?;
             }
         }
         Ok(SqlEngine { context })

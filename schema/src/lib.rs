@@ -4,6 +4,7 @@
 
 mod columns;
 mod convert;
+pub mod files;
 mod schema;
 
 pub use convert::{batches, events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};

@@ -134,10 +134,14 @@ pub fn embedded_tables(data_dir: &Path) -> Tables {
     TABLES
         .iter()
         .map(|table| {
-            let path = data_dir.join("tables").join(format!("{table}.parquet"));
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
-            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().expect("batches");
+            let files = convoflow_schema::files::table_files(&data_dir.join("tables"), table).expect("list the tables");
+            assert!(!files.is_empty() || *table == "events", "no table {table} in {}", data_dir.display());
+            let mut batches: Vec<RecordBatch> = Vec::new();
+            for path in files {
+                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+                batches.extend(reader.map(|batch| batch.expect("batch")));
+            }
             (table.to_string(), rows_of(&batches, table))
         })
         .collect()

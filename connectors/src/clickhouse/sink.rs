@@ -9,7 +9,7 @@
 //! next restart re-feeds more.
 
 use super::{ClickHouseReader, ClickHouseStore};
-use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
+use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink, StoredEvents};
 use crate::retry::until_done;
 use convoflow_api::Reader;
 use convoflow_operators::TableSet;
@@ -114,7 +114,7 @@ impl Sink for ClickHouseSink {
                 (None, Vec::new())
             }
         };
-        Ok(Restored { events, position, state, since_state })
+        Ok(Restored { events: StoredEvents::Batches(events), position, state, since_state })
     }
 
     /// ClickHouse holds the derived tables: a resumed state gives only what later epochs change.

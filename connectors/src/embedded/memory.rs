@@ -100,6 +100,8 @@ macro_rules! live_tables {
         pub struct MemoryTables {
             $($table: Contents<$row>,)+
             events: TenantBatches,
+            /// The events applied since the last snapshot took them, in order: its new segment.
+            unsaved_events: Vec<RecordBatch>,
             rejected: TenantBatches,
             rejected_seen: HashSet<RejectedRow>,
             event_count: u64,
@@ -139,7 +141,9 @@ impl MemoryTables {
             rejected.iter().filter(|row| self.rejected_seen.insert((*row).clone())).cloned().collect();
         self.event_count += tables.events.len() as u64;
         if !tables.events.is_empty() {
-            append(&mut self.events, batches::<Event, _>(&tables.events)?)?;
+            let batches = batches::<Event, _>(&tables.events)?;
+            append(&mut self.events, batches.clone())?;
+            self.unsaved_events.extend(batches);
         }
         if !fresh.is_empty() {
             append(&mut self.rejected, batches::<RejectedRow, _>(&fresh)?)?;
@@ -200,7 +204,8 @@ pub fn read_table(tables: &Mutex<MemoryTables>, table: &str) -> Result<Option<Ar
 
 /// Every table as it is at one moment, turned into batches later (on a snapshot's thread): the
 /// rows of each derived table that changed since it was last read are copied under one hold of
-/// the lock, the others' batches are shared. So a snapshot's tables are all of the same epoch,
+/// the lock, the others' batches are shared; `events` are those applied since the last snapshot
+/// took them (the store appends them as a segment). So a snapshot's tables are all of the same epoch,
 /// the one its operator state was saved after: a replay resumed from that state applies its
 /// changes to exactly the tables the state derived.
 pub struct TablesAt {
@@ -210,7 +215,18 @@ pub struct TablesAt {
 
 pub fn tables_at(tables: &Arc<Mutex<MemoryTables>>) -> TablesAt {
     let mut held = lock_tables(tables);
-    let taken = TABLES.iter().map(|&table| (table, held.lookup(table))).collect();
+    let mut unsaved = Some(std::mem::take(&mut held.unsaved_events));
+    let taken = TABLES
+        .iter()
+        .map(|&table| match table {
+            // The store adds them as a segment; it has the events before them already.
+            "events" => (
+                table,
+                Lookup::Ready(Arc::new(TenantBatches::from([(String::new(), unsaved.take().unwrap_or_default())]))),
+            ),
+            _ => (table, held.lookup(table)),
+        })
+        .collect();
     TablesAt { tables: taken, source: tables.clone() }
 }
 

@@ -1,6 +1,6 @@
-//! The embedded store as a replay's sink: the store's events are restored first, every epoch's
-//! updates are gathered, and the tables are written once, consolidated, at the end. Events, the
-//! store's and each epoch's new ones, go into the new `events` file as they come.
+//! The embedded store as a replay's sink: every epoch's updates are gathered, and the tables are
+//! written once, consolidated, at the end. Each epoch's new events go into a new `events` segment
+//! as they come; the stored ones are read only to be re-fed, when no saved state is resumed.
 //!
 //! Operator state is saved before that write (`<data>/state`, a new generation) and the tables are
 //! tied to it once written (see `store.rs`), so the next replay resumes from it instead of
@@ -9,7 +9,7 @@
 //! it does not change keeps its file.
 
 use super::{EmbeddedStore, StoreError, TableWriter};
-use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
+use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink, StoredEvents};
 use convoflow_events::Event;
 use convoflow_operators::{RejectedRow, Resume, TableSet};
 use convoflow_schema::batches;
@@ -29,8 +29,8 @@ use std::time::Instant;
 pub struct ParquetSink {
     store: EmbeddedStore,
     levels: Vec<Option<TableSet>>,
-    /// The next `events` file: the store's events as loaded, then each epoch's new ones as it is
-    /// gathered, encoded as they come (`None` once written).
+    /// The next `events` segment: each epoch's new events as it is gathered, encoded as they come
+    /// (`None` once written).
     events: Option<TableWriter>,
     stored_rejected: Vec<RejectedRow>,
     rejected: Vec<RejectedRow>,
@@ -121,17 +121,16 @@ impl ParquetSink {
 }
 
 impl Sink for ParquetSink {
+    /// The stored events are read only if the state cannot be resumed: the new ones go into a
+    /// segment of their own.
     fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
         let started = Instant::now();
-        let events = self.store.load_events()?;
-        for batch in &events {
-            self.events_writer()?.append(batch)?;
-        }
+        let (paths, rows) = self.store.event_files()?;
         self.stored_rejected = self.store.load_rejected()?;
         self.load_seconds = started.elapsed().as_secs_f64();
         let state = self.store.generation().map(|generation| SavedState { dir: self.store.state_dir(), generation });
-        tracing::info!(batches = events.len(), state = ?state, "replay loaded");
-        Ok(Restored { events, position: 0, state, since_state: Vec::new() })
+        tracing::info!(events = rows, segments = paths.len(), state = ?state, "replay opened the store");
+        Ok(Restored { events: StoredEvents::Files { paths, rows }, position: 0, state, since_state: Vec::new() })
     }
 
     fn restored(&mut self, mut tables: TableSet) -> Result<(), RuntimeError> {
@@ -169,7 +168,7 @@ impl Sink for ParquetSink {
         let tables = self.gathered();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
         let events = self.events.take().ok_or_else(written)?;
-        let event_count = events.rows();
+        let event_count = self.store.event_files()?.1 as usize + events.rows();
         if self.resumed {
             self.table_rows = vec![("events", event_count)];
             self.table_rows.extend(self.store.write_changes(events, &tables, &rejected)?);
@@ -181,6 +180,7 @@ impl Sink for ParquetSink {
         if let Some(generation) = self.saved.take() {
             self.store.set_generation(&generation)?;
         }
+        self.store.merge_events()?;
         self.table_rows.insert(1, ("rejected", rejected.len()));
         self.write_seconds = started.elapsed().as_secs_f64();
         Ok(Some(position))

@@ -13,7 +13,7 @@
 //! state, so a replay resumed from it can apply its changes to those tables.
 
 use super::{lock_tables, tables_at, EmbeddedStore, MemoryReader, MemoryTables};
-use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink};
+use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink, StoredEvents};
 use convoflow_api::Reader;
 use convoflow_operators::TableSet;
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -67,7 +67,7 @@ impl Sink for MemorySink {
         snapshots.covered = position;
         let store = &snapshots.store;
         let state = store.generation().map(|generation| SavedState { dir: store.state_dir(), generation });
-        Ok(Restored { events, position, state, since_state: Vec::new() })
+        Ok(Restored { events: StoredEvents::Batches(events), position, state, since_state: Vec::new() })
     }
 
     /// Takes in the tables' rows derived while restoring (the stored events are held already).
@@ -201,6 +201,7 @@ impl Snapshots {
             if let Some(generation) = generation {
                 store.set_generation(&generation)?;
             }
+            store.merge_events()?;
             tracing::info!(position, seconds = started.elapsed().as_secs_f64(), "tables snapshotted to Parquet");
             Ok(position)
         }));

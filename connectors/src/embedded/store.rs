@@ -1,9 +1,11 @@
-//! The embedded store: one Parquet file per table under `<data>/tables/`.
+//! The embedded store: one Parquet file per derived table under `<data>/tables/`, and `events` as
+//! segments that are only appended to (`convoflow_schema::files`).
 //!
-//! A write replaces every table. Each file is written beside its final name and fsynced; then the
-//! files are renamed into place, so a reader sees the old or the new file, never a torn one.
-//! `events` is renamed first: it is the source of truth the next replay rebuilds all derived
-//! tables from, so a crash between renames heals on the next replay.
+//! A write replaces every derived table it is given and adds one segment of the events it was
+//! given. Each file is written beside its final name and fsynced; then the files are renamed into
+//! place, so a reader sees the old or the new file, never a torn one. The new `events` segment is
+//! renamed first: `events` is the source of truth the next replay rebuilds all derived tables
+//! from, so a crash between renames heals on the next replay.
 //!
 //! `<data>/tables/generation` names the operator state (`<data>/state`, saved by a replay before
 //! its tables, or by `serve` just before a snapshot takes its tables) that these tables were
@@ -12,6 +14,7 @@
 //! and a crash half-way makes the next start re-feed the stored events instead.
 
 use convoflow_operators::{RejectedRow, TableSet};
+use convoflow_schema::files::{event_segments, events_dir, Segment};
 use convoflow_schema::schema;
 use convoflow_schema::{rejected_from_batch, table_batches, Rows, TableBatches};
 use datafusion::arrow::array::{BooleanArray, UInt32Array};
@@ -65,11 +68,32 @@ impl DataDirLock {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store in `data_dir`.
+    /// Opens (creating if needed) the store in `data_dir`. A store from before `events` segments
+    /// has its `events.parquet` moved to segment `0-0`; what a crash left over from a write or a
+    /// merge of segments is removed.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let dir = data_dir.join("tables");
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
-        Ok(EmbeddedStore { dir })
+        let events = events_dir(&dir);
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(&events).map_err(io(&events))?;
+        let store = EmbeddedStore { dir };
+        let legacy = store.dir.join("events.parquet");
+        if legacy.is_file() {
+            std::fs::rename(&legacy, events.join(Segment::name(0, 0))).map_err(io(&legacy))?;
+            store.sync_dir()?;
+        }
+        let (_, stale) = event_segments(&store.dir).map_err(io(&events))?;
+        let partials = std::fs::read_dir(&events)
+            .map_err(io(&events))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|extension| extension == "partial"));
+        for path in stale.into_iter().chain(partials.collect::<Vec<_>>()) {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        Ok(store)
     }
 
     /// Where a replay saves operator state.
@@ -105,27 +129,28 @@ impl EmbeddedStore {
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|source| StoreError::Io { path: self.dir.display().to_string(), source })
+        for dir in [self.dir.clone(), events_dir(&self.dir)] {
+            File::open(&dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
+        }
+        Ok(())
     }
 
+    /// The file of a derived table (or `rejected`).
     pub fn table_path(&self, table: &str) -> PathBuf {
         self.dir.join(format!("{table}.parquet"))
     }
 
+    /// The `events` segments, in order.
+    fn segments(&self) -> Result<Vec<Segment>, StoreError> {
+        let (segments, _) = event_segments(&self.dir)
+            .map_err(|source| StoreError::Io { path: events_dir(&self.dir).display().to_string(), source })?;
+        Ok(segments)
+    }
+
     fn read_table(&self, table: &str) -> Result<Vec<RecordBatch>, StoreError> {
-        let path = self.table_path(table);
-        let shown = || path.display().to_string();
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(StoreError::Io { path: shown(), source }),
-        };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|builder| builder.with_batch_size(64 * 1024).build())
-            .map_err(|source| StoreError::Parquet { path: shown(), source })?;
-        reader.collect::<Result<Vec<_>, _>>().map_err(|source| StoreError::Arrow { path: shown(), source })
+        read_file(&self.table_path(table))?.collect()
     }
 
     fn load<R>(
@@ -142,16 +167,21 @@ impl EmbeddedStore {
         Ok(rows)
     }
 
+    /// The files of the `events` table, in order, and how many events they hold (from their
+    /// footers): read only if they are needed ([`read_events`]).
+    pub fn event_files(&self) -> Result<(Vec<PathBuf>, u64), StoreError> {
+        let mut rows = 0;
+        let mut paths = Vec::new();
+        for segment in self.segments()? {
+            rows += file_rows(&segment.path)?;
+            paths.push(segment.path);
+        }
+        Ok((paths, rows))
+    }
+
     /// Every accepted event in the store, as the `events` table's batches (of 64 k rows).
     pub fn load_events(&self) -> Result<Vec<RecordBatch>, StoreError> {
-        let path = || self.table_path("events").display().to_string();
-        let Some(schema) = schema("events") else { return Ok(Vec::new()) };
-        // Under the declared schema (the file's may differ in metadata), as every writer expects.
-        self.read_table("events")?
-            .into_iter()
-            .map(|batch| RecordBatch::try_new(schema.clone(), batch.columns().to_vec()))
-            .collect::<Result<_, _>>()
-            .map_err(|source| StoreError::Arrow { path: path(), source })
+        read_events(self.event_files()?.0).collect()
     }
 
     /// Every rejection in the store.
@@ -159,29 +189,31 @@ impl EmbeddedStore {
         self.load("rejected", rejected_from_batch)
     }
 
-    /// Starts the `events` table of the next write, appended to as events come.
+    /// Starts the next `events` segment, appended to as events come.
     pub fn events_writer(&self) -> Result<TableWriter, StoreError> {
-        self.partial_writer("events", TableWriter::ROW_GROUP)
+        let next = self.segments()?.last().map_or(1, |segment| segment.last + 1);
+        TableWriter::create(events_dir(&self.dir).join(Segment::name(next, next)), "events", TableWriter::ROW_GROUP)
     }
 
-    /// Replaces every table: `events` with what `events` was given followed by `tables.events`,
-    /// the derived tables with `tables` and `rejected`.
+    /// Adds `events` as a segment (what it was given, then `tables.events`) and replaces the
+    /// derived tables with `tables` and `rejected`.
     pub fn write(&self, events: TableWriter, tables: &TableSet, rejected: &[RejectedRow]) -> Result<(), StoreError> {
         let (events, batches) = self.split_events(events, tables, rejected, Rows::Contents)?;
-        let mut partials = vec![("events", events)];
-        partials.extend(self.encode(&batches)?);
-        self.install(partials)
+        let mut files: Vec<Written> = events.into_iter().collect();
+        files.extend(self.encode(&batches)?);
+        self.install(files)
     }
 
-    /// Every table of `tables` as batches: `events` appended to `events` (its partial file then
-    /// finished, and returned), the others (`rejected` first) returned as batches.
+    /// Every table of `tables` as batches: `events` appended to `events` (its segment then
+    /// finished, and returned unless it holds none), the others (`rejected` first) returned as
+    /// batches.
     fn split_events(
         &self,
         mut events: TableWriter,
         tables: &TableSet,
         rejected: &[RejectedRow],
         rows: Rows,
-    ) -> Result<(PathBuf, Vec<TableBatches>), StoreError> {
+    ) -> Result<(Option<Written>, Vec<TableBatches>), StoreError> {
         let mut batches = table_batches(tables, rejected, rows)
             .map_err(|source| StoreError::Arrow { path: self.dir.display().to_string(), source })?;
         if let Some(at) = batches.iter().position(|table| table.table == "events") {
@@ -192,8 +224,8 @@ impl EmbeddedStore {
         Ok((events.finish()?, batches))
     }
 
-    /// Applies a resumed replay's changes to the stored derived tables, replaces `events` with what
-    /// `events` was given and `rejected` with `rejected`; returns each derived table's rows after.
+    /// Applies a resumed replay's changes to the stored derived tables, adds `events` as a
+    /// segment and replaces `rejected` with `rejected`; returns each derived table's rows after.
     /// A table the changes leave alone keeps its file. Each changed one is read, its retracted
     /// rows taken out and its inserted rows added after ([`apply_changes`]), one thread per table.
     pub fn write_changes(
@@ -203,13 +235,13 @@ impl EmbeddedStore {
         rejected: &[RejectedRow],
     ) -> Result<Vec<(&'static str, usize)>, StoreError> {
         let (events, mut batches) = self.split_events(events, changes, rejected, Rows::Updates)?;
-        let mut partials = vec![("events", events)];
+        let mut files: Vec<Written> = events.into_iter().collect();
         if let Some(at) = batches.iter().position(|table| table.table == "rejected") {
-            partials.extend(self.encode(&[batches.remove(at)])?);
+            files.extend(self.encode(&[batches.remove(at)])?);
         }
         let written = on_threads(&batches, |changed| {
             if changed.diffs.is_empty() {
-                return Ok((None, self.stored_rows(changed.table)?));
+                return Ok((None, file_rows(&self.table_path(changed.table))? as usize));
             }
             let stored = self.read_table(changed.table)?;
             let after = apply_changes(stored, changed).map_err(|source| StoreError::Arrow {
@@ -217,87 +249,166 @@ impl EmbeddedStore {
                 source,
             })?;
             let rows = after.iter().map(RecordBatch::num_rows).sum();
-            Ok((Some(self.write_partial(changed.table, &after)?), rows))
+            Ok((Some(self.write_table(changed.table, &after)?), rows))
         });
         let mut counts = Vec::new();
         for (changed, result) in batches.iter().zip(written) {
-            let (partial, rows): (Option<PathBuf>, usize) = result?;
-            partials.extend(partial.map(|partial| (changed.table, partial)));
+            let (file, rows): (Option<Written>, usize) = result?;
+            files.extend(file);
             counts.push((changed.table, rows));
         }
-        self.install(partials)?;
+        self.install(files)?;
         Ok(counts)
     }
 
-    /// Rows in a stored table's file, from its footer.
-    fn stored_rows(&self, table: &str) -> Result<usize, StoreError> {
-        let path = self.table_path(table);
-        let shown = || path.display().to_string();
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(source) => return Err(StoreError::Io { path: shown(), source }),
-        };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|source| StoreError::Parquet { path: shown(), source })?;
-        Ok(builder.metadata().file_metadata().num_rows().max(0) as usize)
-    }
-
-    /// Replaces the tables named in `batches`. The files are encoded concurrently (one thread per
-    /// table), then renamed into place in the given order (SPEC order puts `events` first).
+    /// Replaces the tables named in `batches`, but adds `events`' batches as a new segment. The
+    /// files are encoded concurrently (one thread per table), then renamed into place in the
+    /// given order (SPEC order puts `events` first).
     pub fn write_batches(&self, batches: &[TableBatches]) -> Result<(), StoreError> {
-        let partials = self.encode(batches)?;
-        self.install(partials)
+        let files = on_threads(batches, |table| {
+            if table.table != "events" {
+                return self.write_table(table.table, &table.batches).map(Some);
+            }
+            let mut events = self.events_writer()?;
+            for batch in &table.batches {
+                events.append(batch)?;
+            }
+            events.finish()
+        });
+        self.install(files.into_iter().filter_map(Result::transpose).collect::<Result<_, _>>()?)
     }
 
     /// Each table's partial file, encoded one thread per table.
-    fn encode(&self, batches: &[TableBatches]) -> Result<Vec<(&'static str, PathBuf)>, StoreError> {
-        on_threads(batches, |table| Ok((table.table, self.write_partial(table.table, &table.batches)?)))
-            .into_iter()
-            .collect()
+    fn encode(&self, batches: &[TableBatches]) -> Result<Vec<Written>, StoreError> {
+        on_threads(batches, |table| self.write_table(table.table, &table.batches)).into_iter().collect()
     }
 
-    /// Renames the partial files into place, in order.
-    fn install(&self, partials: Vec<(&'static str, PathBuf)>) -> Result<(), StoreError> {
+    /// Renames the written files into place, in order.
+    fn install(&self, files: Vec<Written>) -> Result<(), StoreError> {
         // From the first rename on, the tables are no longer those the saved state derived.
         match std::fs::remove_file(self.generation_path()) {
             Ok(()) => self.sync_dir()?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(StoreError::Io { path: self.generation_path().display().to_string(), source }),
         }
-        for (table, partial) in partials {
-            let path = self.table_path(table);
-            std::fs::rename(&partial, &path)
-                .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+        for file in files {
+            file.install()?;
         }
         self.sync_dir()
     }
 
-    /// A writer of `<table>.parquet.partial`, with row groups of at most `row_group` rows.
-    fn partial_writer(&self, table: &str, row_group: usize) -> Result<TableWriter, StoreError> {
-        let partial = self.table_path(table).with_extension("parquet.partial");
-        let schema = schema(table).ok_or_else(|| StoreError::Arrow {
-            path: partial.display().to_string(),
-            source: ArrowError::SchemaError(format!("no table {table}")),
-        })?;
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(row_group))
-            .build();
-        let file =
-            File::create(&partial).map_err(|source| StoreError::Io { path: partial.display().to_string(), source })?;
-        let writer = ArrowWriter::try_new(file, schema, Some(properties))
-            .map_err(|source| StoreError::Parquet { path: partial.display().to_string(), source })?;
-        Ok(TableWriter { partial, writer, rows: 0 })
-    }
-
-    /// Writes and fsyncs `<table>.parquet.partial`, returning its path.
-    fn write_partial(&self, table: &str, batches: &[RecordBatch]) -> Result<PathBuf, StoreError> {
-        let mut writer = self.partial_writer(table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
+    /// Writes and fsyncs a derived table's next file beside its place.
+    fn write_table(&self, table: &str, batches: &[RecordBatch]) -> Result<Written, StoreError> {
+        let mut writer = TableWriter::create(self.table_path(table), table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
         for batch in batches {
             writer.append(batch)?;
         }
-        writer.finish()
+        writer.finish_table()
+    }
+
+    /// Merges the last `events` segments while the one before the last is no more than twice as
+    /// large as the last and the two together hold at most [`MERGED_SEGMENT_ROWS`] events. So a
+    /// store has few segments (about one per doubling, plus one per 4 M events) and each event is
+    /// rewritten a few times at most, while a replay of one late event into a large store rewrites
+    /// nothing. The tables' contents stay the same, so the operator state stays theirs. Returns
+    /// how many merges were made.
+    pub fn merge_events(&self) -> Result<usize, StoreError> {
+        let mut segments = Vec::new();
+        for segment in self.segments()? {
+            let rows = file_rows(&segment.path)?;
+            segments.push((segment, rows));
+        }
+        let mut merges = 0;
+        while let [.., (before, before_rows), (last, last_rows)] = segments.as_slice() {
+            if *before_rows > 2 * *last_rows || before_rows + last_rows > MERGED_SEGMENT_ROWS {
+                break;
+            }
+            let path = events_dir(&self.dir).join(Segment::name(before.first, last.last));
+            let mut writer = TableWriter::create(path.clone(), "events", TableWriter::ROW_GROUP)?;
+            for batch in read_events(vec![before.path.clone(), last.path.clone()]) {
+                writer.append(&batch?)?;
+            }
+            let rows = writer.rows() as u64;
+            if let Some(written) = writer.finish()? {
+                written.install()?;
+            }
+            self.sync_dir()?;
+            for (merged, _) in &segments[segments.len() - 2..] {
+                std::fs::remove_file(&merged.path)
+                    .map_err(|source| StoreError::Io { path: merged.path.display().to_string(), source })?;
+            }
+            self.sync_dir()?;
+            let merged = Segment { first: before.first, last: last.last, path };
+            segments.truncate(segments.len() - 2);
+            segments.push((merged, rows));
+            merges += 1;
+        }
+        Ok(merges)
+    }
+}
+
+/// Segments are merged up to this many events (4 Mi); larger ones stay as they are.
+pub const MERGED_SEGMENT_ROWS: u64 = 4 << 20;
+
+/// Rows in a Parquet file, from its footer (0 for a file that is not there).
+fn file_rows(path: &Path) -> Result<u64, StoreError> {
+    let shown = || path.display().to_string();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(StoreError::Io { path: shown(), source }),
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|source| StoreError::Parquet { path: shown(), source })?;
+    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// A Parquet file's batches (of 64 k rows) as they are read; none for a file that is not there.
+fn read_file(path: &Path) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, StoreError>> + Send>, StoreError> {
+    let shown = path.display().to_string();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Box::new(std::iter::empty())),
+        Err(source) => return Err(StoreError::Io { path: shown, source }),
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.with_batch_size(64 * 1024).build())
+        .map_err(|source| StoreError::Parquet { path: shown.clone(), source })?;
+    Ok(Box::new(reader.map(move |batch| batch.map_err(|source| StoreError::Arrow { path: shown.clone(), source }))))
+}
+
+/// The batches of `events` files, read one after another as they are needed, under the declared
+/// schema (a file's may differ in metadata), as every writer expects.
+pub fn read_events(paths: Vec<PathBuf>) -> impl Iterator<Item = Result<RecordBatch, StoreError>> + Send {
+    let schema = schema("events");
+    paths.into_iter().flat_map(move |path| {
+        let schema = schema.clone();
+        let shown = path.display().to_string();
+        let batches = match read_file(&path) {
+            Ok(batches) => batches,
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        };
+        batches.map(move |batch| {
+            let batch = batch?;
+            match &schema {
+                Some(schema) => RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                    .map_err(|source| StoreError::Arrow { path: shown.clone(), source }),
+                None => Ok(batch),
+            }
+        })
+    })
+}
+
+/// A file written and fsynced beside its place, to be renamed there.
+pub struct Written {
+    partial: PathBuf,
+    path: PathBuf,
+}
+
+impl Written {
+    fn install(self) -> Result<(), StoreError> {
+        std::fs::rename(&self.partial, &self.path)
+            .map_err(|source| StoreError::Io { path: self.path.display().to_string(), source })
     }
 }
 
@@ -374,11 +485,12 @@ pub fn apply_changes(stored: Vec<RecordBatch>, changes: &TableBatches) -> Result
     Ok(after)
 }
 
-/// A table's next file being written (`events`, for a replay): each appended batch is encoded at
-/// once, and only the row group being filled is held (encoded), so a replay holds none of its
-/// events as rows.
+/// A table's next file being written beside its place (an `events` segment, for a replay): each
+/// appended batch is encoded at once, and only the row group being filled is held (encoded), so a
+/// replay holds none of its events as rows.
 pub struct TableWriter {
     partial: PathBuf,
+    path: PathBuf,
     writer: ArrowWriter<File>,
     rows: usize,
 }
@@ -387,6 +499,26 @@ impl TableWriter {
     /// Rows per row group: 1/8 of Parquet's default, so what is held while filling one stays
     /// small, and DataFusion still reads whole pages of 64 k-row batches.
     const ROW_GROUP: usize = 128 * 1024;
+
+    /// A writer of `table` to `<path>.partial`, with row groups of at most `row_group` rows.
+    fn create(path: PathBuf, table: &str, row_group: usize) -> Result<Self, StoreError> {
+        let mut partial = path.clone().into_os_string();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let schema = schema(table).ok_or_else(|| StoreError::Arrow {
+            path: partial.display().to_string(),
+            source: ArrowError::SchemaError(format!("no table {table}")),
+        })?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(row_group))
+            .build();
+        let file =
+            File::create(&partial).map_err(|source| StoreError::Io { path: partial.display().to_string(), source })?;
+        let writer = ArrowWriter::try_new(file, schema, Some(properties))
+            .map_err(|source| StoreError::Parquet { path: partial.display().to_string(), source })?;
+        Ok(TableWriter { partial, path, writer, rows: 0 })
+    }
 
     pub fn append(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
         self.writer
@@ -401,11 +533,129 @@ impl TableWriter {
         self.rows
     }
 
-    /// Closes and fsyncs the file, returning its path.
-    fn finish(self) -> Result<PathBuf, StoreError> {
+    /// Closes and fsyncs the file, to be renamed into place.
+    fn finish_table(self) -> Result<Written, StoreError> {
         let path = self.partial.display().to_string();
         let file = self.writer.into_inner().map_err(|source| StoreError::Parquet { path: path.clone(), source })?;
         file.sync_all().map_err(|source| StoreError::Io { path, source })?;
-        Ok(self.partial)
+        Ok(Written { partial: self.partial, path: self.path })
+    }
+
+    /// As [`TableWriter::finish_table`], for an `events` segment: one that holds no events is
+    /// removed instead (a replay of only duplicates adds no segment).
+    fn finish(self) -> Result<Option<Written>, StoreError> {
+        if self.rows > 0 {
+            return self.finish_table().map(Some);
+        }
+        let partial = self.partial.clone();
+        drop(self.writer);
+        std::fs::remove_file(&partial)
+            .map_err(|source| StoreError::Io { path: partial.display().to_string(), source })?;
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoflow_events::{parse_event, Event};
+    use convoflow_schema::{batches, events_from_batch};
+
+    /// Adds a segment of events `ids` to the store, as a replay or snapshot does.
+    fn add_segment(store: &EmbeddedStore, ids: std::ops::Range<u32>) {
+        let events: Vec<Event> = ids
+            .map(|n| {
+                let line = format!(
+                    r#"{{"event_id":"e{n}","tenant_id":"t","ts":{n},"type":"touch","contact_id":"c","channel":"ad"}}"#
+                );
+                parse_event(line.as_bytes()).expect("event")
+            })
+            .collect();
+        let mut writer = store.events_writer().expect("writer");
+        for batch in batches::<Event, _>(&events).expect("batches") {
+            writer.append(&batch).expect("append");
+        }
+        store.install(writer.finish().expect("finish").into_iter().collect()).expect("install");
+    }
+
+    fn stored_ids(store: &EmbeddedStore) -> Vec<String> {
+        let batches = store.load_events().expect("load");
+        batches
+            .iter()
+            .flat_map(|batch| events_from_batch(batch).expect("events"))
+            .map(|event| event.event_id.to_string())
+            .collect()
+    }
+
+    fn ranges(store: &EmbeddedStore) -> Vec<(u64, u64)> {
+        store.segments().expect("segments").iter().map(|segment| (segment.first, segment.last)).collect()
+    }
+
+    fn ids(range: std::ops::Range<u32>) -> Vec<String> {
+        range.map(|n| format!("e{n}")).collect()
+    }
+
+    #[test]
+    fn events_are_appended_as_segments_and_merged_only_while_the_one_before_is_at_most_twice_the_last() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        add_segment(&store, 0..10);
+        add_segment(&store, 10..11);
+        assert_eq!(store.merge_events().expect("merge"), 0, "10 events before 1: a late event rewrites nothing");
+        assert_eq!(ranges(&store), vec![(1, 1), (2, 2)]);
+        add_segment(&store, 11..12);
+        assert_eq!(store.merge_events().expect("merge"), 1);
+        assert_eq!(ranges(&store), vec![(1, 1), (2, 3)]);
+        add_segment(&store, 12..17);
+        assert_eq!(store.merge_events().expect("merge"), 2, "2 then 10 are at most twice what follows them");
+        assert_eq!(ranges(&store), vec![(1, 4)]);
+        assert_eq!(stored_ids(&store), ids(0..17));
+        let names: Vec<String> = std::fs::read_dir(events_dir(&store.dir))
+            .expect("dir")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![Segment::name(1, 4)], "merged segments are removed");
+    }
+
+    #[test]
+    fn segments_a_crash_left_beside_their_merge_are_not_read_and_are_removed_at_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        add_segment(&store, 0..3);
+        add_segment(&store, 3..5);
+        let events = events_dir(&store.dir);
+        let kept = tempfile::tempdir().expect("temp dir");
+        for name in [Segment::name(1, 1), Segment::name(2, 2)] {
+            std::fs::copy(events.join(&name), kept.path().join(&name)).expect("copy");
+        }
+        assert_eq!(store.merge_events().expect("merge"), 1);
+        // As if the process died after renaming the merge, before removing what it merged.
+        for name in [Segment::name(1, 1), Segment::name(2, 2)] {
+            std::fs::copy(kept.path().join(&name), events.join(&name)).expect("copy back");
+        }
+        std::fs::write(events.join("0000000003-0000000003.parquet.partial"), b"torn").expect("torn");
+        assert_eq!(stored_ids(&store), ids(0..5), "the leftovers are not part of the table");
+        let store = EmbeddedStore::open(dir.path()).expect("open again");
+        assert_eq!(std::fs::read_dir(&events).expect("dir").count(), 1, "only the merge is left");
+        assert_eq!(stored_ids(&store), ids(0..5));
+        add_segment(&store, 5..6);
+        assert_eq!(ranges(&store), vec![(1, 2), (3, 3)]);
+    }
+
+    #[test]
+    fn a_store_from_before_segments_keeps_its_events_as_the_first_segment() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        add_segment(&store, 0..4);
+        let tables = dir.path().join("tables");
+        std::fs::rename(events_dir(&tables).join(Segment::name(1, 1)), tables.join("events.parquet"))
+            .expect("as before");
+        std::fs::remove_dir(events_dir(&tables)).expect("no segments");
+        let store = EmbeddedStore::open(dir.path()).expect("open the old store");
+        assert!(!tables.join("events.parquet").exists());
+        assert_eq!(ranges(&store), vec![(0, 0)]);
+        add_segment(&store, 4..6);
+        assert_eq!(ranges(&store), vec![(0, 0), (1, 1)]);
+        assert_eq!(stored_ids(&store), ids(0..6));
     }
 }
