@@ -39,9 +39,10 @@ pub enum DriverError {
 /// What the driver tells a worker.
 enum Command {
     Epoch(u64, Vec<Positioned>),
-    /// Write the worker's operator state into the directory.
+    /// Write the worker's operator state into `dir`, which is then renamed to `home`.
     Save {
         dir: PathBuf,
+        home: PathBuf,
         tag: String,
         reply: Sender<Result<(), StateError>>,
     },
@@ -199,8 +200,8 @@ impl Driver {
             while let Ok(command) = feed.recv() {
                 let (epoch, mut events) = match command {
                     Command::Epoch(epoch, events) => (epoch, events),
-                    Command::Save { dir, tag, reply } => {
-                        let _ = reply.send(registry.borrow().save(&dir, &tag));
+                    Command::Save { dir, home, tag, reply } => {
+                        let _ = reply.send(registry.borrow_mut().save(&dir, &home, &tag));
                         continue;
                     }
                 };
@@ -292,7 +293,7 @@ impl Driver {
         let mut replies = Vec::new();
         for index in 0..self.feeds.len() {
             let (reply, answer) = channel();
-            let save = Command::Save { dir: partial.clone(), tag: tag.clone(), reply };
+            let save = Command::Save { dir: partial.clone(), home: dir.to_owned(), tag: tag.clone(), reply };
             self.feeds[index].send(save).map_err(|_| self.failure())?;
             replies.push(answer);
         }

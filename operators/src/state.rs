@@ -4,22 +4,28 @@
 //!
 //! A worker's operators register their [`Keyed`] maps with its [`Registry`] while the dataflow is
 //! built (the registry is set for the build only, see [`building`]). Each operator's keys on each
-//! worker are one file, `<operator>.<worker>.state`: entries sorted by `(route, key bytes)`, then a
-//! sparse index (every [`INDEX_EVERY`]th entry's route and offset), then a footer (format, tag,
-//! the workers that saved it). Opening a file reads only its index; a key is found by a binary
-//! search of the index and a scan of at most [`INDEX_EVERY`] entries, read with one `pread`.
+//! worker are a few runs, `<operator>.<worker>.<number>.state`, listed oldest first in the
+//! worker's manifest `runs.<worker>` with the tag the state belongs to. A run holds entries
+//! sorted by `(route, key bytes)`, then a sparse index (every [`INDEX_EVERY`]th entry's route and
+//! offset), then a footer (format, operator, workers, entries). Opening a run reads only its
+//! index; a key is found in the newest run that has it, each by a binary search of the index and
+//! a scan of at most [`INDEX_EVERY`] entries, read with one `pread`.
 //!
-//! Held in memory are only the keys an epoch touched since the last save.
-//! [`crate::Driver::save`] has each worker merge those keys with the file it loaded from into
-//! a new file: entries of keys it did not touch are copied as bytes, not decoded. The new file is
-//! then what the worker looks keys up in, and the keys in memory are dropped.
+//! Held in memory are only the keys an epoch touched since the last save. A save
+//! ([`crate::Driver::save`]) writes those keys as one new run; the runs from before are put in the
+//! new directory as they are (hard links), and the last two runs are merged while the older has
+//! at most twice the entries of the newer (an LSM tree's size-tiered merging). So a save writes
+//! about what changed since the last one, each entry is rewritten about log2(saves) times, and an
+//! operator has a few runs. The new runs are then what the worker looks keys up in, and the keys
+//! in memory are dropped.
 //!
-//! A state saved by as many workers is looked up in the worker's own file; saved by another
-//! number, a key is looked up in the file its route chose then (`route % saved_workers`, as
-//! timely's exchange does), and a save merges the keys of every old file that now route here.
+//! A state saved by as many workers is looked up in the worker's own runs; saved by another
+//! number, a key is looked up in the runs of the worker its route chose then
+//! (`route % saved_workers`, as timely's exchange does), and the next save writes every old key
+//! that now routes here into one run.
 //!
 //! A resumed dataflow either gives, at epoch 0, every row its saved keys derive (for a sink that
-//! holds its tables in memory and was given none: `Resume::Rows`) by scanning the files, or gives
+//! holds its tables in memory and was given none: `Resume::Rows`) by scanning the runs, or gives
 //! nothing and only the changes of later epochs (`Resume::Changes`: a store that keeps its derived
 //! tables). With rows, each operator ignores what reaches it at epoch 0: that is what the
 //! operators before it restored, and its own saved state has it folded in already.
@@ -37,13 +43,13 @@ use std::rc::Rc;
 
 /// Bumped whenever any operator's state type, or the file layout, changes: a state of another
 /// format is not loaded.
-pub const STATE_FORMAT: u32 = 3;
+pub const STATE_FORMAT: u32 = 4;
 
 /// Every this many entries, the index records one (its route and offset).
 pub const INDEX_EVERY: usize = 32;
 
-/// The last bytes of every state file.
-const MAGIC: &[u8; 8] = b"CFSTATE3";
+/// The last bytes of every run and manifest.
+const MAGIC: &[u8; 8] = b"CFSTATE4";
 
 /// An entry's head: route (8 bytes), key length (4), value length (4).
 const HEAD: usize = 16;
@@ -79,8 +85,6 @@ pub enum Resume {
 #[derive(Serialize, Deserialize)]
 struct Footer {
     format: u32,
-    /// What the state belongs to (its tables' generation, the tenants configuration, the hashes).
-    tag: String,
     operator: String,
     workers: usize,
     entries: u64,
@@ -88,18 +92,15 @@ struct Footer {
     index_at: u64,
 }
 
-pub fn state_path(dir: &Path, operator: &str, worker: usize) -> PathBuf {
-    dir.join(format!("{operator}.{worker}.state"))
-}
-
-/// One saved state file, open for lookups and scans.
+/// One saved state file (a run), open for lookups and scans.
 struct StateFile {
     path: PathBuf,
     file: File,
+    /// How many entries it holds.
+    entries: u64,
     /// `(route, offset)` of every [`INDEX_EVERY`]th entry.
     index: Vec<(u64, u64)>,
     entries_end: u64,
-    workers: usize,
 }
 
 /// One entry as stored: its route, key bytes and value bytes.
@@ -116,7 +117,8 @@ impl Entry {
 }
 
 impl StateFile {
-    fn open(path: PathBuf, tag: &str, operator: &str) -> Result<Self, StateError> {
+    /// Opens a run its worker's manifest lists (which carries the tag the state is checked by).
+    fn open(path: PathBuf, operator: &str) -> Result<Self, StateError> {
         let io = |source| StateError::Io { path: path.clone(), source };
         let file = File::open(&path).map_err(io)?;
         let length = file.metadata().map_err(io)?.len();
@@ -138,9 +140,6 @@ impl StateFile {
         if footer.format != STATE_FORMAT {
             return Err(StateError::Format { path, found: footer.format });
         }
-        if footer.tag != tag {
-            return Err(StateError::Tag { path, found: footer.tag, expected: tag.to_owned() });
-        }
         if footer.operator != operator
             || footer.index_at > footer_at
             || !(footer_at - footer.index_at).is_multiple_of(16)
@@ -159,7 +158,7 @@ impl StateFile {
                 )
             })
             .collect();
-        Ok(StateFile { path, file, index, entries_end: footer.index_at, workers: footer.workers })
+        Ok(StateFile { path, file, entries: footer.entries, index, entries_end: footer.index_at })
     }
 
     fn io(&self) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -294,10 +293,9 @@ impl StateWriter {
         Ok(())
     }
 
-    fn finish(mut self, tag: &str, operator: &str, workers: usize) -> Result<PathBuf, StateError> {
+    fn finish(mut self, operator: &str, workers: usize) -> Result<PathBuf, StateError> {
         let footer = Footer {
             format: STATE_FORMAT,
-            tag: tag.to_owned(),
             operator: operator.to_owned(),
             workers,
             entries: self.entries,
@@ -324,70 +322,86 @@ impl StateWriter {
     }
 }
 
-/// The saved files one worker looks an operator's keys up in.
+/// The saved runs one worker looks an operator's keys up in.
 struct Backing {
-    /// By the worker that saved them; only this worker's own when saved by as many workers.
-    files: Vec<StateFile>,
+    /// By the worker that saved them, each one's runs oldest first; only this worker's own when
+    /// saved by as many workers.
+    files: Vec<Vec<StateFile>>,
     /// How many workers saved them.
     saved_by: usize,
-    /// Whether `files` is every saved file (saved by another number of workers).
+    /// Whether `files` is every saved worker's (saved by another number of workers).
     all: bool,
 }
 
 impl Backing {
     fn open(dir: &Path, tag: &str, operator: &str, index: usize, workers: usize) -> Result<Self, StateError> {
-        if let Ok(own) = StateFile::open(state_path(dir, operator, index), tag, operator) {
+        let runs = |manifest: &Manifest| -> Result<Vec<StateFile>, StateError> {
+            manifest
+                .runs(operator)
+                .ok_or_else(|| StateError::Torn { path: manifest_path(dir, index), what: "an operator's runs" })?
+                .iter()
+                .map(|name| StateFile::open(dir.join(name), operator))
+                .collect()
+        };
+        if let Ok(own) = Manifest::read(dir, index, tag) {
             if own.workers == workers {
-                return Ok(Backing { files: vec![own], saved_by: workers, all: false });
+                return Ok(Backing { files: vec![runs(&own)?], saved_by: workers, all: false });
             }
         }
-        let first = StateFile::open(state_path(dir, operator, 0), tag, operator)?;
+        let first = Manifest::read(dir, 0, tag)?;
         let saved_by = first.workers;
-        let mut files = vec![first];
+        let mut files = vec![runs(&first)?];
         for other in 1..saved_by {
-            let file = StateFile::open(state_path(dir, operator, other), tag, operator)?;
-            if file.workers != saved_by {
-                return Err(StateError::Workers { path: file.path, found: file.workers, expected: saved_by });
+            let manifest = Manifest::read(dir, other, tag)?;
+            if manifest.workers != saved_by {
+                let path = manifest_path(dir, other);
+                return Err(StateError::Workers { path, found: manifest.workers, expected: saved_by });
             }
-            files.push(file);
+            files.push(runs(&manifest)?);
         }
         Ok(Backing { files, saved_by, all: true })
     }
 
-    fn file_for(&self, route: u64) -> Option<&StateFile> {
-        if self.all {
-            self.files.get((route % self.saved_by as u64) as usize)
-        } else {
-            self.files.first()
-        }
+    /// The runs a key of `route` may be in, oldest first.
+    fn runs_for(&self, route: u64) -> &[StateFile] {
+        let at = if self.all { (route % self.saved_by as u64) as usize } else { 0 };
+        self.files.get(at).map_or(&[], Vec::as_slice)
     }
 
-    /// Every saved entry that routes to worker `index` of `workers`, in `(route, key)` order.
+    fn first_path(&self) -> PathBuf {
+        self.files.iter().flatten().next().map(|file| file.path.clone()).unwrap_or_default()
+    }
+
+    /// Every saved entry that routes to worker `index` of `workers`, in `(route, key)` order; a
+    /// key in several runs comes once, from the newest.
     fn entries(&self, index: usize, workers: usize) -> Merged<'_> {
         let all = self.all;
         let heads = self
             .files
             .iter()
-            .map(|file| {
+            .flat_map(|runs| runs.iter().enumerate())
+            .map(|(rank, file)| {
                 let keep = move |entry: &Result<Entry, StateError>| {
                     !all || entry.as_ref().map_or(true, |entry| entry.route % workers as u64 == index as u64)
                 };
                 let mut rest: Box<dyn Iterator<Item = Result<Entry, StateError>> + '_> =
                     Box::new(file.scan().filter(keep));
-                Head { next: rest.next(), rest }
+                Head { next: rest.next(), rest, rank }
             })
             .collect();
         Merged { heads }
     }
 }
 
-/// A sorted sequence of entries with its next one taken out.
+/// A sorted sequence of entries with its next one taken out; of two with the same key, the one of
+/// the higher rank (the newer run) is kept.
 struct Head<'a> {
     next: Option<Result<Entry, StateError>>,
     rest: Box<dyn Iterator<Item = Result<Entry, StateError>> + 'a>,
+    rank: usize,
 }
 
-/// The entries of several sorted files, as one sorted sequence.
+/// The entries of several sorted runs, as one sorted sequence with each key once.
 struct Merged<'a> {
     heads: Vec<Head<'a>>,
 }
@@ -397,24 +411,157 @@ impl Iterator for Merged<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         let mut least: Option<usize> = None;
         for (at, head) in self.heads.iter().enumerate() {
-            match (&head.next, least.and_then(|best| self.heads[best].next.as_ref())) {
+            let best = least.map(|best| &self.heads[best]);
+            match (&head.next, best.and_then(|best| best.next.as_ref().map(|next| (next, best.rank)))) {
                 (None, _) => {}
                 (Some(Err(_)), _) => {
                     least = Some(at);
                     break;
                 }
                 (Some(Ok(_)), None) => least = Some(at),
-                (Some(Ok(entry)), Some(Ok(best))) if entry.order() < best.order() => least = Some(at),
+                (Some(Ok(entry)), Some((Ok(best), rank))) => {
+                    let order = entry.order().cmp(&best.order());
+                    if order.is_lt() || (order.is_eq() && head.rank > rank) {
+                        least = Some(at);
+                    }
+                }
                 (Some(Ok(_)), Some(_)) => {}
             }
         }
         let head = &mut self.heads[least?];
-        std::mem::replace(&mut head.next, head.rest.next())
+        let taken = std::mem::replace(&mut head.next, head.rest.next());
+        // The same key in older runs is left out.
+        if let Some(Ok(entry)) = &taken {
+            for head in &mut self.heads {
+                while head
+                    .next
+                    .as_ref()
+                    .is_some_and(|next| next.as_ref().is_ok_and(|next| next.order() == entry.order()))
+                {
+                    head.next = head.rest.next();
+                }
+            }
+        }
+        taken
+    }
+}
+
+/// Writes `older` and `newer` (each sorted, each key once) into `writer` as one sorted run; a
+/// key in both gets `newer`'s value.
+fn merge_into(
+    writer: &mut StateWriter,
+    older: impl Iterator<Item = Result<Entry, StateError>>,
+    newer: impl Iterator<Item = Result<Entry, StateError>>,
+) -> Result<(), StateError> {
+    let mut older = older.peekable();
+    for entry in newer {
+        let entry = entry?;
+        while let Some(next) = older.next_if(|next| next.as_ref().map_or(true, |next| next.order() <= entry.order())) {
+            let next = next?;
+            if next.order() < entry.order() {
+                writer.push(next.route, &next.key, &next.value)?;
+            }
+        }
+        writer.push(entry.route, &entry.key, &entry.value)?;
+    }
+    for entry in older {
+        let entry = entry?;
+        writer.push(entry.route, &entry.key, &entry.value)?;
+    }
+    Ok(())
+}
+
+/// Puts a run into `dir` under its name: a hard link of the file where it is now (`home`), or,
+/// when that is not the same file any more (removed, another state's), a copy of its bytes.
+fn place(file: &StateFile, home: Option<&Path>, dir: &Path) -> Result<PathBuf, StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let name = file.path.file_name().unwrap_or_default();
+    let target = dir.join(name);
+    let io = |source| StateError::Io { path: target.clone(), source };
+    let open = file.file.metadata().map_err(io)?;
+    let same = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|placed| (placed.dev(), placed.ino()) == (open.dev(), open.ino()))
+    };
+    if same(&target) {
+        return Ok(target);
+    }
+    match std::fs::remove_file(&target) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
+        _ => {}
+    }
+    if let Some(home) = home {
+        if std::fs::hard_link(home.join(name), &target).is_ok() {
+            if same(&target) {
+                return Ok(target);
+            }
+            std::fs::remove_file(&target).map_err(io)?;
+        }
+    }
+    let mut out = File::create(&target).map_err(io)?;
+    std::io::copy(&mut Positioned { file: &file.file, at: 0, end: open.len() }, &mut out).map_err(io)?;
+    out.sync_all().map_err(io)?;
+    Ok(target)
+}
+
+/// A run's file name: `<operator>.<worker>.<number>.state`.
+fn run_name(operator: &str, worker: usize, number: u64) -> String {
+    format!("{operator}.{worker}.{number}.state")
+}
+
+fn run_number(file: &StateFile) -> u64 {
+    let name = file.path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+    name.trim_end_matches(".state").rsplit('.').next().and_then(|number| number.parse().ok()).unwrap_or(0)
+}
+
+/// A worker's manifest: `runs.<worker>`.
+fn manifest_path(dir: &Path, worker: usize) -> PathBuf {
+    dir.join(format!("runs.{worker}"))
+}
+
+/// What a worker saved: the tag it was saved with and, per operator, its runs oldest first.
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    /// What the state belongs to (its tables' generation, the tenants configuration, the hashes).
+    tag: String,
+    workers: usize,
+    operators: Vec<(String, Vec<String>)>,
+}
+
+impl Manifest {
+    fn runs(&self, operator: &str) -> Option<&Vec<String>> {
+        self.operators.iter().find(|(name, _)| name == operator).map(|(_, runs)| runs)
+    }
+
+    fn read(dir: &Path, worker: usize, tag: &str) -> Result<Self, StateError> {
+        let path = manifest_path(dir, worker);
+        let bytes = std::fs::read(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
+        let torn = |what| StateError::Torn { path: path.clone(), what };
+        let body = bytes.strip_suffix(MAGIC).ok_or_else(|| torn("no end marker"))?;
+        let manifest: Manifest =
+            bincode::deserialize(body).map_err(|source| StateError::Decode { path: path.clone(), source })?;
+        if manifest.format != STATE_FORMAT {
+            return Err(StateError::Format { path, found: manifest.format });
+        }
+        if manifest.tag != tag {
+            return Err(StateError::Tag { path, found: manifest.tag, expected: tag.to_owned() });
+        }
+        Ok(manifest)
+    }
+
+    fn write(&self, dir: &Path, worker: usize) -> Result<(), StateError> {
+        let path = manifest_path(dir, worker);
+        let mut bytes = bincode::serialize(self)
+            .map_err(|source| StateError::Encode { operator: "manifest".to_owned(), source })?;
+        bytes.extend_from_slice(MAGIC);
+        let io = |source| StateError::Io { path: path.clone(), source };
+        let mut file = File::create(&path).map_err(io)?;
+        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io)
     }
 }
 
 /// An operator's keyed state: the keys touched since the last save in memory (each one is saved
-/// by the next save, which then drops them), the rest in the saved files (see the module doc).
+/// by the next save, which then drops them), the rest in the saved runs (see the module doc).
 pub(crate) struct Keyed<K, V> {
     memory: FxHashMap<K, V>,
     backing: Option<Backing>,
@@ -433,7 +580,7 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
         self.memory.get_mut(key)
     }
 
-    /// The key's value, from memory or else the saved files, or a new one; and whether it had
+    /// The key's value, from memory or else the saved runs, or a new one; and whether it had
     /// one. Kept in memory (to be saved): the caller may change it.
     pub fn entry(&mut self, key: &K, new: impl FnOnce() -> V) -> (&mut V, bool) {
         match self.memory.entry(key.clone()) {
@@ -468,11 +615,10 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
         let mut failed = None;
         for entry in backing.entries(index, workers) {
             let decoded = entry.and_then(|entry| {
-                let path = || backing.files[0].path.clone();
-                let key: K =
-                    bincode::deserialize(&entry.key).map_err(|source| StateError::Decode { path: path(), source })?;
-                let value: V =
-                    bincode::deserialize(&entry.value).map_err(|source| StateError::Decode { path: path(), source })?;
+                let key: K = bincode::deserialize(&entry.key)
+                    .map_err(|source| StateError::Decode { path: backing.first_path(), source })?;
+                let value: V = bincode::deserialize(&entry.value)
+                    .map_err(|source| StateError::Decode { path: backing.first_path(), source })?;
                 Ok((key, value))
             });
             match decoded {
@@ -488,60 +634,87 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
         }
     }
 
-    /// Writes this worker's file of operator `name` into `dir`: its keys in memory merged with the
-    /// saved ones it loaded from. Then looks keys up in the new file and drops those in memory.
-    fn save(&mut self, dir: &Path, tag: &str, name: &str, index: usize, workers: usize) -> Result<(), StateError> {
+    /// Writes this worker's runs of operator `name` into `dir` and returns their names, oldest
+    /// first. Saved by as many workers, the runs it looks keys up in are put there as they are
+    /// (linked from `home`, where they are now), its keys in memory are one new run, and the
+    /// last two runs are merged while the older holds at most twice the entries of the newer: so
+    /// a save writes about what changed since the last, and an operator has a few runs (about one
+    /// per doubling). Saved by another number of workers, every saved key that routes here and
+    /// the keys in memory are one run. Then looks keys up in the runs in `dir` and drops those in
+    /// memory.
+    fn save(
+        &mut self,
+        dir: &Path,
+        home: Option<&Path>,
+        name: &str,
+        index: usize,
+        workers: usize,
+    ) -> Result<Vec<String>, StateError> {
         let encode = |source| StateError::Encode { operator: name.to_owned(), source };
         let route = self.route;
         let mut touched: Vec<(u64, &K, &V)> = self.memory.iter().map(|(key, value)| (route(key), key, value)).collect();
-        // By route, then (rarely needed) by the key's bytes, as the files are ordered.
+        // By route, then (rarely needed) by the key's bytes, as the runs are ordered.
         touched.sort_unstable_by(|a, b| {
             a.0.cmp(&b.0).then_with(|| {
                 bincode::serialize(a.1).unwrap_or_default().cmp(&bincode::serialize(b.1).unwrap_or_default())
             })
         });
-        let mut writer = StateWriter::create(state_path(dir, name, index))?;
-        let mut saved = match &self.backing {
-            Some(backing) => backing.entries(index, workers).peekable(),
-            None => Merged { heads: Vec::new() }.peekable(),
-        };
-        let (mut key_bytes, mut value_bytes) = (Vec::new(), Vec::new());
-        for (route, key, value) in touched {
-            key_bytes.clear();
-            bincode::serialize_into(&mut key_bytes, key).map_err(encode)?;
-            // Saved entries before this key go as they are; one for the same key is replaced.
-            while let Some(next) = saved.peek() {
-                let order = match next {
-                    Ok(entry) => entry.order().cmp(&(route, &key_bytes[..])),
-                    Err(_) => std::cmp::Ordering::Less,
-                };
-                if order == std::cmp::Ordering::Greater {
-                    break;
+        let touched = touched.into_iter().map(|(route, key, value)| {
+            let key = bincode::serialize(key).map_err(encode)?;
+            let value = bincode::serialize(value).map_err(encode)?;
+            Ok(Entry { route, key, value })
+        });
+        let kept = match self.backing.take() {
+            Some(Backing { files, all: false, .. }) => files.into_iter().next().unwrap_or_default(),
+            other => {
+                // No runs to keep: every saved key that routes here goes into the new run.
+                let mut writer = StateWriter::create(dir.join(run_name(name, index, 0)))?;
+                match &other {
+                    Some(backing) => merge_into(&mut writer, backing.entries(index, workers), touched)?,
+                    None => merge_into(&mut writer, std::iter::empty(), touched)?,
                 }
-                let entry = saved
-                    .next()
-                    .unwrap_or_else(|| Err(StateError::Torn { path: writer.path.clone(), what: "merge" }))?;
-                if order == std::cmp::Ordering::Less {
-                    writer.push(entry.route, &entry.key, &entry.value)?;
-                }
+                let file = StateFile::open(writer.finish(name, workers)?, name)?;
+                self.backing = Some(Backing { files: vec![vec![file]], saved_by: workers, all: false });
+                self.memory = FxHashMap::default();
+                return Ok(vec![run_name(name, index, 0)]);
             }
-            value_bytes.clear();
-            bincode::serialize_into(&mut value_bytes, value).map_err(encode)?;
-            writer.push(route, &key_bytes, &value_bytes)?;
+        };
+        let mut next = kept.iter().map(run_number).max().map_or(0, |number| number + 1);
+        let mut runs = Vec::with_capacity(kept.len() + 1);
+        for file in kept {
+            let path = place(&file, home, dir)?;
+            runs.push(StateFile { path, ..file });
         }
-        for entry in saved {
-            let entry = entry?;
-            writer.push(entry.route, &entry.key, &entry.value)?;
+        if !self.memory.is_empty() {
+            let mut writer = StateWriter::create(dir.join(run_name(name, index, next)))?;
+            next += 1;
+            merge_into(&mut writer, std::iter::empty(), touched)?;
+            runs.push(StateFile::open(writer.finish(name, workers)?, name)?);
         }
-        let path = writer.finish(tag, name, workers)?;
-        let file = StateFile::open(path, tag, name)?;
-        self.backing = Some(Backing { files: vec![file], saved_by: workers, all: false });
+        while let [.., older, newer] = runs.as_slice() {
+            if older.entries > 2 * newer.entries {
+                break;
+            }
+            let mut writer = StateWriter::create(dir.join(run_name(name, index, next)))?;
+            next += 1;
+            merge_into(&mut writer, older.scan(), newer.scan())?;
+            let merged = StateFile::open(writer.finish(name, workers)?, name)?;
+            for file in runs.drain(runs.len() - 2..) {
+                std::fs::remove_file(&file.path)
+                    .map_err(|source| StateError::Io { path: file.path.clone(), source })?;
+            }
+            runs.push(merged);
+        }
+        let names = runs.iter().map(|file| file.path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        let names = names.collect();
+        self.backing = Some(Backing { files: vec![runs], saved_by: workers, all: false });
         self.memory = FxHashMap::default();
-        Ok(())
+        Ok(names)
     }
 }
 
-/// The value saved for `key`, if any; a file that cannot be read is recorded in `error`.
+/// The value saved for `key`, if any: from the newest run that has it. A run that cannot be read
+/// is recorded in `error`.
 fn saved<K: Serialize, V: DeserializeOwned>(
     backing: Option<&Backing>,
     route: fn(&K) -> u64,
@@ -550,15 +723,18 @@ fn saved<K: Serialize, V: DeserializeOwned>(
 ) -> Option<V> {
     let backing = backing?;
     let route = route(key);
-    let file = backing.file_for(route)?;
+    let runs = backing.runs_for(route);
     let found = bincode::serialize(key)
-        .map_err(|source| StateError::Encode { operator: file.path.display().to_string(), source })
-        .and_then(|bytes| file.get(route, &bytes))
-        .and_then(|value| match value {
-            Some(bytes) => bincode::deserialize(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Decode { path: file.path.clone(), source }),
-            None => Ok(None),
+        .map_err(|source| StateError::Encode { operator: backing.first_path().display().to_string(), source })
+        .and_then(|bytes| {
+            for file in runs.iter().rev() {
+                if let Some(value) = file.get(route, &bytes)? {
+                    return bincode::deserialize(&value)
+                        .map(Some)
+                        .map_err(|source| StateError::Decode { path: file.path.clone(), source });
+                }
+            }
+            Ok(None)
         });
     found.unwrap_or_else(|failed| {
         error.get_or_insert(failed);
@@ -568,13 +744,27 @@ fn saved<K: Serialize, V: DeserializeOwned>(
 
 /// An operator's state as its worker's registry sees it.
 trait Persisted {
-    fn save(&mut self, dir: &Path, tag: &str, name: &str, index: usize, workers: usize) -> Result<(), StateError>;
+    fn save(
+        &mut self,
+        dir: &Path,
+        home: Option<&Path>,
+        name: &str,
+        index: usize,
+        workers: usize,
+    ) -> Result<Vec<String>, StateError>;
     fn take_error(&mut self) -> Option<StateError>;
 }
 
 impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Persisted for Keyed<K, V> {
-    fn save(&mut self, dir: &Path, tag: &str, name: &str, index: usize, workers: usize) -> Result<(), StateError> {
-        Keyed::save(self, dir, tag, name, index, workers)
+    fn save(
+        &mut self,
+        dir: &Path,
+        home: Option<&Path>,
+        name: &str,
+        index: usize,
+        workers: usize,
+    ) -> Result<Vec<String>, StateError> {
+        Keyed::save(self, dir, home, name, index, workers)
     }
     fn take_error(&mut self) -> Option<StateError> {
         self.error.take()
@@ -592,6 +782,8 @@ struct Loading {
 pub struct Registry {
     operators: Vec<(String, Rc<RefCell<dyn Persisted>>)>,
     loading: Option<Loading>,
+    /// Where the runs its operators look keys up in are (loaded from, or last saved to).
+    home: Option<PathBuf>,
     index: usize,
     workers: usize,
     /// Why the state could not be loaded (the first reason).
@@ -601,13 +793,13 @@ pub struct Registry {
 impl Registry {
     /// What worker `index` of `workers` is built with when it starts with no state.
     pub(crate) fn fresh(index: usize, workers: usize) -> Self {
-        Registry { operators: Vec::new(), loading: None, index, workers, error: None }
+        Registry { operators: Vec::new(), loading: None, home: None, index, workers, error: None }
     }
 
     /// What worker `index` of `workers` is built with, to resume from `dir`.
     pub(crate) fn load(dir: &Path, tag: &str, resume: Resume, index: usize, workers: usize) -> Self {
         let loading = Loading { dir: dir.to_owned(), tag: tag.to_owned(), resume };
-        Registry { loading: Some(loading), ..Self::fresh(index, workers) }
+        Registry { loading: Some(loading), home: Some(dir.to_owned()), ..Self::fresh(index, workers) }
     }
 
     /// Why the state could not be loaded, or a saved key read, if so.
@@ -618,11 +810,17 @@ impl Registry {
         self.operators.iter().find_map(|(_, operator)| operator.borrow_mut().take_error())
     }
 
-    /// Writes this worker's file of every operator into `dir`.
-    pub(crate) fn save(&self, dir: &Path, tag: &str) -> Result<(), StateError> {
+    /// Writes this worker's runs of every operator into `dir`, then its manifest. `home` is where
+    /// `dir` will be once every worker has saved (the caller renames it there).
+    pub(crate) fn save(&mut self, dir: &Path, home: &Path, tag: &str) -> Result<(), StateError> {
+        let mut operators = Vec::with_capacity(self.operators.len());
         for (name, operator) in &self.operators {
-            operator.borrow_mut().save(dir, tag, name, self.index, self.workers)?;
+            let runs = operator.borrow_mut().save(dir, self.home.as_deref(), name, self.index, self.workers)?;
+            operators.push((name.clone(), runs));
         }
+        let manifest = Manifest { format: STATE_FORMAT, tag: tag.to_owned(), workers: self.workers, operators };
+        manifest.write(dir, self.index)?;
+        self.home = Some(home.to_owned());
         Ok(())
     }
 }
@@ -649,7 +847,7 @@ pub(crate) struct Registered {
     pub workers: usize,
 }
 
-/// For an operator being built: registers its state under `name` and opens the saved files it
+/// For an operator being built: registers its state under `name` and opens the saved runs it
 /// looks keys up in, if the dataflow resumes.
 pub(crate) fn register<K, V>(name: &str, state: &Rc<RefCell<Keyed<K, V>>>) -> Registered
 where
@@ -682,46 +880,77 @@ mod tests {
         u64::from(*key / 3)
     }
 
+    fn expected(key: u32, changed: &[u32]) -> Option<String> {
+        let bangs = changed.iter().filter(|&&every| key.is_multiple_of(every)).count();
+        (key.is_multiple_of(2) && key < 1000).then(|| format!("v{key}{}", "!".repeat(bangs)))
+    }
+
     #[test]
-    fn keys_are_found_after_a_save_and_a_merge_keeps_untouched_ones() {
-        let dir = tempfile::tempdir().expect("temp dir");
+    fn keys_are_found_in_the_newest_run_and_runs_merge_while_the_older_is_at_most_twice_the_newer() {
+        let dirs = tempfile::tempdir().expect("temp dir");
+        let dir = |n: usize| {
+            let dir = dirs.path().join(format!("save-{n}"));
+            std::fs::create_dir_all(&dir).expect("dir");
+            dir
+        };
         let mut keyed: Keyed<u32, String> = Keyed::new(shared_route);
         for key in (0..1000).step_by(2) {
             keyed.insert(key, format!("v{key}"));
         }
-        keyed.save(dir.path(), "t", "Op", 0, 1).expect("save");
+        assert_eq!(keyed.save(&dir(0), None, "Op", 0, 1).expect("save"), vec!["Op.0.0.state"]);
         assert!(keyed.memory.is_empty(), "saved keys leave memory");
         for key in 0..1000 {
-            let expected = (key % 2 == 0).then(|| format!("v{key}"));
-            assert_eq!(keyed.get(&key), expected, "key {key}");
+            assert_eq!(keyed.get(&key), expected(key, &[]), "key {key}");
         }
-        // Change some saved keys, add new ones; untouched saved keys are copied over (into the
-        // same directory: the file merged from is replaced, not truncated under its reader).
-        for key in (0..1000).step_by(10) {
-            let (value, existed) = keyed.entry(&key, String::new);
-            assert!(existed, "key {key} was saved");
-            value.push('!');
+        // Each save changes some saved keys: 50, then 20, 10 and 25 of the 500.
+        let mut changed = Vec::new();
+        let mut saves = Vec::new();
+        for (n, every) in [20, 50, 100, 40].into_iter().enumerate() {
+            for key in (0..1000).step_by(every) {
+                let (value, existed) = keyed.entry(&key, String::new);
+                assert!(existed, "key {key} was saved");
+                value.push('!');
+            }
+            changed.push(every as u32);
+            saves.push(keyed.save(&dir(n + 1), Some(&dir(n)), "Op", 0, 1).expect("save again"));
+            for key in 0..1001 {
+                assert_eq!(keyed.get(&key), expected(key, &changed), "save {n}, key {key}");
+            }
         }
-        keyed.insert(1001, "new".to_owned());
-        keyed.save(dir.path(), "t", "Op", 0, 1).expect("save again");
-        for key in 0..1002 {
-            let expected = match key {
-                1001 => Some("new".to_owned()),
-                _ if key % 10 == 0 && key < 1000 => Some(format!("v{key}!")),
-                _ if key % 2 == 0 && key < 1000 => Some(format!("v{key}")),
-                _ => None,
-            };
-            assert_eq!(keyed.get(&key), expected, "key {key}");
-        }
+        // 500 and 50 stay two runs; + 20 too; + 10: the 20 and the 10 merge (20 keys); + 25: that
+        // 20 and the 25 merge (40 keys), then the 50 and the 40 (60 keys).
+        let runs: Vec<Vec<&str>> = saves.iter().map(|runs| runs.iter().map(String::as_str).collect()).collect();
+        assert_eq!(runs[0], ["Op.0.0.state", "Op.0.1.state"]);
+        assert_eq!(runs[1], ["Op.0.0.state", "Op.0.1.state", "Op.0.2.state"]);
+        assert_eq!(runs[2], ["Op.0.0.state", "Op.0.1.state", "Op.0.4.state"]);
+        assert_eq!(runs[3], ["Op.0.0.state", "Op.0.7.state"]);
+        // The oldest run was put in every directory as it was: linked, not written again.
+        use std::os::unix::fs::MetadataExt;
+        let inode = |n: usize| std::fs::metadata(dir(n).join("Op.0.0.state")).expect("run").ino();
+        assert_eq!((inode(1), inode(2), inode(4)), (inode(0), inode(0), inode(0)));
+        let mut left: Vec<String> = std::fs::read_dir(dir(4))
+            .expect("dir")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["Op.0.0.state", "Op.0.7.state"], "merged runs are not left in the directory");
         assert!(keyed.error.is_none());
-        // Scanned twice (rows at epoch 0, then a save merging from it): both see every entry.
-        let mut rows = 0;
-        keyed.each_saved(0, 1, |_, _| rows += 1);
+        // Scanned twice (rows at epoch 0, then a save merging from it): both see every key once,
+        // with its newest value.
+        let mut rows = Vec::new();
+        keyed.each_saved(0, 1, |key, value| rows.push((*key, value.clone())));
         let mut again = 0;
         keyed.each_saved(0, 1, |_, _| again += 1);
-        assert_eq!((rows, again), (501, 501));
+        assert_eq!((rows.len(), again), (500, 500));
+        assert!(rows.iter().all(|(key, value)| Some(value) == expected(*key, &changed).as_ref()));
+        let order = |key: &u32| (shared_route(key), key.to_le_bytes());
+        assert!(rows.windows(2).all(|pair| order(&pair[0].0) < order(&pair[1].0)), "in order, each key once");
         assert!(keyed.error.is_none());
-        let refused = StateFile::open(state_path(dir.path(), "Op", 0), "other", "Op").err().map(|e| e.to_string());
-        assert!(refused.is_some_and(|error| error.contains("`t`")), "another tag is refused");
+        // Saved again into the directory it looks keys up in: its runs stay as they are.
+        keyed.insert(1001, "new".to_owned());
+        keyed.save(&dir(4), Some(&dir(4)), "Op", 0, 1).expect("save in place");
+        assert_eq!(keyed.get(&1001), Some("new".to_owned()));
+        assert_eq!(keyed.get(&40), expected(40, &changed));
+        assert!(keyed.error.is_none());
     }
 }

@@ -119,7 +119,7 @@ fn torn_foreign_or_missing_state_is_refused() {
     driver.save(&state, "tag-1").expect("save");
     // Saving again replaces the state whole, over a partial directory a crash left.
     std::fs::create_dir_all(dir.path().join("state.partial")).expect("partial dir");
-    std::fs::write(dir.path().join("state.partial").join("Dedup.0.state"), b"torn").expect("torn file");
+    std::fs::write(dir.path().join("state.partial").join("Dedup.0.0.state"), b"torn").expect("torn file");
     driver.save(&state, "tag-1").expect("save over a partial directory");
     driver.shutdown().expect("shutdown");
 
@@ -130,15 +130,23 @@ fn torn_foreign_or_missing_state_is_refused() {
     let other = refused("tag-2").expect("another tag is refused");
     assert!(other.contains("tag-1") && other.contains("tag-2"), "{other}");
 
-    let file = state.join("Threads.1.state");
+    let file = state.join("Threads.1.0.state");
     let bytes = std::fs::read(&file).expect("state file");
     std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("tear");
     let torn = refused("tag-1").expect("a torn file is refused");
-    assert!(torn.contains("Threads.1.state"), "{torn}");
+    assert!(torn.contains("Threads.1.0.state"), "{torn}");
+    std::fs::write(&file, &bytes).expect("mend");
+    assert!(refused("tag-1").is_none(), "the mended state loads");
+
+    let manifest = state.join("runs.0");
+    let bytes = std::fs::read(&manifest).expect("manifest");
+    std::fs::write(&manifest, &bytes[..bytes.len() - 1]).expect("tear");
+    let torn = refused("tag-1").expect("a torn manifest is refused");
+    assert!(torn.contains("runs.0"), "{torn}");
 
     std::fs::remove_dir_all(&state).expect("remove");
     let missing = refused("tag-1").expect("no state is refused");
-    assert!(missing.contains("Dedup.0.state"), "{missing}");
+    assert!(missing.contains("runs.0"), "{missing}");
 }
 
 /// Saved keys sit where this build's hashes routed them: a state whose recorded hashes differ
@@ -154,8 +162,8 @@ fn a_state_saved_by_a_build_that_hashes_otherwise_is_refused() {
     driver.save(&state, "tag-1").expect("save");
     driver.shutdown().expect("shutdown");
 
-    let file = state.join("Dedup.0.state");
-    let mut bytes = std::fs::read(&file).expect("state file");
+    let file = state.join("runs.0");
+    let mut bytes = std::fs::read(&file).expect("manifest");
     let marker = b"hashes:";
     let at = bytes.windows(marker.len()).position(|window| window == marker).expect("the header records the hashes");
     let digits = &mut bytes[at + marker.len()..at + marker.len() + 16];
@@ -165,4 +173,40 @@ fn a_state_saved_by_a_build_that_hashes_otherwise_is_refused() {
     let refused = Driver::resume(1, tenants, &state, "tag-1", Resume::Changes).err().map(|error| error.to_string());
     let refused = refused.expect("a state of other hashes is refused");
     assert!(refused.contains("hashes:"), "{refused}");
+}
+
+/// As `serve` saves with each snapshot: state saved after every few epochs (each save writing
+/// the keys touched since the last as a run of its own, beside the earlier runs) resumes, by any
+/// number of workers, as the tables of everything fed.
+#[test]
+fn state_saved_again_and_again_resumes_as_everything_fed() {
+    let (events, tenants) = traffic(9_000);
+    let tenants = Arc::new(tenants);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut fed = TableSet::default();
+    let mut driver = Driver::start(2, tenants.clone()).expect("start");
+    let parts: Vec<&[Event]> = events.chunks(events.len() / 6 + 1).collect();
+    let mut first = 1;
+    for (n, part) in parts.iter().enumerate() {
+        feed(&mut driver, part, first, &mut fed);
+        first += part.len() as u64;
+        driver.save(&state, &format!("tag-{n}")).expect("save");
+    }
+    driver.shutdown().expect("shutdown");
+    let runs = std::fs::read_dir(&state)
+        .expect("state dir")
+        .filter(|entry| entry.as_ref().is_ok_and(|entry| entry.file_name().to_string_lossy().starts_with("Dedup.0.")))
+        .count();
+    assert!(runs >= 2, "the last saves wrote new keys as runs of their own, not the whole state again ({runs})");
+    let last = format!("tag-{}", parts.len() - 1);
+    for resumed_by in [1, 2, 3] {
+        let (driver, restored) =
+            Driver::resume(resumed_by, tenants.clone(), &state, &last, Resume::Rows).expect("resume");
+        driver.shutdown().expect("shutdown");
+        let mut resumed = restored.tables;
+        resumed.consolidate();
+        resumed.events = fed.events.clone();
+        assert_same(&resumed, &fed, &format!("resumed by {resumed_by}"));
+    }
 }

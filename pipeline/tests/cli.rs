@@ -355,7 +355,7 @@ fn a_replay_resumes_saved_state_and_re_feeds_when_it_cannot() {
         let state = Path::new(&data).join("state");
         match case {
             "torn" => {
-                let file = state.join("Threads.1.state");
+                let file = state.join("Threads.1.0.state");
                 let bytes = std::fs::read(&file).unwrap();
                 std::fs::write(&file, &bytes[..bytes.len() / 3]).unwrap();
             }
