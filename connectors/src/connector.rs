@@ -166,6 +166,15 @@ pub trait Sink {
     fn state_due(&mut self, _position: u64, _ending: bool) -> Result<Option<SavedState>, RuntimeError> {
         Ok(None)
     }
+    /// Asked between epochs with the events fed through the dataflow so far (re-fed, then
+    /// accepted from the input): where to save the operator state
+    /// now, while a long input is read, so that the keys touched so far leave memory (a save
+    /// drops them). Tied to no tables, so [`Sink::state_due`] must name the same place and
+    /// generation, which the last save then replaces. `None` (the default): touched keys stay in
+    /// memory until the save `state_due` asks for.
+    fn spill(&mut self, _accepted: u64) -> Option<SavedState> {
+        None
+    }
     /// At the end (a last snapshot); returns the position held durably, if any.
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError>;
     /// What answers SQL over the tables while the sink runs (`None`: they are read after the run,
@@ -225,6 +234,9 @@ impl Sink for Box<dyn Sink + Send> {
     }
     fn state_due(&mut self, position: u64, ending: bool) -> Result<Option<SavedState>, RuntimeError> {
         (**self).state_due(position, ending)
+    }
+    fn spill(&mut self, accepted: u64) -> Option<SavedState> {
+        (**self).spill(accepted)
     }
     fn finish(&mut self, position: u64) -> Result<Option<u64>, RuntimeError> {
         (**self).finish(position)

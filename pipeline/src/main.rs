@@ -114,6 +114,11 @@ enum Command {
         /// Dataflow worker threads (default: the machine's cores).
         #[arg(long)]
         workers: Option<usize>,
+        /// Save the operator state every this many events through the dataflow (stored ones
+        /// re-fed, then the input's), so what the replay has touched leaves memory; and at the
+        /// end, always.
+        #[arg(long, default_value_t = convoflow_connectors::embedded::ParquetSink::STATE_EVERY)]
+        state_every: u64,
         /// Publish the input to NATS JetStream (stream CONVOFLOW_EVENTS) and consume it from there.
         #[arg(long, value_name = "URL")]
         nats: Option<String>,
@@ -209,7 +214,7 @@ fn run(cli: Cli) -> Result<()> {
             let config = ServeConfig::load(overrides)?;
             tokio_runtime()?.block_on(run_serve(config))?;
         }
-        Command::Replay { inputs, format, tenants, data, workers, nats, clickhouse, from_nats, since } => {
+        Command::Replay { inputs, format, tenants, data, workers, state_every, nats, clickhouse, from_nats, since } => {
             let format = input_format(&format)?;
             let tenants = match tenants {
                 Some(path) => Tenants::load(&path)?,
@@ -234,7 +239,8 @@ fn run(cli: Cli) -> Result<()> {
                     inputs = normalized.files;
                     rejected = normalized.rejected;
                 }
-                let summary = replay(ReplayOptions { inputs, rejected, tenants, data_dir: data.clone(), workers })?;
+                let summary =
+                    replay(ReplayOptions { inputs, rejected, tenants, data_dir: data.clone(), workers, state_every })?;
                 print!("{}", summary.render(&data));
                 return Ok(());
             }

@@ -21,6 +21,8 @@ pub struct ReplayOptions {
     pub tenants: Tenants,
     pub data_dir: PathBuf,
     pub workers: usize,
+    /// Events between saves of the operator state on the way (`ParquetSink::state_every`).
+    pub state_every: u64,
 }
 
 /// Counts and timings of one replay.
@@ -67,11 +69,12 @@ pub fn replay_source<S: Source>(
     tenants: Tenants,
     data_dir: &Path,
     workers: usize,
+    state_every: u64,
 ) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let _lock = DataDirLock::acquire(data_dir)?;
     let rejected_before_dataflow = rejected.len() as u64;
-    let mut sink = ParquetSink::open(data_dir, rejected)?;
+    let mut sink = ParquetSink::open(data_dir, rejected)?.state_every(state_every);
     let (driver, _, stats) = restore(workers, Arc::new(tenants), &mut sink, &mut Quiet, None)?;
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = Runtime { source, sink: &mut sink, observer: Quiet, driver, stop, spacing: Duration::ZERO };
@@ -98,7 +101,7 @@ pub fn replay_source<S: Source>(
 /// Replays the input files (`convoflow replay --input …`).
 pub fn replay(options: ReplayOptions) -> Result<ReplaySummary, ReplayError> {
     let source = FileSource::new(options.inputs, options.workers, now_ms());
-    replay_source(source, options.rejected, options.tenants, &options.data_dir, options.workers)
+    replay_source(source, options.rejected, options.tenants, &options.data_dir, options.workers, options.state_every)
 }
 
 fn display_name(path: &Path) -> String {

@@ -13,7 +13,8 @@
 //!    [`RESTORE_EPOCH_EVENTS`]) to rebuild it, and the rows go back to the sink. A sink that keeps
 //!    state has it saved when it asks ([`Sink::state_due`]: before a `serve` snapshot, and at the
 //!    end, before it finishes), after every finished epoch is committed, so the state is of
-//!    exactly what the sink's next write holds.
+//!    exactly what the sink's next write holds. A replay's sink also has it saved every so many
+//!    accepted events ([`Sink::spill`]), so the keys touched leave memory.
 //! 2. **Catch up.** The source opens at that position and is read up to where its input ended at
 //!    start; only then is the caller told it is ready ([`Observer::ready`]).
 //! 3. **Epochs.** Each read is one epoch. While the workers run it, the previous epoch is
@@ -152,12 +153,19 @@ pub fn restore<K: Sink, O: Observer>(
         }
     }
     let mut driver = Driver::start(workers, tenants)?;
+    let mut fed = 0;
     for chunk in chunks(events.batches()) {
         let stored = stored_events(&chunk?)?;
         observer.stored(&stored);
+        fed += stored.len() as u64;
         driver.submit(stored.into_iter().map(|event| (0, Box::new(event))).collect(), 0)?;
         let output = driver.next_output()?;
         sink.restored(output.tables)?;
+        if let Some(state) = sink.spill(fed) {
+            let saving = Instant::now();
+            driver.save(&state.dir, &state.generation)?;
+            stats.save_seconds += saving.elapsed().as_secs_f64();
+        }
     }
     stats.restore_seconds = started.elapsed().as_secs_f64();
     Ok((driver, position, stats))
@@ -221,7 +229,15 @@ impl<S: Source, K: Sink, O: Observer> Runtime<'_, S, K, O> {
         // How far the sink's commits reach: all a snapshot between epochs may claim (the source's
         // position is further on while an epoch waits to be committed).
         let mut reach = from;
+        // Events through the driver before the loop: those re-fed, if any.
+        let fed = if stats.resumed { stats.since_state } else { stats.restored_events };
         loop {
+            if let Some(state) = self.sink.spill(fed + stats.accepted) {
+                if let Some(finished) = held.take() {
+                    self.commit(finished, &mut reach, &mut stats)?;
+                }
+                self.save_state(&state, &mut stats)?;
+            }
             if catching_up && (self.source.position() >= start_end || empty_reads >= CATCH_UP_EMPTY_READS) {
                 if let Some(finished) = held.take() {
                     self.commit(finished, &mut reach, &mut stats)?;

@@ -178,8 +178,16 @@ pub async fn run_scaled(options: ScaledOptions) -> Result<ScaledSummary, ScaledE
         None => {
             summary.target = format!("embedded store in {}", options.data_dir.join("tables").display());
             let (tenants, data_dir, workers) = (options.tenants, options.data_dir.clone(), options.workers);
-            let replayed =
-                tokio::task::block_in_place(|| replay_source(source, Vec::new(), tenants, &data_dir, workers))?;
+            let replayed = tokio::task::block_in_place(|| {
+                replay_source(
+                    source,
+                    Vec::new(),
+                    tenants,
+                    &data_dir,
+                    workers,
+                    convoflow_connectors::embedded::ParquetSink::STATE_EVERY,
+                )
+            })?;
             summary.record_publish(&published(publisher.await)?);
             summary.consume.messages = replayed.records;
             summary.embedded = Some(replayed);

@@ -441,3 +441,39 @@ fn a_replay_adds_its_new_events_as_a_segment_and_leaves_the_stored_ones() {
     assert!(summary.contains("re-feed"), "{summary}");
     assert_eq!(dump_tables(&data), dump_tables(&whole));
 }
+
+/// `--state-every N` saves the operator state every N accepted events on the way (so what the
+/// replay touched leaves memory): the tables are those of a replay that saves only at the end,
+/// and a replay after it resumes the state saved last.
+#[test]
+fn a_replay_saving_state_on_the_way_gives_the_same_tables_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, tenants) = generated(dir.path(), "40000", "9");
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = (path(dir.path(), "first.ndjson"), path(dir.path(), "second.ndjson"));
+    // Three epochs of 16 k lines on one worker, then a part of its own.
+    std::fs::write(&first, lines[..39000].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[39000..].join("\n") + "\n").unwrap();
+    let replay = |part: &str, data: &str, every: &str| {
+        let tenants = tenants.as_str();
+        ok(&["replay", "--input", part, "--tenants", tenants, "--data", data, "--state-every", every, "--workers", "1"])
+    };
+    let runs = |data: &str| {
+        let entries = std::fs::read_dir(Path::new(data).join("state")).unwrap();
+        entries.filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().starts_with("Dedup.0.")).count()
+    };
+    let (once, spilled, refed) = (path(dir.path(), "once"), path(dir.path(), "spilled"), path(dir.path(), "refed"));
+    for (data, every) in [(&once, "100000000"), (&spilled, "10000"), (&refed, "10000")] {
+        assert!(!replay(&first, data, every).contains("resume state"));
+        assert_eq!(runs(data) > 1, data != &once, "saves on the way leave runs of their own: {} in {data}", runs(data));
+        if data == &refed {
+            // The second replay re-feeds the stored events, saving the state on the way too.
+            std::fs::remove_file(Path::new(data).join("tables").join("generation")).unwrap();
+        }
+        let summary = replay(&second, data, every);
+        assert_eq!(summary.contains("resume state"), data != &refed, "{summary}");
+    }
+    assert_eq!(dump_tables(&spilled), dump_tables(&once));
+    assert_eq!(dump_tables(&refed), dump_tables(&once));
+}
