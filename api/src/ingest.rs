@@ -72,6 +72,12 @@ impl SeenEvents {
         }
     }
 
+    /// Records an event already accepted and durable by its key and fingerprint (`event_key`,
+    /// `fingerprint`), as the saved operator state holds them.
+    pub fn remember_key(&self, key: u128, fingerprint: u64) {
+        self.shard(key).insert(key, Seen { fingerprint, durable: true });
+    }
+
     /// Claims `event` for this request if its identity is new.
     pub fn claim(&self, event: &Event) -> (u128, Claim) {
         let key = event_key(&event.tenant_id, &event.event_id);

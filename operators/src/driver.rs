@@ -169,6 +169,19 @@ impl Driver {
         Ok((driver, restored))
     }
 
+    /// The key (`event_key`) and content `fingerprint` of every event the operator state
+    /// [`Driver::save`] wrote to `dir` as `generation` has accepted, as its dedup holds them: what
+    /// `serve`'s intake needs to know of the stored events, without reading them.
+    pub fn saved_events(
+        dir: &Path,
+        generation: &str,
+        tenants: &Tenants,
+        mut each: impl FnMut(u128, u64),
+    ) -> Result<(), DriverError> {
+        crate::state::each_saved_entry(dir, &state_tag(generation, tenants), "Dedup", |key, print| each(key, print))?;
+        Ok(())
+    }
+
     fn launch(
         workers: usize,
         tenants: Arc<Tenants>,

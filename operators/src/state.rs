@@ -825,6 +825,29 @@ impl Registry {
     }
 }
 
+/// Every key operator `operator` saved in `dir` (by any number of workers) with its newest value,
+/// decoded: a saved state read outside a dataflow.
+pub(crate) fn each_saved_entry<K: DeserializeOwned, V: DeserializeOwned>(
+    dir: &Path,
+    tag: &str,
+    operator: &str,
+    mut each: impl FnMut(K, V),
+) -> Result<(), StateError> {
+    let workers = Manifest::read(dir, 0, tag)?.workers;
+    for worker in 0..workers {
+        let backing = Backing::open(dir, tag, operator, worker, workers)?;
+        for entry in backing.entries(worker, workers) {
+            let entry = entry?;
+            let decode = |source| StateError::Decode { path: backing.first_path(), source };
+            each(
+                bincode::deserialize(&entry.key).map_err(decode)?,
+                bincode::deserialize(&entry.value).map_err(decode)?,
+            );
+        }
+    }
+    Ok(())
+}
+
 thread_local! {
     static BUILDING: RefCell<Option<Rc<RefCell<Registry>>>> = const { RefCell::new(None) };
 }

@@ -47,12 +47,16 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 /// What the caller does around the loop (`serve`: the seen-events index, the feed, telemetry).
 pub trait Observer {
-    /// Whether it is shown the stored events when state is resumed (a re-feed reads them anyway).
+    /// Whether it is shown the stored events when state is resumed, as their keys and
+    /// fingerprints ([`Observer::seen`]); a re-feed shows them anyway.
     fn wants_stored(&self) -> bool {
         false
     }
     /// Stored events, chunk by chunk, while restoring.
     fn stored(&mut self, _events: &[Event]) {}
+    /// A stored event's key and fingerprint, as a resumed state's dedup holds them (instead of
+    /// [`Observer::stored`], for the events that state covers).
+    fn seen(&mut self, _key: u128, _fingerprint: u64) {}
     /// An epoch is finished by the dataflow and about to be committed.
     fn finished(&mut self, _epoch: &EpochOutput, _rejected: &[RejectedRow], _catching_up: bool) {}
     /// The epoch is committed.
@@ -123,19 +127,22 @@ pub fn restore<K: Sink, O: Observer>(
             Ok((mut driver, restored)) => {
                 sink.resumed();
                 sink.restored(restored.tables)?;
+                let observe = observer.wants_stored();
+                if observe {
+                    Driver::saved_events(&state.dir, &state.generation, &tenants, |key, print| {
+                        observer.seen(key, print)
+                    })?;
+                }
                 for chunk in chunks(since_state.into_iter().map(Ok)) {
                     let events = stored_events(&chunk?)?;
+                    if observe {
+                        observer.stored(&events);
+                    }
                     stats.since_state += events.len() as u64;
                     driver.submit(events.into_iter().map(|event| (0, Box::new(event))).collect(), 0)?;
                     sink.restored(driver.next_output()?.tables)?;
                 }
                 let resumed = started.elapsed().as_secs_f64();
-                if observer.wants_stored() {
-                    for chunk in chunks(events.batches()) {
-                        observer.stored(&stored_events(&chunk?)?);
-                    }
-                }
-                let observed = started.elapsed().as_secs_f64();
                 stats.resumed = true;
                 stats.restore_seconds = started.elapsed().as_secs_f64();
                 tracing::info!(
@@ -143,7 +150,6 @@ pub fn restore<K: Sink, O: Observer>(
                     since_state = stats.since_state,
                     loaded,
                     resumed,
-                    observed,
                     seconds = stats.restore_seconds,
                     "operator state resumed (seconds since the restore began)"
                 );

@@ -44,6 +44,10 @@ impl Observer for ServeObserver {
         self.seen.remember(events.iter());
     }
 
+    fn seen(&mut self, key: u128, fingerprint: u64) {
+        self.seen.remember_key(key, fingerprint);
+    }
+
     fn finished(&mut self, epoch: &EpochOutput, rejected: &[RejectedRow], catching_up: bool) {
         if catching_up {
             // Before the API was up these events were never claimed at ingest.
