@@ -176,9 +176,9 @@ impl Driver {
         dir: &Path,
         generation: &str,
         tenants: &Tenants,
-        mut each: impl FnMut(u128, u64),
+        each: impl FnMut(u128, u64),
     ) -> Result<(), DriverError> {
-        crate::state::each_saved_entry(dir, &state_tag(generation, tenants), "Dedup", |key, print| each(key, print))?;
+        crate::state::each_saved_entry(dir, &state_tag(generation, tenants), "Dedup", each)?;
         Ok(())
     }
 
