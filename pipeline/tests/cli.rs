@@ -380,17 +380,15 @@ fn a_replay_resumes_saved_state_and_re_feeds_when_it_cannot() {
     }
 }
 
-/// The `events` files of a store: name and inode of each, in order.
+/// The `events` segments of a store (those the table is made of; a merge's leftovers are not):
+/// name and inode of each, in order.
 fn event_segments(data: &str) -> Vec<(String, u64)> {
     use std::os::unix::fs::MetadataExt;
-    let dir = Path::new(data).join("tables").join("events");
-    let mut segments: Vec<(String, u64)> = std::fs::read_dir(&dir)
-        .expect("events dir")
-        .map(|entry| entry.expect("entry"))
-        .map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.metadata().expect("metadata").ino()))
-        .collect();
-    segments.sort();
-    segments
+    let (live, _) = convoflow_schema::files::event_segments(&Path::new(data).join("tables")).expect("segments");
+    let inode = |path: &Path| std::fs::metadata(path).expect("metadata").ino();
+    live.iter()
+        .map(|segment| (segment.path.file_name().expect("name").to_string_lossy().into_owned(), inode(&segment.path)))
+        .collect()
 }
 
 /// A replay adds its new events as a segment of their own: a late event into a store leaves the

@@ -12,12 +12,12 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::prelude::ParquetReadOptions;
 use datafusion::prelude::SessionConfig;
+use datafusion::prelude::{col, lit, ParquetReadOptions};
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,32 @@ impl SqlEngine {
             context.register_table(table, Arc::new(MemTable::try_new(table_schema, vec![batches])?))?;
         }
         Ok(SqlEngine { context })
+    }
+
+    /// Registers `table` as its Parquet `files` followed by `batches` (which must have the
+    /// table's schema), only the rows of `tenant` when one is given: a query of the table sees
+    /// no other rows, the filter is part of the table.
+    pub async fn with_files(
+        self,
+        table: &str,
+        files: Vec<PathBuf>,
+        batches: Vec<RecordBatch>,
+        tenant: Option<&str>,
+    ) -> Result<Self, QueryError> {
+        let Some(table_schema) = schema(table) else { return Ok(self) };
+        let context = &self.context;
+        let mut frame = context.read_table(Arc::new(MemTable::try_new(table_schema.clone(), vec![batches])?))?;
+        if !files.is_empty() {
+            let files: Vec<String> = files.iter().map(|path| path.to_string_lossy().into_owned()).collect();
+            let options = ParquetReadOptions::default().schema(&table_schema);
+            frame = context.read_parquet(files, options).await?.union(frame)?;
+        }
+        if let Some(tenant) = tenant {
+            frame = frame.filter(col("tenant_id").eq(lit(tenant)))?;
+        }
+        context.deregister_table(table)?;
+        context.register_table(table, frame.into_view())?;
+        Ok(self)
     }
 
     /// Runs one read-only query and returns all its rows.

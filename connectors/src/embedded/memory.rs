@@ -1,11 +1,12 @@
-//! The embedded store while `convoflow serve` runs: every table held in memory and kept current
-//! epoch by epoch, read as Arrow batches split by tenant (a tenant's queries only ever see its own
-//! batches), and written to the Parquet store as a snapshot.
+//! The embedded store while `convoflow serve` runs: every derived table held in memory and kept
+//! current epoch by epoch, read as Arrow batches split by tenant (a tenant's queries only ever see
+//! its own batches), and written to the Parquet store as a snapshot. Of `events`, only those not
+//! yet in the store's segments are held (a query reads the segments beside them).
 //!
 //! Derived tables are multisets `row → multiplicity`, so an epoch's updates apply in time
 //! proportional to the updates. Their Arrow form is rebuilt lazily, when a reader asks for a table
-//! that changed since its last rebuild, outside the lock (`read_table`). `events` and `rejected` only grow: each epoch's new rows
-//! are converted once and appended.
+//! that changed since its last rebuild, outside the lock (`read_table`). `events` and `rejected`
+//! only grow: each epoch's new rows are converted once and appended.
 
 use convoflow_events::Event;
 use convoflow_operators::{for_each_table, Collection, RejectedRow, Table, TableSet};
@@ -99,12 +100,12 @@ macro_rules! live_tables {
         #[derive(Default)]
         pub struct MemoryTables {
             $($table: Contents<$row>,)+
-            events: TenantBatches,
-            /// The events applied since the last snapshot took them, in order: its new segment.
-            unsaved_events: Vec<RecordBatch>,
+            /// The events not yet in the store's `events` segments, in order: those applied
+            /// since the last snapshot was written (the first `taken` of them are being written).
+            events: Vec<RecordBatch>,
+            taken: usize,
             rejected: TenantBatches,
             rejected_seen: HashSet<RejectedRow>,
-            event_count: u64,
         }
 
         impl MemoryTables {
@@ -139,11 +140,8 @@ impl MemoryTables {
         self.apply_derived(&mut tables);
         let fresh: Vec<RejectedRow> =
             rejected.iter().filter(|row| self.rejected_seen.insert((*row).clone())).cloned().collect();
-        self.event_count += tables.events.len() as u64;
         if !tables.events.is_empty() {
-            let batches = batches::<Event, _>(&tables.events)?;
-            append(&mut self.events, batches.clone())?;
-            self.unsaved_events.extend(batches);
+            self.events.extend(batches::<Event, _>(&tables.events)?);
         }
         if !fresh.is_empty() {
             append(&mut self.rejected, batches::<RejectedRow, _>(&fresh)?)?;
@@ -151,20 +149,21 @@ impl MemoryTables {
         Ok(())
     }
 
-    /// Takes in the store's events as they were loaded (batches of the `events` table).
-    pub fn hold_stored(&mut self, stored: &[RecordBatch]) -> Result<(), ArrowError> {
-        self.event_count += stored.iter().map(|batch| batch.num_rows() as u64).sum::<u64>();
-        append(&mut self.events, stored.to_vec())
+    /// The events not yet in the store's segments, by tenant (what a query reads beside them).
+    pub fn unsaved_events(&self) -> Result<TenantBatches, ArrowError> {
+        let mut by_tenant = TenantBatches::new();
+        append(&mut by_tenant, self.events.clone())?;
+        Ok(by_tenant)
     }
 
-    /// Accepted events held.
-    pub fn event_count(&self) -> u64 {
-        self.event_count
+    /// The events a snapshot took are in the store's segments now.
+    pub fn events_saved(&mut self) {
+        self.events.drain(..self.taken);
+        self.taken = 0;
     }
 
     fn lookup(&mut self, table: &str) -> Lookup {
         match table {
-            "events" => Lookup::Ready(Arc::new(self.events.clone())),
             "rejected" => Lookup::Ready(Arc::new(self.rejected.clone())),
             _ => self.lookup_derived(table),
         }
@@ -205,7 +204,8 @@ pub fn read_table(tables: &Mutex<MemoryTables>, table: &str) -> Result<Option<Ar
 /// Every table as it is at one moment, turned into batches later (on a snapshot's thread): the
 /// rows of each derived table that changed since it was last read are copied under one hold of
 /// the lock, the others' batches are shared; `events` are those applied since the last snapshot
-/// took them (the store appends them as a segment). So a snapshot's tables are all of the same epoch,
+/// took them (the store appends them as a segment; [`MemoryTables::events_saved`] then lets them
+/// go). So a snapshot's tables are all of the same epoch,
 /// the one its operator state was saved after: a replay resumed from that state applies its
 /// changes to exactly the tables the state derived.
 pub struct TablesAt {
@@ -215,7 +215,8 @@ pub struct TablesAt {
 
 pub fn tables_at(tables: &Arc<Mutex<MemoryTables>>) -> TablesAt {
     let mut held = lock_tables(tables);
-    let mut unsaved = Some(std::mem::take(&mut held.unsaved_events));
+    let mut unsaved = Some(held.events[held.taken..].to_vec());
+    held.taken = held.events.len();
     let taken = TABLES
         .iter()
         .map(|&table| match table {

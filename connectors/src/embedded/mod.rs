@@ -12,4 +12,4 @@ pub use memory::{lock_tables, read_table, split_by_tenant, tables_at, MemoryTabl
 pub use reader::MemoryReader;
 pub use replay::ParquetSink;
 pub use sink::MemorySink;
-pub use store::{read_events, DataDirLock, EmbeddedStore, StoreError, TableWriter, MERGED_SEGMENT_ROWS};
+pub use store::{read_events, DataDirLock, EmbeddedStore, Prepared, StoreError, TableWriter, MERGED_SEGMENT_ROWS};

@@ -1,6 +1,8 @@
-//! `serve`'s embedded store as the runtime's sink: every table held in memory ([`MemoryTables`]),
-//! kept current epoch by epoch, read by SQL through [`MemoryReader`] and snapshotted to Parquet
-//! now and then, on a thread of its own.
+//! `serve`'s embedded store as the runtime's sink: every derived table held in memory
+//! ([`MemoryTables`]), kept current epoch by epoch, read by SQL through [`MemoryReader`] and
+//! snapshotted to Parquet now and then, on a thread of its own. `events` stays in the store's
+//! segments; only those since the last snapshot are held, and each snapshot adds them as a
+//! segment.
 //!
 //! The input position the tables reach is kept in `tables/checkpoint.json` beside the snapshot.
 //! After a restart the runtime reads the input from there; events already stored come again as
@@ -42,21 +44,19 @@ impl MemorySink {
             input: String::new(),
             generation: None,
         };
-        let reader = Arc::new(MemoryReader { tables: tables.clone(), runtime });
+        let reader = Arc::new(MemoryReader { tables: tables.clone(), runtime, tables_dir: data_dir.join("tables") });
         Ok(MemorySink { tables, snapshots, reader })
     }
 }
 
 impl Sink for MemorySink {
-    /// The stored events and the position reached in `input`.
+    /// The stored events (left in the store's segments, which queries read) and the position
+    /// reached in `input`.
     fn restore(&mut self, input: Option<&str>) -> Result<Restored, RuntimeError> {
         let snapshots = &mut self.snapshots;
-        let events = snapshots.store.load_events()?;
+        let (paths, rows) = snapshots.store.event_files()?;
         let rejected = snapshots.store.load_rejected()?;
-        let mut tables = lock_tables(&self.tables);
-        tables.hold_stored(&events)?;
-        tables.apply(TableSet::default(), &rejected)?;
-        drop(tables);
+        lock_tables(&self.tables).apply(TableSet::default(), &rejected)?;
         let checkpoint = read_checkpoint(&snapshots.data_dir);
         let input = input.unwrap_or_default();
         // A snapshot of another input's tables is still right; only its position is not.
@@ -67,7 +67,7 @@ impl Sink for MemorySink {
         snapshots.covered = position;
         let store = &snapshots.store;
         let state = store.generation().map(|generation| SavedState { dir: store.state_dir(), generation });
-        Ok(Restored { events: StoredEvents::Batches(events), position, state, since_state: Vec::new() })
+        Ok(Restored { events: StoredEvents::Files { paths, rows }, position, state, since_state: Vec::new() })
     }
 
     /// Takes in the tables' rows derived while restoring (the stored events are held already).
@@ -176,7 +176,8 @@ impl Snapshots {
 
     /// Starts a snapshot covering the input up to `position` (what the tables hold now); does
     /// nothing while one is being written or when nothing changed. Every table is taken now
-    /// ([`tables_at`]: `events` and `rejected` shared, the changed derived tables' rows copied), so
+    /// ([`tables_at`]: `rejected` shared, the changed derived tables' rows copied, the events
+    /// since the last snapshot as its new segment), so
     /// they hold exactly the input up to `position`, as the state saved just before does; the
     /// writer thread turns them into batches while epochs go on.
     fn start(&mut self, tables: &Arc<Mutex<MemoryTables>>, position: u64) -> Result<(), RuntimeError> {
@@ -191,11 +192,16 @@ impl Snapshots {
         let (store, data_dir) = (self.store.clone(), self.data_dir.clone());
         let (input, generation) = (self.input.clone(), self.generation.take());
         let now = tables_at(tables);
+        let tables = tables.clone();
         self.writing = Some(std::thread::spawn(move || {
             convoflow_api::lower_priority();
             let started = Instant::now();
-            let batches = now.batches()?;
-            store.write_batches(&batches)?;
+            let prepared = store.prepare(&now.batches()?)?;
+            // Under the lock a query lists `events`' segments and copies the events not in them.
+            let mut held = lock_tables(&tables);
+            store.install(prepared)?;
+            held.events_saved();
+            drop(held);
             write_checkpoint(&data_dir, &Checkpoint { input: Some(input), position })
                 .map_err(|source| RuntimeError::Io { what: "write the snapshot's checkpoint".to_owned(), source })?;
             if let Some(generation) = generation {

@@ -201,7 +201,7 @@ impl EmbeddedStore {
         let (events, batches) = self.split_events(events, tables, rejected, Rows::Contents)?;
         let mut files: Vec<Written> = events.into_iter().collect();
         files.extend(self.encode(&batches)?);
-        self.install(files)
+        self.install_files(files)
     }
 
     /// Every table of `tables` as batches: `events` appended to `events` (its segment then
@@ -257,14 +257,14 @@ impl EmbeddedStore {
             files.extend(file);
             counts.push((changed.table, rows));
         }
-        self.install(files)?;
+        self.install_files(files)?;
         Ok(counts)
     }
 
-    /// Replaces the tables named in `batches`, but adds `events`' batches as a new segment. The
-    /// files are encoded concurrently (one thread per table), then renamed into place in the
-    /// given order (SPEC order puts `events` first).
-    pub fn write_batches(&self, batches: &[TableBatches]) -> Result<(), StoreError> {
+    /// Writes (beside their places) the tables named in `batches`, `events`' batches as a new
+    /// segment; [`EmbeddedStore::install`] then puts them in place. The files are encoded
+    /// concurrently, one thread per table.
+    pub fn prepare(&self, batches: &[TableBatches]) -> Result<Prepared, StoreError> {
         let files = on_threads(batches, |table| {
             if table.table != "events" {
                 return self.write_table(table.table, &table.batches).map(Some);
@@ -275,7 +275,7 @@ impl EmbeddedStore {
             }
             events.finish()
         });
-        self.install(files.into_iter().filter_map(Result::transpose).collect::<Result<_, _>>()?)
+        Ok(Prepared(files.into_iter().filter_map(Result::transpose).collect::<Result<_, _>>()?))
     }
 
     /// Each table's partial file, encoded one thread per table.
@@ -283,8 +283,14 @@ impl EmbeddedStore {
         on_threads(batches, |table| self.write_table(table.table, &table.batches)).into_iter().collect()
     }
 
+    /// Renames prepared files into place, in the order their tables were given (SPEC order puts
+    /// `events` first).
+    pub fn install(&self, prepared: Prepared) -> Result<(), StoreError> {
+        self.install_files(prepared.0)
+    }
+
     /// Renames the written files into place, in order.
-    fn install(&self, files: Vec<Written>) -> Result<(), StoreError> {
+    fn install_files(&self, files: Vec<Written>) -> Result<(), StoreError> {
         // From the first rename on, the tables are no longer those the saved state derived.
         match std::fs::remove_file(self.generation_path()) {
             Ok(()) => self.sync_dir()?,
@@ -310,9 +316,17 @@ impl EmbeddedStore {
     /// large as the last and the two together hold at most [`MERGED_SEGMENT_ROWS`] events. So a
     /// store has few segments (about one per doubling, plus one per 4 M events) and each event is
     /// rewritten a few times at most, while a replay of one late event into a large store rewrites
-    /// nothing. The tables' contents stay the same, so the operator state stays theirs. Returns
-    /// how many merges were made.
+    /// nothing. The tables' contents stay the same, so the operator state stays theirs. What a
+    /// merge replaces is left over (no longer read, see `convoflow_schema::files`) until the next
+    /// merge or open removes it, so a query that listed those files just before can still read
+    /// them. Returns how many merges were made.
     pub fn merge_events(&self) -> Result<usize, StoreError> {
+        let (_, stale) = event_segments(&self.dir)
+            .map_err(|source| StoreError::Io { path: events_dir(&self.dir).display().to_string(), source })?;
+        for path in stale {
+            std::fs::remove_file(&path)
+                .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+        }
         let mut segments = Vec::new();
         for segment in self.segments()? {
             let rows = file_rows(&segment.path)?;
@@ -331,11 +345,6 @@ impl EmbeddedStore {
             let rows = writer.rows() as u64;
             if let Some(written) = writer.finish()? {
                 written.install()?;
-            }
-            self.sync_dir()?;
-            for (merged, _) in &segments[segments.len() - 2..] {
-                std::fs::remove_file(&merged.path)
-                    .map_err(|source| StoreError::Io { path: merged.path.display().to_string(), source })?;
             }
             self.sync_dir()?;
             let merged = Segment { first: before.first, last: last.last, path };
@@ -399,8 +408,11 @@ pub fn read_events(paths: Vec<PathBuf>) -> impl Iterator<Item = Result<RecordBat
     })
 }
 
+/// Files written beside their places, to be renamed there ([`EmbeddedStore::install`]).
+pub struct Prepared(Vec<Written>);
+
 /// A file written and fsynced beside its place, to be renamed there.
-pub struct Written {
+struct Written {
     partial: PathBuf,
     path: PathBuf,
 }
@@ -575,7 +587,7 @@ mod tests {
         for batch in batches::<Event, _>(&events).expect("batches") {
             writer.append(&batch).expect("append");
         }
-        store.install(writer.finish().expect("finish").into_iter().collect()).expect("install");
+        store.install_files(writer.finish().expect("finish").into_iter().collect()).expect("install");
     }
 
     fn stored_ids(store: &EmbeddedStore) -> Vec<String> {
@@ -610,28 +622,25 @@ mod tests {
         assert_eq!(store.merge_events().expect("merge"), 2, "2 then 10 are at most twice what follows them");
         assert_eq!(ranges(&store), vec![(1, 4)]);
         assert_eq!(stored_ids(&store), ids(0..17));
+        assert_eq!(store.merge_events().expect("merge"), 0);
         let names: Vec<String> = std::fs::read_dir(events_dir(&store.dir))
             .expect("dir")
             .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, vec![Segment::name(1, 4)], "merged segments are removed");
+        assert_eq!(names, vec![Segment::name(1, 4)], "merged segments are removed by the next merge");
     }
 
     #[test]
-    fn segments_a_crash_left_beside_their_merge_are_not_read_and_are_removed_at_open() {
+    fn segments_left_beside_their_merge_are_not_read_and_are_removed_at_open() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = EmbeddedStore::open(dir.path()).expect("open");
         add_segment(&store, 0..3);
         add_segment(&store, 3..5);
         let events = events_dir(&store.dir);
-        let kept = tempfile::tempdir().expect("temp dir");
-        for name in [Segment::name(1, 1), Segment::name(2, 2)] {
-            std::fs::copy(events.join(&name), kept.path().join(&name)).expect("copy");
-        }
         assert_eq!(store.merge_events().expect("merge"), 1);
-        // As if the process died after renaming the merge, before removing what it merged.
+        // What a merge replaced is left until the next merge or open (as after a crash there).
         for name in [Segment::name(1, 1), Segment::name(2, 2)] {
-            std::fs::copy(kept.path().join(&name), events.join(&name)).expect("copy back");
+            assert!(events.join(&name).exists(), "{name} is left over");
         }
         std::fs::write(events.join("0000000003-0000000003.parquet.partial"), b"torn").expect("torn");
         assert_eq!(stored_ids(&store), ids(0..5), "the leftovers are not part of the table");
