@@ -664,12 +664,14 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
             let value = bincode::serialize(value).map_err(encode)?;
             Ok(Entry { route, key, value })
         });
-        let kept = match self.backing.take() {
-            Some(Backing { files, all: false, .. }) => files.into_iter().next().unwrap_or_default(),
+        // The worker goes on reading its current runs until the new ones are all written: a save
+        // that fails part-way leaves its state as it was.
+        let kept: &[StateFile] = match &self.backing {
+            Some(backing) if !backing.all => backing.files.first().map_or(&[], Vec::as_slice),
             other => {
                 // No runs to keep: every saved key that routes here goes into the new run.
                 let mut writer = StateWriter::create(dir.join(run_name(name, index, 0)))?;
-                match &other {
+                match other {
                     Some(backing) => merge_into(&mut writer, backing.entries(index, workers), touched)?,
                     None => merge_into(&mut writer, std::iter::empty(), touched)?,
                 }
@@ -682,8 +684,7 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
         let mut next = kept.iter().map(run_number).max().map_or(0, |number| number + 1);
         let mut runs = Vec::with_capacity(kept.len() + 1);
         for file in kept {
-            let path = place(&file, home, dir)?;
-            runs.push(StateFile { path, ..file });
+            runs.push(StateFile::open(place(file, home, dir)?, name)?);
         }
         if !self.memory.is_empty() {
             let mut writer = StateWriter::create(dir.join(run_name(name, index, next)))?;
@@ -906,6 +907,24 @@ mod tests {
     fn expected(key: u32, changed: &[u32]) -> Option<String> {
         let bangs = changed.iter().filter(|&&every| key.is_multiple_of(every)).count();
         (key.is_multiple_of(2) && key < 1000).then(|| format!("v{key}{}", "!".repeat(bangs)))
+    }
+
+    #[test]
+    fn a_save_that_fails_part_way_leaves_the_state_as_it_was() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut keyed: Keyed<u32, String> = Keyed::new(shared_route);
+        for key in 0..100 {
+            keyed.insert(key, format!("v{key}"));
+        }
+        keyed.save(dir.path(), None, "Op", 0, 1).expect("save");
+        keyed.insert(7, "changed".to_owned());
+        let missing = dir.path().join("no-such-dir");
+        assert!(keyed.save(&missing, Some(dir.path()), "Op", 0, 1).is_err(), "nowhere to save");
+        assert_eq!(keyed.get(&3), Some("v3".to_owned()), "saved keys are still read");
+        assert_eq!(keyed.get(&7), Some("changed".to_owned()), "touched keys are still held");
+        keyed.save(dir.path(), Some(dir.path()), "Op", 0, 1).expect("save where it can");
+        assert_eq!((keyed.get(&3), keyed.get(&7)), (Some("v3".to_owned()), Some("changed".to_owned())));
+        assert!(keyed.error.is_none());
     }
 
     #[test]
