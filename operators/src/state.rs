@@ -368,6 +368,24 @@ impl Backing {
         self.files.get(at).map_or(&[], Vec::as_slice)
     }
 
+    /// [`Backing::entries`], each key and value decoded; stops at the first that is not read.
+    fn each_decoded<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        index: usize,
+        workers: usize,
+        mut each: impl FnMut(K, V),
+    ) -> Result<(), StateError> {
+        for entry in self.entries(index, workers) {
+            let entry = entry?;
+            let decode = |source| StateError::Decode { path: self.first_path(), source };
+            each(
+                bincode::deserialize(&entry.key).map_err(decode)?,
+                bincode::deserialize(&entry.value).map_err(decode)?,
+            );
+        }
+        Ok(())
+    }
+
     fn first_path(&self) -> PathBuf {
         self.files.iter().flatten().next().map(|file| file.path.clone()).unwrap_or_default()
     }
@@ -612,28 +630,55 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
     /// Every saved key of this worker with its value, decoded (for [`Resume::Rows`]).
     pub fn each_saved(&mut self, index: usize, workers: usize, mut each: impl FnMut(&K, &V)) {
         let Some(backing) = self.backing.as_ref() else { return };
-        let mut failed = None;
-        for entry in backing.entries(index, workers) {
-            let decoded = entry.and_then(|entry| {
-                let key: K = bincode::deserialize(&entry.key)
-                    .map_err(|source| StateError::Decode { path: backing.first_path(), source })?;
-                let value: V = bincode::deserialize(&entry.value)
-                    .map_err(|source| StateError::Decode { path: backing.first_path(), source })?;
-                Ok((key, value))
-            });
-            match decoded {
-                Ok((key, value)) => each(&key, &value),
-                Err(error) => {
-                    failed = Some(error);
-                    break;
-                }
-            }
-        }
-        if let Some(error) = failed {
+        if let Err(error) = backing.each_decoded(index, workers, |key: K, value: V| each(&key, &value)) {
             self.error.get_or_insert(error);
         }
     }
+}
 
+/// The value saved for `key`, if any: from the newest run that has it. A run that cannot be read
+/// is recorded in `error`.
+fn saved<K: Serialize, V: DeserializeOwned>(
+    backing: Option<&Backing>,
+    route: fn(&K) -> u64,
+    error: &mut Option<StateError>,
+    key: &K,
+) -> Option<V> {
+    let backing = backing?;
+    let route = route(key);
+    let runs = backing.runs_for(route);
+    let found = bincode::serialize(key)
+        .map_err(|source| StateError::Encode { operator: backing.first_path().display().to_string(), source })
+        .and_then(|bytes| {
+            for file in runs.iter().rev() {
+                if let Some(value) = file.get(route, &bytes)? {
+                    return bincode::deserialize(&value)
+                        .map(Some)
+                        .map_err(|source| StateError::Decode { path: file.path.clone(), source });
+                }
+            }
+            Ok(None)
+        });
+    found.unwrap_or_else(|failed| {
+        error.get_or_insert(failed);
+        None
+    })
+}
+
+/// An operator's state as its worker's registry sees it.
+trait Persisted {
+    fn save(
+        &mut self,
+        dir: &Path,
+        home: Option<&Path>,
+        name: &str,
+        index: usize,
+        workers: usize,
+    ) -> Result<Vec<String>, StateError>;
+    fn take_error(&mut self) -> Option<StateError>;
+}
+
+impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Persisted for Keyed<K, V> {
     /// Writes this worker's runs of operator `name` into `dir` and returns their names, oldest
     /// first. Saved by as many workers, the runs it looks keys up in are put there as they are
     /// (linked from `home`, where they are now), its keys in memory are one new run, and the
@@ -712,61 +757,7 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
         self.memory = FxHashMap::default();
         Ok(names)
     }
-}
 
-/// The value saved for `key`, if any: from the newest run that has it. A run that cannot be read
-/// is recorded in `error`.
-fn saved<K: Serialize, V: DeserializeOwned>(
-    backing: Option<&Backing>,
-    route: fn(&K) -> u64,
-    error: &mut Option<StateError>,
-    key: &K,
-) -> Option<V> {
-    let backing = backing?;
-    let route = route(key);
-    let runs = backing.runs_for(route);
-    let found = bincode::serialize(key)
-        .map_err(|source| StateError::Encode { operator: backing.first_path().display().to_string(), source })
-        .and_then(|bytes| {
-            for file in runs.iter().rev() {
-                if let Some(value) = file.get(route, &bytes)? {
-                    return bincode::deserialize(&value)
-                        .map(Some)
-                        .map_err(|source| StateError::Decode { path: file.path.clone(), source });
-                }
-            }
-            Ok(None)
-        });
-    found.unwrap_or_else(|failed| {
-        error.get_or_insert(failed);
-        None
-    })
-}
-
-/// An operator's state as its worker's registry sees it.
-trait Persisted {
-    fn save(
-        &mut self,
-        dir: &Path,
-        home: Option<&Path>,
-        name: &str,
-        index: usize,
-        workers: usize,
-    ) -> Result<Vec<String>, StateError>;
-    fn take_error(&mut self) -> Option<StateError>;
-}
-
-impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Persisted for Keyed<K, V> {
-    fn save(
-        &mut self,
-        dir: &Path,
-        home: Option<&Path>,
-        name: &str,
-        index: usize,
-        workers: usize,
-    ) -> Result<Vec<String>, StateError> {
-        Keyed::save(self, dir, home, name, index, workers)
-    }
     fn take_error(&mut self) -> Option<StateError> {
         self.error.take()
     }
@@ -836,15 +827,7 @@ pub(crate) fn each_saved_entry<K: DeserializeOwned, V: DeserializeOwned>(
 ) -> Result<(), StateError> {
     let workers = Manifest::read(dir, 0, tag)?.workers;
     for worker in 0..workers {
-        let backing = Backing::open(dir, tag, operator, worker, workers)?;
-        for entry in backing.entries(worker, workers) {
-            let entry = entry?;
-            let decode = |source| StateError::Decode { path: backing.first_path(), source };
-            each(
-                bincode::deserialize(&entry.key).map_err(decode)?,
-                bincode::deserialize(&entry.value).map_err(decode)?,
-            );
-        }
+        Backing::open(dir, tag, operator, worker, workers)?.each_decoded(worker, workers, &mut each)?;
     }
     Ok(())
 }

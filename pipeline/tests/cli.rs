@@ -41,6 +41,16 @@ fn summary_count(summary: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{label}` in summary:\n{summary}"))
 }
 
+/// `first.ndjson` with the input's lines before `end`, `second.ndjson` with those from `start`.
+fn parts(dir: &Path, input: &str, end: usize, start: usize) -> (String, String) {
+    let text = std::fs::read_to_string(input).expect("input");
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = (path(dir, "first.ndjson"), path(dir, "second.ndjson"));
+    std::fs::write(&first, lines[..end].join("\n") + "\n").expect("first part");
+    std::fs::write(&second, lines[start..].join("\n") + "\n").expect("second part");
+    (first, second)
+}
+
 fn generated(dir: &Path, events: &str, seed: &str) -> (String, String) {
     let input = path(dir, "events.ndjson");
     ok(&["generate", "--events", events, "--seed", seed, "--tenants", "3", "--out", &input]);
@@ -337,12 +347,8 @@ fn whatsapp_webhook_bodies_replay_into_the_tables_of_their_numbers_tenant() {
 fn a_replay_resumes_saved_state_and_re_feeds_when_it_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let (input, tenants) = generated(dir.path(), "6000", "5");
-    let text = std::fs::read_to_string(&input).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let (first, second) = (path(dir.path(), "first.ndjson"), path(dir.path(), "second.ndjson"));
-    std::fs::write(&first, lines[..3500].join("\n") + "\n").unwrap();
     // The second part redelivers some of the first.
-    std::fs::write(&second, lines[3000..].join("\n") + "\n").unwrap();
+    let (first, second) = parts(dir.path(), &input, 3500, 3000);
     let whole = path(dir.path(), "whole");
     ok(&["replay", "--input", &input, "--tenants", &tenants, "--data", &whole]);
     let expected = dump_tables(&whole);
@@ -447,12 +453,8 @@ fn a_replay_adds_its_new_events_as_a_segment_and_leaves_the_stored_ones() {
 fn a_replay_saving_state_on_the_way_gives_the_same_tables_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let (input, tenants) = generated(dir.path(), "40000", "9");
-    let text = std::fs::read_to_string(&input).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let (first, second) = (path(dir.path(), "first.ndjson"), path(dir.path(), "second.ndjson"));
     // Three epochs of 16 k lines on one worker, then a part of its own.
-    std::fs::write(&first, lines[..39000].join("\n") + "\n").unwrap();
-    std::fs::write(&second, lines[39000..].join("\n") + "\n").unwrap();
+    let (first, second) = parts(dir.path(), &input, 39000, 39000);
     let replay = |part: &str, data: &str, every: &str| {
         let tenants = tenants.as_str();
         ok(&["replay", "--input", part, "--tenants", tenants, "--data", data, "--state-every", every, "--workers", "1"])

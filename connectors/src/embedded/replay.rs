@@ -32,6 +32,8 @@ pub struct ParquetSink {
     /// The next `events` segment: each epoch's new events as it is gathered, encoded as they come
     /// (`None` once written).
     events: Option<TableWriter>,
+    /// Events in the store's segments at the start.
+    stored_events: u64,
     stored_rejected: Vec<RejectedRow>,
     rejected: Vec<RejectedRow>,
     load_seconds: f64,
@@ -58,6 +60,7 @@ impl ParquetSink {
             events: Some(store.events_writer()?),
             store,
             levels: Vec::new(),
+            stored_events: 0,
             stored_rejected: Vec::new(),
             rejected,
             load_seconds: 0.0,
@@ -147,6 +150,7 @@ impl Sink for ParquetSink {
     fn restore(&mut self, _input_id: Option<&str>) -> Result<Restored, RuntimeError> {
         let started = Instant::now();
         let (paths, rows) = self.store.event_files()?;
+        self.stored_events = rows;
         self.stored_rejected = self.store.load_rejected()?;
         self.load_seconds = started.elapsed().as_secs_f64();
         let state = self.store.generation().map(|generation| SavedState { dir: self.store.state_dir(), generation });
@@ -199,7 +203,7 @@ impl Sink for ParquetSink {
         let tables = self.gathered();
         let rejected = merge_rejected(std::mem::take(&mut self.stored_rejected), std::mem::take(&mut self.rejected));
         let events = self.events.take().ok_or_else(written)?;
-        let event_count = self.store.event_files()?.1 as usize + events.rows();
+        let event_count = self.stored_events as usize + events.rows();
         if self.resumed {
             self.table_rows = vec![("events", event_count)];
             self.table_rows.extend(self.store.write_changes(events, &tables, &rejected)?);

@@ -85,14 +85,13 @@ impl EmbeddedStore {
             std::fs::rename(&legacy, events.join(Segment::name(0, 0))).map_err(io(&legacy))?;
             store.sync_dir()?;
         }
-        let (_, stale) = event_segments(&store.dir).map_err(io(&events))?;
         let partials = std::fs::read_dir(&events)
             .map_err(io(&events))?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
             .filter(|path| path.extension().is_some_and(|extension| extension == "partial"));
-        for path in stale.into_iter().chain(partials.collect::<Vec<_>>()) {
-            std::fs::remove_file(&path).map_err(io(&path))?;
-        }
+        remove_files(partials.collect())?;
+        // And what a merge left over.
+        store.live_segments()?;
         Ok(store)
     }
 
@@ -144,9 +143,20 @@ impl EmbeddedStore {
 
     /// The `events` segments, in order.
     fn segments(&self) -> Result<Vec<Segment>, StoreError> {
-        let (segments, _) = event_segments(&self.dir)
-            .map_err(|source| StoreError::Io { path: events_dir(&self.dir).display().to_string(), source })?;
-        Ok(segments)
+        Ok(self.listed_segments()?.0)
+    }
+
+    /// The `events` segments, in order, after removing what a merge left over (the writer's part
+    /// of [`EmbeddedStore::segments`]: at open, and before merging).
+    fn live_segments(&self) -> Result<Vec<Segment>, StoreError> {
+        let (live, stale) = self.listed_segments()?;
+        remove_files(stale)?;
+        Ok(live)
+    }
+
+    fn listed_segments(&self) -> Result<(Vec<Segment>, Vec<PathBuf>), StoreError> {
+        event_segments(&self.dir)
+            .map_err(|source| StoreError::Io { path: events_dir(&self.dir).display().to_string(), source })
     }
 
     fn read_table(&self, table: &str) -> Result<Vec<RecordBatch>, StoreError> {
@@ -321,14 +331,8 @@ impl EmbeddedStore {
     /// merge or open removes it, so a query that listed those files just before can still read
     /// them. Returns how many merges were made.
     pub fn merge_events(&self) -> Result<usize, StoreError> {
-        let (_, stale) = event_segments(&self.dir)
-            .map_err(|source| StoreError::Io { path: events_dir(&self.dir).display().to_string(), source })?;
-        for path in stale {
-            std::fs::remove_file(&path)
-                .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
-        }
         let mut segments = Vec::new();
-        for segment in self.segments()? {
+        for segment in self.live_segments()? {
             let rows = file_rows(&segment.path)?;
             segments.push((segment, rows));
         }
@@ -356,32 +360,40 @@ impl EmbeddedStore {
     }
 }
 
+fn remove_files(paths: Vec<PathBuf>) -> Result<(), StoreError> {
+    for path in paths {
+        std::fs::remove_file(&path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+    }
+    Ok(())
+}
+
 /// Segments are merged up to this many events (4 Mi); larger ones stay as they are.
 pub const MERGED_SEGMENT_ROWS: u64 = 4 << 20;
 
 /// Rows in a Parquet file, from its footer (0 for a file that is not there).
 fn file_rows(path: &Path) -> Result<u64, StoreError> {
-    let shown = || path.display().to_string();
+    Ok(open_parquet(path)?.map_or(0, |builder| builder.metadata().file_metadata().num_rows().max(0) as u64))
+}
+
+/// A Parquet file's reader, before it reads anything; `None` for a file that is not there.
+fn open_parquet(path: &Path) -> Result<Option<ParquetRecordBatchReaderBuilder<File>>, StoreError> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => return Err(StoreError::Io { path: shown(), source }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StoreError::Io { path: path.display().to_string(), source }),
     };
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|source| StoreError::Parquet { path: shown(), source })?;
-    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+        .map_err(|source| StoreError::Parquet { path: path.display().to_string(), source })?;
+    Ok(Some(builder))
 }
 
 /// A Parquet file's batches (of 64 k rows) as they are read; none for a file that is not there.
 fn read_file(path: &Path) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, StoreError>> + Send>, StoreError> {
     let shown = path.display().to_string();
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Box::new(std::iter::empty())),
-        Err(source) => return Err(StoreError::Io { path: shown, source }),
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|builder| builder.with_batch_size(64 * 1024).build())
+    let Some(builder) = open_parquet(path)? else { return Ok(Box::new(std::iter::empty())) };
+    let reader = builder
+        .with_batch_size(64 * 1024)
+        .build()
         .map_err(|source| StoreError::Parquet { path: shown.clone(), source })?;
     Ok(Box::new(reader.map(move |batch| batch.map_err(|source| StoreError::Arrow { path: shown.clone(), source }))))
 }
