@@ -72,6 +72,13 @@ impl SeenEvents {
         }
     }
 
+    /// Makes room for `events` more events.
+    pub fn reserve(&self, events: u64) {
+        for shard in &self.shards {
+            shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).reserve(events as usize / SHARDS + 1);
+        }
+    }
+
     /// Records an event already accepted and durable by its key and fingerprint (`event_key`,
     /// `fingerprint`), as the saved operator state holds them.
     pub fn remember_key(&self, key: u128, fingerprint: u64) {

@@ -149,8 +149,11 @@ pub trait Sink {
     fn resume(&self) -> Resume {
         Resume::Rows
     }
-    /// The saved state was resumed, as [`Sink::resume`] said (else the events were re-fed).
-    fn resumed(&mut self) {}
+    /// The saved state was resumed, as [`Sink::resume`] said (else the events were re-fed): a
+    /// sink that resumes [`Resume::Changes`] and holds its tables in memory loads them now.
+    fn resumed(&mut self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     /// Stores one epoch's consolidated changes.
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError>;
     /// Between epochs (a snapshot when one is due); returns a position now held durably, if any.
@@ -223,7 +226,7 @@ impl Sink for Box<dyn Sink + Send> {
     fn resume(&self) -> Resume {
         (**self).resume()
     }
-    fn resumed(&mut self) {
+    fn resumed(&mut self) -> Result<(), RuntimeError> {
         (**self).resumed()
     }
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {

@@ -47,9 +47,9 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 /// What the caller does around the loop (`serve`: the seen-events index, the feed, telemetry).
 pub trait Observer {
-    /// Whether it is shown the stored events when state is resumed, as their keys and
-    /// fingerprints ([`Observer::seen`]); a re-feed shows them anyway.
-    fn wants_stored(&self) -> bool {
+    /// Whether it is shown the `events` stored events when state is resumed, as their keys and
+    /// fingerprints ([`Observer::seen`]), making room for them; a re-feed shows them anyway.
+    fn wants_stored(&mut self, _events: u64) -> bool {
         false
     }
     /// Stored events, chunk by chunk, while restoring.
@@ -111,7 +111,7 @@ struct Finished {
 /// Starts the driver on `workers` with operator state restored from what `sink` holds: resumed
 /// from the state saved beside its tables when there is one that loads, else by re-feeding the
 /// stored events. Returns the driver and where in the input the sink's tables end.
-pub fn restore<K: Sink, O: Observer>(
+pub fn restore<K: Sink + Send, O: Observer>(
     workers: usize,
     tenants: Arc<Tenants>,
     sink: &mut K,
@@ -125,14 +125,18 @@ pub fn restore<K: Sink, O: Observer>(
     if let Some(state) = state {
         match Driver::resume(workers, tenants.clone(), &state.dir, &state.generation, sink.resume()) {
             Ok((mut driver, restored)) => {
-                sink.resumed();
+                let observe = observer.wants_stored(stats.restored_events);
+                // The sink loads its tables while the observer is shown the stored events.
+                std::thread::scope(|scope| -> Result<(), RuntimeError> {
+                    let loading = scope.spawn(|| sink.resumed());
+                    if observe {
+                        Driver::saved_events(&state.dir, &state.generation, &tenants, |key, print| {
+                            observer.seen(key, print)
+                        })?;
+                    }
+                    loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })?;
                 sink.restored(restored.tables)?;
-                let observe = observer.wants_stored();
-                if observe {
-                    Driver::saved_events(&state.dir, &state.generation, &tenants, |key, print| {
-                        observer.seen(key, print)
-                    })?;
-                }
                 for chunk in chunks(since_state.into_iter().map(Ok)) {
                     let events = stored_events(&chunk?)?;
                     if observe {

@@ -3,11 +3,15 @@
 //! its own batches), and written to the Parquet store as a snapshot. Of `events`, only those not
 //! yet in the store's segments are held (a query reads the segments beside them).
 //!
-//! Derived tables are multisets `row → multiplicity`, so an epoch's updates apply in time
-//! proportional to the updates. Their Arrow form is rebuilt lazily, when a reader asks for a table
-//! that changed since its last rebuild, outside the lock (`read_table`). `events` and `rejected`
-//! only grow: each epoch's new rows are converted once and appended.
+//! A derived table is its rows as Arrow batches by tenant, and the changes since (rows with their
+//! multiplicity changes), so an epoch's updates apply in time proportional to the updates. The
+//! changes are folded into the batches lazily, when a reader asks for a table that changed since,
+//! outside the lock (`read_table`), and only the tenants they touch are rebuilt. A restart that
+//! resumes the saved operator state loads the batches from the store's snapshot of the same
+//! moment. `events` and `rejected` only grow: each epoch's new rows are converted once and
+//! appended.
 
+use super::store::apply_changes;
 use convoflow_events::Event;
 use convoflow_operators::{for_each_table, Collection, RejectedRow, Table, TableSet};
 use convoflow_schema::{batches, TableBatches, TABLES};
@@ -16,81 +20,122 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A table's batches by tenant.
 pub type TenantBatches = HashMap<String, Vec<RecordBatch>>;
 
+/// Changes held beside a table's batches before they are folded in without a read asking for
+/// it: past this many rows, or past the rows the batches hold, whichever is more.
+const FOLD_ROWS: usize = 1 << 20;
+
+/// One derived table: its rows as batches by tenant (`base`) and the changes since, in the order
+/// they came. A read folds the changes into new batches, re-encoding only the tenants they touch.
 struct Contents<R> {
-    rows: HashMap<R, i64>,
-    /// Counts changes, so a rebuild made from an older copy of the rows is not kept.
+    base: Arc<TenantBatches>,
+    base_rows: usize,
+    pending: Vec<Collection<R>>,
+    pending_rows: usize,
+    /// How many changes came, and how many of them `base` holds: a fold made from an older
+    /// `base` is not kept.
     generation: u64,
-    cached: Option<(u64, Arc<TenantBatches>)>,
+    folded: u64,
 }
 
 impl<R> Default for Contents<R> {
     fn default() -> Self {
-        Contents { rows: HashMap::new(), generation: 0, cached: None }
+        Contents { base: Arc::default(), base_rows: 0, pending: Vec::new(), pending_rows: 0, generation: 0, folded: 0 }
     }
 }
 
-impl<R: Table + Hash + Eq + Clone + Ord + Send + 'static> Contents<R> {
-    fn apply(&mut self, updates: Collection<R>) {
-        for (row, diff) in updates.updates {
-            self.generation += 1;
-            let entry = self.rows.entry(row);
-            match entry {
-                std::collections::hash_map::Entry::Occupied(mut occupied) => {
-                    *occupied.get_mut() += diff;
-                    if *occupied.get() == 0 {
-                        occupied.remove();
-                    }
-                }
-                std::collections::hash_map::Entry::Vacant(vacant) => {
-                    vacant.insert(diff);
-                }
-            }
-        }
+impl<R: Table + Clone + Ord + Send + 'static> Contents<R> {
+    /// The rows as stored, by tenant (no change may be pending).
+    fn load(&mut self, base: TenantBatches) {
+        self.base_rows = base.values().flatten().map(RecordBatch::num_rows).sum();
+        self.base = Arc::new(base);
     }
 
-    /// The cached batches if current; else a copy of the rows and how to turn them into
-    /// batches, which the caller runs without holding the tables' lock.
+    /// Holds `updates` to fold in at the next read; folds them in now once more are held than
+    /// [`FOLD_ROWS`] or than the table has rows, so what is held stays bounded without reads.
+    fn apply(&mut self, updates: Collection<R>) -> Result<(), ArrowError> {
+        if updates.updates.is_empty() {
+            return Ok(());
+        }
+        self.pending_rows += updates.updates.len();
+        self.pending.push(updates);
+        self.generation += 1;
+        if self.pending_rows > FOLD_ROWS.max(self.base_rows) {
+            let Lookup::Stale { from, to, build } = self.lookup() else { return Ok(()) };
+            let batches = build()?;
+            self.keep(from, to, Arc::new(batches));
+        }
+        Ok(())
+    }
+
+    /// The batches if no change is pending; else a copy of the changes and how to fold them in,
+    /// which the caller runs without holding the tables' lock.
     fn lookup(&self) -> Lookup {
-        if let Some((generation, cached)) = &self.cached {
-            if *generation == self.generation {
-                return Lookup::Ready(cached.clone());
-            }
+        if self.pending.is_empty() {
+            return Lookup::Ready(self.base.clone());
         }
-        let rows: Vec<(R, i64)> = self.rows.iter().map(|(row, count)| (row.clone(), *count)).collect();
-        Lookup::Stale { generation: self.generation, build: Box::new(move || build(rows)) }
+        let changes: Vec<(R, i64)> = self.pending.iter().flat_map(|changes| changes.updates.iter().cloned()).collect();
+        let base = self.base.clone();
+        Lookup::Stale { from: self.folded, to: self.generation, build: Box::new(move || fold(&base, changes)) }
     }
 
-    fn keep(&mut self, generation: u64, batches: Arc<TenantBatches>) {
-        if generation == self.generation {
-            self.cached = Some((generation, batches));
+    /// Takes the batches a fold of the changes `from..to` made, if made from the current `base`.
+    fn keep(&mut self, from: u64, to: u64, batches: Arc<TenantBatches>) {
+        if from != self.folded {
+            return;
         }
+        let folded = self.pending.drain(..(to - from) as usize);
+        self.pending_rows -= folded.map(|changes| changes.updates.len()).sum::<usize>();
+        self.base_rows = batches.values().flatten().map(RecordBatch::num_rows).sum();
+        self.base = batches;
+        self.folded = to;
     }
 }
 
-/// A table's rows as batches by tenant, in a stable order (reproducible snapshots and results).
-fn build<R: Table + Ord>(mut rows: Vec<(R, i64)>) -> Result<TenantBatches, ArrowError> {
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let contents = Collection { updates: rows };
-    let rows: Vec<&R> = contents.rows().collect();
-    let mut by_tenant = TenantBatches::new();
-    for batch in &batches::<R, _>(&rows)? {
-        for (tenant, part) in split_by_tenant(batch)? {
-            by_tenant.entry(tenant).or_default().push(part);
+/// `base` with `changes` folded in: only the tenants the changes touch are rebuilt, each as its
+/// stored rows without the retracted ones, then the inserted ones in order ([`apply_changes`]).
+fn fold<R: Table + Ord>(base: &TenantBatches, changes: Vec<(R, i64)>) -> Result<TenantBatches, ArrowError> {
+    let mut changes = Collection { updates: changes };
+    changes.consolidate();
+    let (rows, diffs): (Vec<&R>, Vec<i64>) = changes.updates.iter().map(|(row, diff)| (row, *diff)).unzip();
+    let mut by_tenant: HashMap<String, TableBatches> = HashMap::new();
+    let mut at = 0;
+    for batch in batches::<R, _>(&rows)? {
+        for (tenant, picked) in tenant_rows(&batch)? {
+            let part = by_tenant.entry(tenant.to_owned()).or_insert_with(|| TableBatches {
+                table: R::NAME,
+                batches: Vec::new(),
+                diffs: Vec::new(),
+            });
+            part.diffs.extend(picked.iter().map(|&row| diffs[at + row as usize]));
+            part.batches.push(take_record_batch(&batch, &UInt32Array::from(picked))?);
+        }
+        at += batch.num_rows();
+    }
+    let mut folded = base.clone();
+    for (tenant, changes) in by_tenant {
+        let stored = folded.remove(&tenant).unwrap_or_default();
+        let after = apply_changes(stored, &changes)?;
+        if !after.is_empty() {
+            folded.insert(tenant, after);
         }
     }
-    Ok(by_tenant)
+    Ok(folded)
 }
 
 /// What a table's lookup under the lock found.
 enum Lookup {
     Ready(Arc<TenantBatches>),
-    Stale { generation: u64, build: Box<dyn FnOnce() -> Result<TenantBatches, ArrowError> + Send> },
+    /// Changes `from..to` to fold in.
+    Stale {
+        from: u64,
+        to: u64,
+        build: Box<dyn FnOnce() -> Result<TenantBatches, ArrowError> + Send>,
+    },
     Unknown,
 }
 
@@ -110,8 +155,19 @@ macro_rules! live_tables {
 
         impl MemoryTables {
             /// Applies the derived tables' updates, leaving `tables.events`.
-            fn apply_derived(&mut self, tables: &mut TableSet) {
-                $(self.$table.apply(std::mem::take(&mut tables.$table));)+
+            fn apply_derived(&mut self, tables: &mut TableSet) -> Result<(), ArrowError> {
+                $(self.$table.apply(std::mem::take(&mut tables.$table))?;)+
+                Ok(())
+            }
+
+            /// Takes a derived table's stored rows (before any change is applied); `false` for
+            /// a table that is not derived.
+            pub fn load(&mut self, table: &str, base: TenantBatches) -> bool {
+                match table {
+                    $(stringify!($table) => self.$table.load(base),)+
+                    _ => return false,
+                }
+                true
             }
 
             fn lookup_derived(&self, table: &str) -> Lookup {
@@ -121,9 +177,9 @@ macro_rules! live_tables {
                 }
             }
 
-            fn keep(&mut self, table: &str, generation: u64, batches: Arc<TenantBatches>) {
+            fn keep(&mut self, table: &str, from: u64, to: u64, batches: Arc<TenantBatches>) {
                 match table {
-                    $(stringify!($table) => self.$table.keep(generation, batches),)+
+                    $(stringify!($table) => self.$table.keep(from, to, batches),)+
                     _ => {}
                 }
             }
@@ -137,7 +193,7 @@ impl MemoryTables {
     /// Applies one epoch's consolidated updates and its new rejections (a rejection already held
     /// is kept once, like the Parquet store does).
     pub fn apply(&mut self, mut tables: TableSet, rejected: &[RejectedRow]) -> Result<(), ArrowError> {
-        self.apply_derived(&mut tables);
+        self.apply_derived(&mut tables)?;
         let fresh: Vec<RejectedRow> =
             rejected.iter().filter(|row| self.rejected_seen.insert((*row).clone())).cloned().collect();
         if !tables.events.is_empty() {
@@ -193,9 +249,9 @@ pub fn read_table(tables: &Mutex<MemoryTables>, table: &str) -> Result<Option<Ar
     match lookup {
         Lookup::Ready(batches) => Ok(Some(batches)),
         Lookup::Unknown => Ok(None),
-        Lookup::Stale { generation, build } => {
+        Lookup::Stale { from, to, build } => {
             let batches = Arc::new(build()?);
-            lock_tables(tables).keep(table, generation, batches.clone());
+            lock_tables(tables).keep(table, from, to, batches.clone());
             Ok(Some(batches))
         }
     }
@@ -240,9 +296,9 @@ impl TablesAt {
             let by_tenant = match lookup {
                 Lookup::Ready(batches) => batches,
                 Lookup::Unknown => Arc::default(),
-                Lookup::Stale { generation, build } => {
+                Lookup::Stale { from, to, build } => {
                     let batches = Arc::new(build()?);
-                    lock_tables(&source).keep(table, generation, batches.clone());
+                    lock_tables(&source).keep(table, from, to, batches.clone());
                     batches
                 }
             };
@@ -257,6 +313,18 @@ impl TablesAt {
 
 /// Splits a batch by its `tenant_id` column (every table has one), keeping row order.
 pub fn split_by_tenant(batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>, ArrowError> {
+    let groups = tenant_rows(batch)?;
+    if groups.len() == 1 {
+        return Ok(vec![(groups[0].0.to_owned(), batch.clone())]);
+    }
+    groups
+        .into_iter()
+        .map(|(tenant, rows)| Ok((tenant.to_owned(), take_record_batch(batch, &UInt32Array::from(rows))?)))
+        .collect()
+}
+
+/// Each tenant of a batch (by its `tenant_id` column) with its rows, in order of first sight.
+fn tenant_rows(batch: &RecordBatch) -> Result<Vec<(&str, Vec<u32>)>, ArrowError> {
     if batch.num_rows() == 0 {
         return Ok(Vec::new());
     }
@@ -275,13 +343,7 @@ pub fn split_by_tenant(batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>
         });
         groups[slot].1.push(row as u32);
     }
-    if groups.len() == 1 {
-        return Ok(vec![(groups[0].0.to_owned(), batch.clone())]);
-    }
-    groups
-        .into_iter()
-        .map(|(tenant, rows)| Ok((tenant.to_owned(), take_record_batch(batch, &UInt32Array::from(rows))?)))
-        .collect()
+    Ok(groups)
 }
 
 #[cfg(test)]
@@ -315,8 +377,22 @@ mod tests {
         ids
     }
 
+    fn messages(batches: &TenantBatches, tenant: &str) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for batch in &batches[tenant] {
+            let ids = batch.column_by_name("contact_id").expect("column").as_string::<i32>();
+            let counts = batch
+                .column_by_name("inbound_messages")
+                .expect("column")
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            out.extend(ids.iter().flatten().map(str::to_owned).zip(counts.values().iter().copied()));
+        }
+        out.sort();
+        out
+    }
+
     #[test]
-    fn reads_follow_every_change_and_never_keep_a_stale_rebuild() {
+    fn reads_follow_every_change_and_keep_only_folds_of_the_current_batches() {
         let tables = Mutex::new(MemoryTables::default());
         lock_tables(&tables)
             .apply(epoch(vec![(contact("a", "c2", 1), 1), (contact("a", "c1", 1), 1), (contact("b", "c9", 1), 1)]), &[])
@@ -324,31 +400,66 @@ mod tests {
         assert_eq!(ids(&tables, "a"), vec!["c1", "c2"]);
         assert_eq!(ids(&tables, "b"), vec!["c9"]);
         assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Ready(_)), "unchanged since the last read");
-        // A rebuild started before a change must not be kept as current.
+        let before = read_table(&tables, "contacts").expect("read").expect("known");
+
+        // A fold started before a change keeps what it folded; the change stays to fold.
         lock_tables(&tables).apply(epoch(vec![(contact("b", "c8", 1), 1)]), &[]).expect("apply");
-        let Lookup::Stale { generation, build } = lock_tables(&tables).lookup("contacts") else {
+        let Lookup::Stale { from, to, build } = lock_tables(&tables).lookup("contacts") else {
             panic!("changed, so stale")
         };
         lock_tables(&tables)
             .apply(epoch(vec![(contact("a", "c1", 1), -1), (contact("a", "c1", 2), 1)]), &[])
             .expect("apply");
-        lock_tables(&tables).keep("contacts", generation, Arc::new(build().expect("build")));
-        assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Stale { .. }));
-        let batches = read_table(&tables, "contacts").expect("read").expect("known");
-        let messages: Vec<i64> = batches["a"]
-            .iter()
-            .flat_map(|batch| {
-                batch
-                    .column_by_name("inbound_messages")
-                    .expect("column")
-                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert_eq!(messages, vec![2, 1]);
+        // A second fold of the same changes, started meanwhile from the same batches.
+        let Lookup::Stale { from: from_too, to: to_both, build: build_both } = lock_tables(&tables).lookup("contacts")
+        else {
+            panic!("changed, so stale")
+        };
+        lock_tables(&tables).keep("contacts", from, to, Arc::new(build().expect("build")));
+        assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Stale { .. }), "the last change is not in");
+        // Made from the batches before the first fold was kept: not kept.
+        lock_tables(&tables).keep("contacts", from_too, to_both, Arc::new(TenantBatches::new()));
+        drop(build_both);
+
+        let after = read_table(&tables, "contacts").expect("read").expect("known");
+        assert_eq!(messages(&after, "a"), vec![("c1".to_owned(), 2), ("c2".to_owned(), 1)]);
+        assert_eq!(messages(&after, "b"), vec![("c8".to_owned(), 1), ("c9".to_owned(), 1)]);
         assert!(matches!(lock_tables(&tables).lookup("contacts"), Lookup::Ready(_)));
+        // A change to one tenant leaves the other's batches as they were (not re-encoded).
+        lock_tables(&tables).apply(epoch(vec![(contact("a", "c3", 1), 1)]), &[]).expect("apply");
+        let last = read_table(&tables, "contacts").expect("read").expect("known");
+        assert!(Arc::ptr_eq(last["b"][0].column(0), after["b"][0].column(0)));
+        assert!(!Arc::ptr_eq(before["a"][0].column(0), last["a"][0].column(0)));
         assert!(read_table(&tables, "no_such_table").expect("read").is_none());
+    }
+
+    /// A retraction of a row the table does not hold is an error, not a silent difference.
+    #[test]
+    fn a_retraction_of_a_row_not_held_is_an_error() {
+        let tables = Mutex::new(MemoryTables::default());
+        lock_tables(&tables).apply(epoch(vec![(contact("a", "c1", 1), 1)]), &[]).expect("apply");
+        lock_tables(&tables).apply(epoch(vec![(contact("a", "c1", 5), -1)]), &[]).expect("apply");
+        let error = read_table(&tables, "contacts").expect_err("not held");
+        assert!(error.to_string().contains("not in the stored table"), "{error}");
+    }
+
+    /// Changes held without reads are folded in once they outgrow the table, so they stay bounded.
+    #[test]
+    fn changes_held_without_reads_are_folded_once_they_outgrow_the_table() {
+        let tables = Mutex::new(MemoryTables::default());
+        let mut held = lock_tables(&tables);
+        for round in 0..(FOLD_ROWS as i64 / 2 + 2) {
+            let change = if round == 0 {
+                vec![(contact("a", "c1", 0), 1)]
+            } else {
+                vec![(contact("a", "c1", round - 1), -1), (contact("a", "c1", round), 1)]
+            };
+            held.apply(epoch(change), &[]).expect("apply");
+        }
+        assert!(held.contacts.pending_rows <= FOLD_ROWS, "{} held", held.contacts.pending_rows);
+        drop(held);
+        let rows = read_table(&tables, "contacts").expect("read").expect("known");
+        assert_eq!(messages(&rows, "a"), vec![("c1".to_owned(), FOLD_ROWS as i64 / 2 + 1)]);
     }
 
     /// A snapshot's tables are those of the moment it was started, whatever epochs are applied

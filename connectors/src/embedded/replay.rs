@@ -168,8 +168,9 @@ impl Sink for ParquetSink {
         Resume::Changes
     }
 
-    fn resumed(&mut self) {
+    fn resumed(&mut self) -> Result<(), RuntimeError> {
         self.resumed = true;
+        Ok(())
     }
 
     fn commit(&mut self, tables: TableSet, commit: Commit<'_>) -> Result<Committed, RuntimeError> {

@@ -1,4 +1,4 @@
-//! `serve`'s embedded store as the runtime's sink: every derived table held in memory
+//! `serve`'s embedded store as the runtime's sink: every derived table held in memory as Arrow
 //! ([`MemoryTables`]), kept current epoch by epoch, read by SQL through [`MemoryReader`] and
 //! snapshotted to Parquet now and then, on a thread of its own. `events` stays in the store's
 //! segments; only those since the last snapshot are held, and each snapshot adds them as a
@@ -14,10 +14,10 @@
 //! re-feeding every stored event: every table of the snapshot is taken at the same point as the
 //! state, so a replay resumed from it can apply its changes to those tables.
 
-use super::{lock_tables, tables_at, EmbeddedStore, MemoryReader, MemoryTables};
+use super::{lock_tables, split_by_tenant, tables_at, EmbeddedStore, MemoryReader, MemoryTables, TenantBatches};
 use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink, StoredEvents};
 use convoflow_api::Reader;
-use convoflow_operators::TableSet;
+use convoflow_operators::{Resume, TableSet};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -68,6 +68,30 @@ impl Sink for MemorySink {
         let store = &snapshots.store;
         let state = store.generation().map(|generation| SavedState { dir: store.state_dir(), generation });
         Ok(Restored { events: StoredEvents::Files { paths, rows }, position, state, since_state: Vec::new() })
+    }
+
+    /// The snapshot holds the derived tables as they were when the state was saved: a resumed
+    /// state gives only what later epochs change.
+    fn resume(&self) -> Resume {
+        Resume::Changes
+    }
+
+    /// Loads the snapshot's derived tables, the ones the resumed state derived.
+    fn resumed(&mut self) -> Result<(), RuntimeError> {
+        let started = Instant::now();
+        let mut rows = 0;
+        for (table, batches) in self.snapshots.store.read_derived()? {
+            let mut by_tenant = TenantBatches::new();
+            for batch in &batches {
+                rows += batch.num_rows();
+                for (tenant, part) in split_by_tenant(batch)? {
+                    by_tenant.entry(tenant).or_default().push(part);
+                }
+            }
+            lock_tables(&self.tables).load(table, by_tenant);
+        }
+        tracing::info!(rows, seconds = started.elapsed().as_secs_f64(), "derived tables loaded from the snapshot");
+        Ok(())
     }
 
     /// Takes in the tables' rows derived while restoring (the stored events are held already).

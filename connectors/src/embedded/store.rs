@@ -15,8 +15,8 @@
 
 use convoflow_operators::{RejectedRow, TableSet};
 use convoflow_schema::files::{event_segments, events_dir, Segment};
-use convoflow_schema::schema;
 use convoflow_schema::{rejected_from_batch, table_batches, Rows, TableBatches};
+use convoflow_schema::{schema, TABLES};
 use datafusion::arrow::array::{BooleanArray, UInt32Array};
 use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::error::ArrowError;
@@ -192,6 +192,13 @@ impl EmbeddedStore {
     /// Every accepted event in the store, as the `events` table's batches (of 64 k rows).
     pub fn load_events(&self) -> Result<Vec<RecordBatch>, StoreError> {
         read_events(self.event_files()?.0).collect()
+    }
+
+    /// Every derived table's stored batches, read one thread per table.
+    pub fn read_derived(&self) -> Result<Vec<(&'static str, Vec<RecordBatch>)>, StoreError> {
+        let derived: Vec<&'static str> =
+            TABLES.iter().copied().filter(|table| !matches!(*table, "events" | "rejected")).collect();
+        on_threads(&derived, |table| Ok((*table, self.read_table(table)?))).into_iter().collect()
     }
 
     /// Every rejection in the store.

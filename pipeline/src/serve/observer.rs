@@ -36,7 +36,8 @@ impl ServeObserver {
 }
 
 impl Observer for ServeObserver {
-    fn wants_stored(&self) -> bool {
+    fn wants_stored(&mut self, events: u64) -> bool {
+        self.seen.reserve(events);
         true
     }
 
