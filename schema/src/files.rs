@@ -1,6 +1,12 @@
-//! Where the embedded store keeps each table under `<data>/tables/`: one `<table>.parquet` per
-//! derived table, and `events` as segments `events/<first>-<last>.parquet` that are only ever
-//! appended (one per replay or snapshot that stored new events) and now and then merged.
+//! Where the embedded store keeps each table under `<data>/tables/`: each derived table as parts
+//! `<table>/<part>.parquet` by month ([`row_parts`]), `rejected` as `rejected.parquet`, and
+//! `events` as segments `events/<first>-<last>.parquet` that are only ever appended (one per
+//! replay or snapshot that stored new events) and now and then merged.
+//!
+//! A derived table's part is the month of the row's first instant or date that is set: a replay
+//! of later events rewrites the parts of the months its changes fall in, not the whole table. A
+//! store from before parts has `<table>.parquet`, which is the whole table until the store moves
+//! it into parts.
 //!
 //! A segment's name is the range of segment numbers it holds: a new one is `n-n` (one past the
 //! highest so far), a merge of `a-b` and `c-d` is `a-d`. A merge is renamed into place before the
@@ -9,6 +15,11 @@
 //! and the store removes it when it next opens). A store written before segments has
 //! `events.parquet`, which is segment `0-0`.
 
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::{DataType, Date32Type, TimeUnit, TimestampMillisecondType};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One file of the `events` table.
@@ -72,8 +83,87 @@ pub fn table_files(tables_dir: &Path, table: &str) -> std::io::Result<Vec<PathBu
     if table == "events" {
         return Ok(event_segments(tables_dir)?.0.into_iter().map(|segment| segment.path).collect());
     }
-    let path = tables_dir.join(format!("{table}.parquet"));
-    Ok(if path.is_file() { vec![path] } else { Vec::new() })
+    let whole = whole_table_path(tables_dir, table);
+    if whole.is_file() {
+        return Ok(vec![whole]);
+    }
+    Ok(table_parts(tables_dir, table)?.into_values().collect())
+}
+
+/// `<table>.parquet`: the file of a table kept whole (`rejected`, and derived tables before parts).
+pub fn whole_table_path(tables_dir: &Path, table: &str) -> PathBuf {
+    tables_dir.join(format!("{table}.parquet"))
+}
+
+/// The file of one part of a derived table.
+pub fn part_path(tables_dir: &Path, table: &str, part: &str) -> PathBuf {
+    tables_dir.join(table).join(format!("{part}.parquet"))
+}
+
+/// A derived table's parts by name (months in order, then `undated`), with their files.
+pub fn table_parts(tables_dir: &Path, table: &str) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    let mut parts = BTreeMap::new();
+    match std::fs::read_dir(tables_dir.join(table)) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry?.path();
+                if let Some(part) = path.file_name().and_then(|name| name.to_str()?.strip_suffix(".parquet")) {
+                    parts.insert(part.to_owned(), path.clone());
+                }
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    Ok(parts)
+}
+
+/// Each part a batch's rows belong in, with those rows: the month (`YYYY-MM`, UTC) of the row's
+/// first instant or date column that is set, in column order; `undated` if none is. It follows
+/// from the row's content alone, so a retracted row is found in the part it was written to.
+pub fn row_parts(batch: &RecordBatch) -> Result<Vec<(String, Vec<u32>)>, ArrowError> {
+    enum Dated<'a> {
+        Millis(&'a dyn Array, &'a [i64]),
+        Days(&'a dyn Array, &'a [i32]),
+    }
+    let dated: Vec<Dated> = batch
+        .columns()
+        .iter()
+        .filter_map(|column: &ArrayRef| match column.data_type() {
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                Some(Dated::Millis(column.as_ref(), column.as_primitive::<TimestampMillisecondType>().values()))
+            }
+            DataType::Date32 => Some(Dated::Days(column.as_ref(), column.as_primitive::<Date32Type>().values())),
+            _ => None,
+        })
+        .collect();
+    let mut parts: BTreeMap<Option<(i64, u32)>, Vec<u32>> = BTreeMap::new();
+    for row in 0..batch.num_rows() {
+        let days = dated.iter().find_map(|column| match column {
+            Dated::Millis(array, values) => array.is_valid(row).then(|| values[row].div_euclid(86_400_000)),
+            Dated::Days(array, values) => array.is_valid(row).then(|| i64::from(values[row])),
+        });
+        parts.entry(days.map(month_of)).or_default().push(row as u32);
+    }
+    let mut named: Vec<(String, Vec<u32>)> = parts
+        .into_iter()
+        .map(|(month, rows)| (month.map_or_else(|| "undated".to_owned(), |(y, m)| format!("{y:04}-{m:02}")), rows))
+        .collect();
+    named.sort();
+    Ok(named)
+}
+
+/// The year and month of a day since 1970-01-01 (the proleptic Gregorian calendar; Howard
+/// Hinnant's `civil_from_days`).
+fn month_of(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted = (5 * day_of_year + 2) / 153;
+    let month = if shifted < 10 { shifted + 3 } else { shifted - 9 } as u32;
+    (year_of_era + era * 400 + i64::from(month <= 2), month)
 }
 
 #[cfg(test)]
@@ -98,6 +188,26 @@ mod tests {
         assert_eq!(stale, vec![Segment::name(1, 1), Segment::name(2, 2)]);
         assert_eq!(table_files(dir.path(), "events").expect("files").len(), 3);
         assert!(table_files(dir.path(), "responses").expect("files").is_empty());
+    }
+
+    #[test]
+    fn rows_go_to_the_month_of_their_first_instant_or_date_that_is_set() {
+        use datafusion::arrow::array::{Date32Array, StringArray, TimestampMillisecondArray};
+        use std::sync::Arc;
+        assert_eq!(month_of(0), (1970, 1));
+        assert_eq!(month_of(-1), (1969, 12));
+        assert_eq!(month_of(19_782), (2024, 2)); // 2024-02-29
+        assert_eq!(month_of(19_783), (2024, 3));
+        let ms = |day: i64| day * 86_400_000 + 3_600_000;
+        let batch = RecordBatch::try_from_iter(vec![
+            ("tenant_id", Arc::new(StringArray::from(vec!["t"; 4])) as ArrayRef),
+            ("sent_ts", Arc::new(TimestampMillisecondArray::from(vec![Some(ms(19_782)), None, None, Some(ms(-1))]))),
+            ("on", Arc::new(Date32Array::from(vec![Some(0), Some(19_783), None, None]))),
+        ])
+        .expect("batch");
+        let parts = row_parts(&batch).expect("parts");
+        let names: Vec<(&str, Vec<u32>)> = parts.iter().map(|(part, rows)| (part.as_str(), rows.clone())).collect();
+        assert_eq!(names, vec![("1969-12", vec![3]), ("2024-02", vec![0]), ("2024-03", vec![1]), ("undated", vec![2])]);
     }
 
     #[test]

@@ -8,4 +8,4 @@ pub mod files;
 mod schema;
 
 pub use convert::{batches, events_from_batch, rejected_from_batch, table_batches, Rows, TableBatches};
-pub use schema::{data_type, schema, schema_of, TABLES};
+pub use schema::{data_type, schema, schema_of, DERIVED_TABLES, TABLES};

@@ -11,6 +11,9 @@ macro_rules! registry {
         /// Every table of the stores, in SPEC order.
         pub const TABLES: &[&str] = &["events", "rejected", $(stringify!($table)),+];
 
+        /// The tables derived from `events` by the dataflow, in SPEC order.
+        pub const DERIVED_TABLES: &[&str] = &[$(stringify!($table)),+];
+
         /// A table's declared columns, or `None` for a name that is not a table.
         pub fn columns(table: &str) -> Option<&'static [Column]> {
             match table {

@@ -1,9 +1,10 @@
-//! The embedded store: one Parquet file per derived table under `<data>/tables/`, and `events` as
-//! segments that are only appended to (`convoflow_schema::files`).
+//! The embedded store under `<data>/tables/`: each derived table as parts by month, `rejected` as
+//! one file, and `events` as segments that are only appended to (`convoflow_schema::files`).
 //!
 //! A write replaces every derived table it is given and adds one segment of the events it was
-//! given. Each file is written beside its final name and fsynced; then the files are renamed into
-//! place, so a reader sees the old or the new file, never a torn one. The new `events` segment is
+//! given; a resumed replay's write replaces only the parts its changes fall in. Each file is
+//! written beside its final name and fsynced; then the files are renamed into place (and parts
+//! left empty removed), so a reader sees the old or the new file, never a torn one. The new `events` segment is
 //! renamed first: `events` is the source of truth the next replay rebuilds all derived tables
 //! from, so a crash between renames heals on the next replay.
 //!
@@ -14,9 +15,11 @@
 //! and a crash half-way makes the next start re-feed the stored events instead.
 
 use convoflow_operators::{RejectedRow, TableSet};
-use convoflow_schema::files::{event_segments, events_dir, Segment};
+use convoflow_schema::files::{
+    event_segments, events_dir, part_path, row_parts, table_files, table_parts, whole_table_path, Segment,
+};
 use convoflow_schema::{rejected_from_batch, table_batches, Rows, TableBatches};
-use convoflow_schema::{schema, TABLES};
+use convoflow_schema::{schema, DERIVED_TABLES as DERIVED};
 use datafusion::arrow::array::{BooleanArray, UInt32Array};
 use datafusion::arrow::compute::{filter_record_batch, take_record_batch};
 use datafusion::arrow::error::ArrowError;
@@ -27,7 +30,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::{WriterProperties, DEFAULT_MAX_ROW_GROUP_ROW_COUNT};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -92,6 +95,9 @@ impl EmbeddedStore {
         remove_files(partials.collect())?;
         // And what a merge left over.
         store.live_segments()?;
+        for table in DERIVED {
+            store.split_whole_table(table)?;
+        }
         Ok(store)
     }
 
@@ -128,7 +134,8 @@ impl EmbeddedStore {
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        for dir in [self.dir.clone(), events_dir(&self.dir)] {
+        let parts = DERIVED.iter().map(|table| self.dir.join(table)).filter(|dir| dir.is_dir());
+        for dir in [self.dir.clone(), events_dir(&self.dir)].into_iter().chain(parts) {
             File::open(&dir)
                 .and_then(|dir| dir.sync_all())
                 .map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
@@ -136,9 +143,35 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    /// The file of a derived table (or `rejected`).
-    pub fn table_path(&self, table: &str) -> PathBuf {
-        self.dir.join(format!("{table}.parquet"))
+    /// A table's place, as errors name it.
+    fn shown(&self, table: &str) -> String {
+        self.dir.join(table).display().to_string()
+    }
+
+    /// A derived table kept whole (by a store from before parts) is written as parts, which
+    /// replace it once they are all in place; partial files a crash left are removed.
+    fn split_whole_table(&self, table: &str) -> Result<(), StoreError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Io { path, source }
+        };
+        let parts_dir = self.dir.join(table);
+        if let Ok(entries) = std::fs::read_dir(&parts_dir) {
+            let partials = entries
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| path.extension().is_some_and(|extension| extension == "partial"));
+            remove_files(partials.collect())?;
+        }
+        let whole = whole_table_path(&self.dir, table);
+        if !whole.is_file() {
+            return Ok(());
+        }
+        let batches: Vec<RecordBatch> = read_file(&whole)?.collect::<Result<_, _>>()?;
+        for file in self.write_parts(table, &batches)? {
+            file.install()?;
+        }
+        std::fs::remove_file(&whole).map_err(io(&whole))?;
+        self.sync_dir()
     }
 
     /// The `events` segments, in order.
@@ -159,8 +192,17 @@ impl EmbeddedStore {
             .map_err(|source| StoreError::Io { path: events_dir(&self.dir).display().to_string(), source })
     }
 
+    /// Every file of `table` read whole.
     fn read_table(&self, table: &str) -> Result<Vec<RecordBatch>, StoreError> {
-        read_file(&self.table_path(table))?.collect()
+        let files =
+            table_files(&self.dir, table).map_err(|source| StoreError::Io { path: self.shown(table), source })?;
+        let mut batches = Vec::new();
+        for file in files {
+            for batch in read_file(&file)? {
+                batches.push(batch?);
+            }
+        }
+        Ok(batches)
     }
 
     fn load<R>(
@@ -170,8 +212,7 @@ impl EmbeddedStore {
     ) -> Result<Vec<R>, StoreError> {
         let mut rows = Vec::new();
         for batch in self.read_table(table)? {
-            let converted = convert(&batch)
-                .map_err(|source| StoreError::Arrow { path: self.table_path(table).display().to_string(), source })?;
+            let converted = convert(&batch).map_err(|source| StoreError::Arrow { path: self.shown(table), source })?;
             rows.extend(converted);
         }
         Ok(rows)
@@ -196,9 +237,7 @@ impl EmbeddedStore {
 
     /// Every derived table's stored batches, read one thread per table.
     pub fn read_derived(&self) -> Result<Vec<(&'static str, Vec<RecordBatch>)>, StoreError> {
-        let derived: Vec<&'static str> =
-            TABLES.iter().copied().filter(|table| !matches!(*table, "events" | "rejected")).collect();
-        on_threads(&derived, |table| Ok((*table, self.read_table(table)?))).into_iter().collect()
+        on_threads(DERIVED, |table| Ok((*table, self.read_table(table)?))).into_iter().collect()
     }
 
     /// Every rejection in the store.
@@ -243,7 +282,7 @@ impl EmbeddedStore {
 
     /// Applies a resumed replay's changes to the stored derived tables, adds `events` as a
     /// segment and replaces `rejected` with `rejected`; returns each derived table's rows after.
-    /// A table the changes leave alone keeps its file. Each changed one is read, its retracted
+    /// A part the changes leave alone keeps its file. Each changed one is read, its retracted
     /// rows taken out and its inserted rows added after ([`apply_changes`]), one thread per table.
     pub fn write_changes(
         &self,
@@ -256,22 +295,11 @@ impl EmbeddedStore {
         if let Some(at) = batches.iter().position(|table| table.table == "rejected") {
             files.extend(self.encode(&[batches.remove(at)])?);
         }
-        let written = on_threads(&batches, |changed| {
-            if changed.diffs.is_empty() {
-                return Ok((None, file_rows(&self.table_path(changed.table))? as usize));
-            }
-            let stored = self.read_table(changed.table)?;
-            let after = apply_changes(stored, changed).map_err(|source| StoreError::Arrow {
-                path: self.table_path(changed.table).display().to_string(),
-                source,
-            })?;
-            let rows = after.iter().map(RecordBatch::num_rows).sum();
-            Ok((Some(self.write_table(changed.table, &after)?), rows))
-        });
+        let written = on_threads(&batches, |changed| self.change_parts(changed));
         let mut counts = Vec::new();
         for (changed, result) in batches.iter().zip(written) {
-            let (file, rows): (Option<Written>, usize) = result?;
-            files.extend(file);
+            let (changed_files, rows) = result?;
+            files.extend(changed_files);
             counts.push((changed.table, rows));
         }
         self.install_files(files)?;
@@ -284,20 +312,28 @@ impl EmbeddedStore {
     pub fn prepare(&self, batches: &[TableBatches]) -> Result<Prepared, StoreError> {
         let files = on_threads(batches, |table| {
             if table.table != "events" {
-                return self.write_table(table.table, &table.batches).map(Some);
+                return self.write_table(table.table, &table.batches);
             }
             let mut events = self.events_writer()?;
             for batch in &table.batches {
                 events.append(batch)?;
             }
-            events.finish()
+            Ok(events.finish()?.into_iter().collect())
         });
-        Ok(Prepared(files.into_iter().filter_map(Result::transpose).collect::<Result<_, _>>()?))
+        let mut prepared = Vec::new();
+        for table in files {
+            prepared.extend(table?);
+        }
+        Ok(Prepared(prepared))
     }
 
     /// Each table's partial file, encoded one thread per table.
     fn encode(&self, batches: &[TableBatches]) -> Result<Vec<Written>, StoreError> {
-        on_threads(batches, |table| self.write_table(table.table, &table.batches)).into_iter().collect()
+        let mut written = Vec::new();
+        for table in on_threads(batches, |table| self.write_table(table.table, &table.batches)) {
+            written.extend(table?);
+        }
+        Ok(written)
     }
 
     /// Renames prepared files into place, in the order their tables were given (SPEC order puts
@@ -320,13 +356,101 @@ impl EmbeddedStore {
         self.sync_dir()
     }
 
-    /// Writes and fsyncs a derived table's next file beside its place.
-    fn write_table(&self, table: &str, batches: &[RecordBatch]) -> Result<Written, StoreError> {
-        let mut writer = TableWriter::create(self.table_path(table), table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
+    /// Writes and fsyncs a table's next files beside their places: a derived table's parts (and
+    /// which parts it no longer has), `rejected` whole.
+    fn write_table(&self, table: &str, batches: &[RecordBatch]) -> Result<Vec<Written>, StoreError> {
+        if DERIVED.contains(&table) {
+            return self.write_parts(table, batches);
+        }
+        let mut writer =
+            TableWriter::create(whole_table_path(&self.dir, table), table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
+        for batch in batches {
+            writer.append(batch)?;
+        }
+        Ok(vec![writer.finish_table()?])
+    }
+
+    /// A derived table's rows as its parts' next files; the parts it had and has no rows for are
+    /// removed.
+    fn write_parts(&self, table: &str, batches: &[RecordBatch]) -> Result<Vec<Written>, StoreError> {
+        let mut parts: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+        for batch in batches {
+            for (part, rows) in
+                row_parts(batch).map_err(|source| StoreError::Arrow { path: self.shown(table), source })?
+            {
+                let rows = take_record_batch(batch, &UInt32Array::from(rows))
+                    .map_err(|source| StoreError::Arrow { path: self.shown(table), source })?;
+                parts.entry(part).or_default().push(rows);
+            }
+        }
+        let mut written: Vec<Written> = self
+            .stored_parts(table)?
+            .into_iter()
+            .filter(|(part, _)| !parts.contains_key(part))
+            .map(|(_, path)| Written::Removed(path))
+            .collect();
+        for (part, batches) in parts {
+            written.push(self.write_part(table, &part, &batches)?);
+        }
+        Ok(written)
+    }
+
+    fn stored_parts(&self, table: &str) -> Result<BTreeMap<String, PathBuf>, StoreError> {
+        table_parts(&self.dir, table).map_err(|source| StoreError::Io { path: self.shown(table), source })
+    }
+
+    fn write_part(&self, table: &str, part: &str, batches: &[RecordBatch]) -> Result<Written, StoreError> {
+        let path = part_path(&self.dir, table, part);
+        let dir = self.dir.join(table);
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
+        let mut writer = TableWriter::create(path, table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
         for batch in batches {
             writer.append(batch)?;
         }
         writer.finish_table()
+    }
+
+    /// One derived table's changes as the next files of the parts they fall in (a part left
+    /// without rows is removed), and the table's rows after.
+    fn change_parts(&self, changed: &TableBatches) -> Result<(Vec<Written>, usize), StoreError> {
+        let arrow = |source| StoreError::Arrow { path: self.shown(changed.table), source };
+        let stored = self.stored_parts(changed.table)?;
+        let mut rows = 0;
+        for path in stored.values() {
+            rows += file_rows(path)? as usize;
+        }
+        let mut by_part: BTreeMap<String, TableBatches> = BTreeMap::new();
+        let mut at = 0;
+        for batch in &changed.batches {
+            for (part, picked) in row_parts(batch).map_err(arrow)? {
+                let changes = by_part.entry(part).or_insert_with(|| TableBatches {
+                    table: changed.table,
+                    batches: Vec::new(),
+                    diffs: Vec::new(),
+                });
+                changes.diffs.extend(picked.iter().map(|&row| changed.diffs[at + row as usize]));
+                changes.batches.push(take_record_batch(batch, &UInt32Array::from(picked)).map_err(arrow)?);
+            }
+            at += batch.num_rows();
+        }
+        let mut written = Vec::new();
+        for (part, changes) in by_part {
+            let (before, after) = match stored.get(&part) {
+                Some(path) => {
+                    let batches: Vec<RecordBatch> = read_file(path)?.collect::<Result<_, _>>()?;
+                    (file_rows(path)? as usize, apply_changes(batches, &changes).map_err(arrow)?)
+                }
+                None => (0, apply_changes(Vec::new(), &changes).map_err(arrow)?),
+            };
+            let after_rows: usize = after.iter().map(RecordBatch::num_rows).sum();
+            rows = rows + after_rows - before;
+            match (after_rows, stored.get(&part)) {
+                (0, Some(path)) => written.push(Written::Removed(path.clone())),
+                (0, None) => {}
+                _ => written.push(self.write_part(changed.table, &part, &after)?),
+            }
+        }
+        Ok((written, rows))
     }
 
     /// Merges the last `events` segments while the one before the last is no more than twice as
@@ -430,16 +554,24 @@ pub fn read_events(paths: Vec<PathBuf>) -> impl Iterator<Item = Result<RecordBat
 /// Files written beside their places, to be renamed there ([`EmbeddedStore::install`]).
 pub struct Prepared(Vec<Written>);
 
-/// A file written and fsynced beside its place, to be renamed there.
-struct Written {
-    partial: PathBuf,
-    path: PathBuf,
+/// A file written and fsynced beside its place, to be renamed there; or a part to remove.
+enum Written {
+    File { partial: PathBuf, path: PathBuf },
+    Removed(PathBuf),
 }
 
 impl Written {
     fn install(self) -> Result<(), StoreError> {
-        std::fs::rename(&self.partial, &self.path)
-            .map_err(|source| StoreError::Io { path: self.path.display().to_string(), source })
+        match self {
+            Written::File { partial, path } => std::fs::rename(&partial, &path)
+                .map_err(|source| StoreError::Io { path: path.display().to_string(), source }),
+            Written::Removed(path) => match std::fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(StoreError::Io { path: path.display().to_string(), source: error })
+                }
+                _ => Ok(()),
+            },
+        }
     }
 }
 
@@ -569,7 +701,7 @@ impl TableWriter {
         let path = self.partial.display().to_string();
         let file = self.writer.into_inner().map_err(|source| StoreError::Parquet { path: path.clone(), source })?;
         file.sync_all().map_err(|source| StoreError::Io { path, source })?;
-        Ok(Written { partial: self.partial, path: self.path })
+        Ok(Written::File { partial: self.partial, path: self.path })
     }
 
     /// As [`TableWriter::finish_table`], for an `events` segment: one that holds no events is
@@ -685,5 +817,86 @@ mod tests {
         add_segment(&store, 4..6);
         assert_eq!(ranges(&store), vec![(0, 0), (1, 1)]);
         assert_eq!(stored_ids(&store), ids(0..6));
+    }
+
+    fn contact(id: &str, first_seen_ts: i64, messages: i64) -> convoflow_operators::ContactRow {
+        convoflow_operators::ContactRow {
+            tenant_id: "t".into(),
+            contact_id: id.into(),
+            first_seen_ts,
+            first_inbound_ts: None,
+            last_inbound_ts: None,
+            inbound_messages: messages,
+            cohort_week: None,
+        }
+    }
+
+    fn contacts(updates: Vec<(convoflow_operators::ContactRow, i64)>) -> TableSet {
+        TableSet { contacts: convoflow_operators::Collection { updates }, ..TableSet::default() }
+    }
+
+    fn stored_contacts(store: &EmbeddedStore) -> Vec<(String, i64)> {
+        let mut rows: Vec<(String, i64)> = store
+            .read_table("contacts")
+            .expect("read")
+            .iter()
+            .flat_map(|batch| {
+                use datafusion::arrow::array::AsArray;
+                let ids = batch.column_by_name("contact_id").expect("column").as_string::<i32>();
+                let counts = batch
+                    .column_by_name("inbound_messages")
+                    .expect("column")
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                ids.iter().flatten().map(str::to_owned).zip(counts.values().to_vec()).collect::<Vec<_>>()
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    fn inode(path: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("part"))
+    }
+
+    /// A derived table is parts by month; changes rewrite only the parts they fall in, a part left
+    /// without rows is removed, and a store from before parts has its table moved into parts.
+    #[test]
+    fn changes_rewrite_only_the_parts_of_their_months() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let (january, march) = (1_767_225_600_000, 1_772_323_200_000); // 2026-01-01, 2026-03-01
+        let first =
+            contacts(vec![(contact("a", january, 1), 1), (contact("b", march, 1), 1), (contact("c", march, 1), 1)]);
+        store.write(store.events_writer().expect("writer"), &first, &[]).expect("write");
+        let part = |name: &str| part_path(&store.dir, "contacts", name);
+        assert!(part("2026-01").is_file() && part("2026-03").is_file());
+        let (january_file, march_file) = (inode(&part("2026-01")), inode(&part("2026-03")));
+
+        let change = contacts(vec![(contact("b", march, 1), -1), (contact("b", march, 2), 1)]);
+        let counts = store.write_changes(store.events_writer().expect("writer"), &change, &[]).expect("write");
+        assert!(counts.contains(&("contacts", 3)), "{counts:?}");
+        assert_eq!(inode(&part("2026-01")), january_file, "January is not rewritten");
+        assert_ne!(inode(&part("2026-03")), march_file, "March is");
+        assert_eq!(stored_contacts(&store), vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 1)]);
+
+        let gone = contacts(vec![(contact("a", january, 1), -1)]);
+        store.write_changes(store.events_writer().expect("writer"), &gone, &[]).expect("write");
+        assert!(!part("2026-01").exists(), "a part without rows is removed");
+        assert_eq!(table_files(&store.dir, "contacts").expect("files"), vec![part("2026-03")]);
+
+        // A store from before parts: its whole table becomes parts when it is opened.
+        let whole = whole_table_path(&store.dir, "contacts");
+        let batches = store.read_table("contacts").expect("read");
+        let mut writer = TableWriter::create(whole.clone(), "contacts", 1024).expect("writer");
+        for batch in &batches {
+            writer.append(batch).expect("append");
+        }
+        writer.finish_table().expect("finish").install().expect("install");
+        std::fs::remove_dir_all(store.dir.join("contacts")).expect("remove the parts");
+        assert_eq!(table_files(&store.dir, "contacts").expect("files"), vec![whole.clone()]);
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        assert!(!whole.exists());
+        assert_eq!(table_files(&store.dir, "contacts").expect("files"), vec![part("2026-03")]);
+        assert_eq!(stored_contacts(&store), vec![("b".into(), 2), ("c".into(), 1)]);
     }
 }
