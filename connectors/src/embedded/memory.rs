@@ -11,7 +11,7 @@
 //! moment. `events` and `rejected` only grow: each epoch's new rows are converted once and
 //! appended.
 
-use super::store::apply_changes;
+use super::store::{apply_changes, split_changes};
 use convoflow_events::Event;
 use convoflow_operators::{for_each_table, Collection, RejectedRow, Table, TableSet};
 use convoflow_schema::{batches, TableBatches, TABLES};
@@ -51,7 +51,7 @@ impl<R> Default for Contents<R> {
 impl<R: Table + Clone + Ord + Send + 'static> Contents<R> {
     /// The rows as stored, by tenant (no change may be pending).
     fn load(&mut self, base: TenantBatches) {
-        self.base_rows = base.values().flatten().map(RecordBatch::num_rows).sum();
+        self.base_rows = rows_of(&base);
         self.base = Arc::new(base);
     }
 
@@ -90,10 +90,14 @@ impl<R: Table + Clone + Ord + Send + 'static> Contents<R> {
         }
         let folded = self.pending.drain(..(to - from) as usize);
         self.pending_rows -= folded.map(|changes| changes.updates.len()).sum::<usize>();
-        self.base_rows = batches.values().flatten().map(RecordBatch::num_rows).sum();
+        self.base_rows = rows_of(&batches);
         self.base = batches;
         self.folded = to;
     }
+}
+
+fn rows_of(batches: &TenantBatches) -> usize {
+    batches.values().flatten().map(RecordBatch::num_rows).sum()
 }
 
 /// `base` with `changes` folded in: only the tenants the changes touch are rebuilt, each as its
@@ -102,22 +106,12 @@ fn fold<R: Table + Ord>(base: &TenantBatches, changes: Vec<(R, i64)>) -> Result<
     let mut changes = Collection { updates: changes };
     changes.consolidate();
     let (rows, diffs): (Vec<&R>, Vec<i64>) = changes.updates.iter().map(|(row, diff)| (row, *diff)).unzip();
-    let mut by_tenant: HashMap<String, TableBatches> = HashMap::new();
-    let mut at = 0;
-    for batch in batches::<R, _>(&rows)? {
-        for (tenant, picked) in tenant_rows(&batch)? {
-            let part = by_tenant.entry(tenant.to_owned()).or_insert_with(|| TableBatches {
-                table: R::NAME,
-                batches: Vec::new(),
-                diffs: Vec::new(),
-            });
-            part.diffs.extend(picked.iter().map(|&row| diffs[at + row as usize]));
-            part.batches.push(take_record_batch(&batch, &UInt32Array::from(picked))?);
-        }
-        at += batch.num_rows();
-    }
+    let changes = TableBatches { table: R::NAME, batches: batches::<R, _>(&rows)?, diffs };
     let mut folded = base.clone();
-    for (tenant, changes) in by_tenant {
+    let tenants = |batch: &RecordBatch| -> Result<Vec<(String, Vec<u32>)>, ArrowError> {
+        Ok(tenant_rows(batch)?.into_iter().map(|(tenant, rows)| (tenant.to_owned(), rows)).collect())
+    };
+    for (tenant, changes) in split_changes(&changes, tenants)? {
         let stored = folded.remove(&tenant).unwrap_or_default();
         let after = apply_changes(stored, &changes)?;
         if !after.is_empty() {
@@ -160,14 +154,16 @@ macro_rules! live_tables {
                 Ok(())
             }
 
-            /// Takes a derived table's stored rows (before any change is applied); `false` for
-            /// a table that is not derived.
-            pub fn load(&mut self, table: &str, base: TenantBatches) -> bool {
+            /// Takes a derived table's stored batches (before any change is applied), split by
+            /// tenant; another table's are left.
+            pub fn load(&mut self, table: &str, batches: Vec<RecordBatch>) -> Result<(), ArrowError> {
+                let mut base = TenantBatches::new();
+                append(&mut base, batches)?;
                 match table {
                     $(stringify!($table) => self.$table.load(base),)+
-                    _ => return false,
+                    _ => {}
                 }
-                true
+                Ok(())
             }
 
             fn lookup_derived(&self, table: &str) -> Lookup {

@@ -14,7 +14,7 @@
 //! re-feeding every stored event: every table of the snapshot is taken at the same point as the
 //! state, so a replay resumed from it can apply its changes to those tables.
 
-use super::{lock_tables, split_by_tenant, tables_at, EmbeddedStore, MemoryReader, MemoryTables, TenantBatches};
+use super::{lock_tables, tables_at, EmbeddedStore, MemoryReader, MemoryTables};
 use crate::connector::{Commit, Committed, Restored, RuntimeError, SavedState, Sink, StoredEvents};
 use convoflow_api::Reader;
 use convoflow_operators::{Resume, TableSet};
@@ -81,14 +81,8 @@ impl Sink for MemorySink {
         let started = Instant::now();
         let mut rows = 0;
         for (table, batches) in self.snapshots.store.read_derived()? {
-            let mut by_tenant = TenantBatches::new();
-            for batch in &batches {
-                rows += batch.num_rows();
-                for (tenant, part) in split_by_tenant(batch)? {
-                    by_tenant.entry(tenant).or_default().push(part);
-                }
-            }
-            lock_tables(&self.tables).load(table, by_tenant);
+            rows += batches.iter().map(|batch| batch.num_rows()).sum::<usize>();
+            lock_tables(&self.tables).load(table, batches)?;
         }
         tracing::info!(rows, seconds = started.elapsed().as_secs_f64(), "derived tables loaded from the snapshot");
         Ok(())

@@ -88,11 +88,7 @@ impl EmbeddedStore {
             std::fs::rename(&legacy, events.join(Segment::name(0, 0))).map_err(io(&legacy))?;
             store.sync_dir()?;
         }
-        let partials = std::fs::read_dir(&events)
-            .map_err(io(&events))?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|extension| extension == "partial"));
-        remove_files(partials.collect())?;
+        remove_partials(&events)?;
         // And what a merge left over.
         store.live_segments()?;
         for table in DERIVED {
@@ -155,13 +151,7 @@ impl EmbeddedStore {
             let path = path.display().to_string();
             move |source| StoreError::Io { path, source }
         };
-        let parts_dir = self.dir.join(table);
-        if let Ok(entries) = std::fs::read_dir(&parts_dir) {
-            let partials = entries
-                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-                .filter(|path| path.extension().is_some_and(|extension| extension == "partial"));
-            remove_files(partials.collect())?;
-        }
+        remove_partials(&self.dir.join(table))?;
         let whole = whole_table_path(&self.dir, table);
         if !whole.is_file() {
             return Ok(());
@@ -362,12 +352,7 @@ impl EmbeddedStore {
         if DERIVED.contains(&table) {
             return self.write_parts(table, batches);
         }
-        let mut writer =
-            TableWriter::create(whole_table_path(&self.dir, table), table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
-        for batch in batches {
-            writer.append(batch)?;
-        }
-        Ok(vec![writer.finish_table()?])
+        Ok(vec![write_file(whole_table_path(&self.dir, table), table, batches)?])
     }
 
     /// A derived table's rows as its parts' next files; the parts it had and has no rows for are
@@ -400,14 +385,9 @@ impl EmbeddedStore {
     }
 
     fn write_part(&self, table: &str, part: &str, batches: &[RecordBatch]) -> Result<Written, StoreError> {
-        let path = part_path(&self.dir, table, part);
         let dir = self.dir.join(table);
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
-        let mut writer = TableWriter::create(path, table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
-        for batch in batches {
-            writer.append(batch)?;
-        }
-        writer.finish_table()
+        write_file(part_path(&self.dir, table, part), table, batches)
     }
 
     /// One derived table's changes as the next files of the parts they fall in (a part left
@@ -419,29 +399,14 @@ impl EmbeddedStore {
         for path in stored.values() {
             rows += file_rows(path)? as usize;
         }
-        let mut by_part: BTreeMap<String, TableBatches> = BTreeMap::new();
-        let mut at = 0;
-        for batch in &changed.batches {
-            for (part, picked) in row_parts(batch).map_err(arrow)? {
-                let changes = by_part.entry(part).or_insert_with(|| TableBatches {
-                    table: changed.table,
-                    batches: Vec::new(),
-                    diffs: Vec::new(),
-                });
-                changes.diffs.extend(picked.iter().map(|&row| changed.diffs[at + row as usize]));
-                changes.batches.push(take_record_batch(batch, &UInt32Array::from(picked)).map_err(arrow)?);
-            }
-            at += batch.num_rows();
-        }
         let mut written = Vec::new();
-        for (part, changes) in by_part {
-            let (before, after) = match stored.get(&part) {
-                Some(path) => {
-                    let batches: Vec<RecordBatch> = read_file(path)?.collect::<Result<_, _>>()?;
-                    (file_rows(path)? as usize, apply_changes(batches, &changes).map_err(arrow)?)
-                }
-                None => (0, apply_changes(Vec::new(), &changes).map_err(arrow)?),
+        for (part, changes) in split_changes(changed, row_parts).map_err(arrow)? {
+            let batches: Vec<RecordBatch> = match stored.get(&part) {
+                Some(path) => read_file(path)?.collect::<Result<_, _>>()?,
+                None => Vec::new(),
             };
+            let before: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let after = apply_changes(batches, &changes).map_err(arrow)?;
             let after_rows: usize = after.iter().map(RecordBatch::num_rows).sum();
             rows = rows + after_rows - before;
             match (after_rows, stored.get(&part)) {
@@ -491,6 +456,19 @@ impl EmbeddedStore {
     }
 }
 
+/// Removes the `.partial` files a crash left in `dir` (none if there is no `dir`).
+fn remove_partials(dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(StoreError::Io { path: dir.display().to_string(), source }),
+    };
+    let partials = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|extension| extension == "partial"));
+    remove_files(partials.collect())
+}
+
 fn remove_files(paths: Vec<PathBuf>) -> Result<(), StoreError> {
     for path in paths {
         std::fs::remove_file(&path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
@@ -500,6 +478,15 @@ fn remove_files(paths: Vec<PathBuf>) -> Result<(), StoreError> {
 
 /// Segments are merged up to this many events (4 Mi); larger ones stay as they are.
 pub const MERGED_SEGMENT_ROWS: u64 = 4 << 20;
+
+/// `batches` of `table` written and fsynced beside `path`, to be renamed there.
+fn write_file(path: PathBuf, table: &str, batches: &[RecordBatch]) -> Result<Written, StoreError> {
+    let mut writer = TableWriter::create(path, table, DEFAULT_MAX_ROW_GROUP_ROW_COUNT)?;
+    for batch in batches {
+        writer.append(batch)?;
+    }
+    writer.finish_table()
+}
 
 /// Rows in a Parquet file, from its footer (0 for a file that is not there).
 fn file_rows(path: &Path) -> Result<u64, StoreError> {
@@ -586,6 +573,29 @@ fn on_threads<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> V
             .map(|thread| thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     })
+}
+
+/// `changes` split into groups of rows by `group` (each batch's groups, named, with their rows),
+/// each group's rows with their diffs, by name.
+pub fn split_changes(
+    changes: &TableBatches,
+    group: impl Fn(&RecordBatch) -> Result<Vec<(String, Vec<u32>)>, ArrowError>,
+) -> Result<BTreeMap<String, TableBatches>, ArrowError> {
+    let mut groups: BTreeMap<String, TableBatches> = BTreeMap::new();
+    let mut at = 0;
+    for batch in &changes.batches {
+        for (name, rows) in group(batch)? {
+            let part = groups.entry(name).or_insert_with(|| TableBatches {
+                table: changes.table,
+                batches: Vec::new(),
+                diffs: Vec::new(),
+            });
+            part.diffs.extend(rows.iter().map(|&row| changes.diffs[at + row as usize]));
+            part.batches.push(take_record_batch(batch, &UInt32Array::from(rows))?);
+        }
+        at += batch.num_rows();
+    }
+    Ok(groups)
 }
 
 /// `stored` with `changes` applied: every row with a negative diff is taken out of the stored
