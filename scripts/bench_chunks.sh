@@ -4,6 +4,10 @@
 # only one chunk is on disk at a time beside the input. Prints, per chunk: wall time, peak RSS,
 # the replay's phases line, and the store's size after it.
 # Usage: scripts/bench_chunks.sh BIN INPUT CHUNK_LINES   (tenants: INPUT's .tenants.json)
+# INPUT may be a named pipe that `generate` writes, so the input is never on disk whole:
+#   mkfifo /tmp/e100.ndjson
+#   convoflow generate --events 100000000 --seed 42 --out /tmp/e100.ndjson &
+#   bash scripts/bench_chunks.sh convoflow /tmp/e100.ndjson 10000000
 # Work files go to ${BENCH_DIR:-/tmp/convoflow-chunks}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +21,8 @@ command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
 rm -rf "$dir"
 mkdir -p "$dir"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -m); $(date -u +%F)"
-echo "input: $input ($(du -h "$input" | cut -f1)), chunks of $lines lines"
+if [ -p "$input" ]; then size="a pipe"; else size=$(du -h "$input" | cut -f1); fi
+echo "input: $input ($size), chunks of $lines lines"
 echo "chunk wall peak_rss store | phases"
 export bin tenants dir
 split -l "$lines" -d -a 3 --filter='

@@ -149,14 +149,18 @@ enum Command {
     },
     /// Write a deterministic, realistic data set (and its tenants file beside it).
     Generate {
-        /// Lines to write, duplicates and a few invalid lines included.
+        /// Lines to write, duplicates and a few invalid lines included. Beyond 4 Mi events the
+        /// file is sorted in runs in the temporary directory (TMPDIR), about 1/6 of its size.
         #[arg(long)]
         events: u64,
+        /// The same seed gives the same bytes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Number of tenants.
         #[arg(long, default_value_t = 4)]
         tenants: usize,
+        /// The NDJSON file to write (may be a named pipe); the tenants file is written first,
+        /// beside it, as `<out without .ndjson>.tenants.json`.
         #[arg(long)]
         out: PathBuf,
         /// Output format: canonical.
@@ -289,14 +293,15 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("generate --format whatsapp is not supported yet: it writes canonical events");
             }
             let started = Instant::now();
+            // The tenants first: a reader of `out` (a pipe, say) can start with them.
+            let tenants_path = out.with_extension("tenants.json");
+            std::fs::write(&tenants_path, tenants_json(&tenant_profiles(tenants)))
+                .with_context(|| format!("cannot write {}", tenants_path.display()))?;
             let file = std::fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
             let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
             let config = GeneratorConfig { events, seed, tenants };
             let summary = generate(&config, &mut writer)?;
             writer.flush()?;
-            let tenants_path = out.with_extension("tenants.json");
-            std::fs::write(&tenants_path, tenants_json(&tenant_profiles(tenants)))
-                .with_context(|| format!("cannot write {}", tenants_path.display()))?;
             println!(
                 "wrote {} lines to {} in {:.2} s: {} unique events, {} duplicate deliveries, {} invalid lines\ntenants: {}\nnext: convoflow replay --input {} --tenants {}",
                 thousands(summary.lines),
