@@ -150,7 +150,7 @@ enum Command {
     /// Write a deterministic, realistic data set (and its tenants file beside it).
     Generate {
         /// Lines to write, duplicates and a few invalid lines included. Beyond 4 Mi events the
-        /// file is sorted in runs in the temporary directory (TMPDIR), about 1/6 of its size.
+        /// file is sorted in runs in the temporary directory (TMPDIR), about 1/7 of its size.
         #[arg(long)]
         events: u64,
         /// The same seed gives the same bytes.
