@@ -6,17 +6,19 @@
 //! built (the registry is set for the build only, see [`building`]). Each operator's keys on each
 //! worker are a few runs, `<operator>.<worker>.<number>.state`, listed oldest first in the
 //! worker's manifest `runs.<worker>` with the tag the state belongs to. A run holds entries
-//! sorted by `(route, key bytes)`, then a sparse index (every [`INDEX_EVERY`]th entry's route and
-//! offset), then a footer (format, operator, workers, entries). Opening a run reads only its
-//! index; a key is found in the newest run that has it, each by a binary search of the index and
-//! a scan of at most [`INDEX_EVERY`] entries, read with one `pread`.
+//! sorted by `(route, key bytes)`, then a sparse index (the route and offset of an entry every
+//! [`INDEX_EVERY`] entries or [`INDEX_BYTES`] bytes, whichever comes first), then a footer
+//! (format, operator, workers, entries). Opening a run reads only its index; a key is found in
+//! the newest run that has it, each by a binary search of the index and a scan of one block (at
+//! most [`INDEX_EVERY`] entries, or about [`INDEX_BYTES`] and one entry), read with one `pread`.
 //!
 //! Held in memory are only the keys an epoch touched since the last save. A save
 //! ([`crate::Driver::save`]) writes those keys as one new run; the runs from before are put in the
-//! new directory as they are (hard links), and the last two runs are merged while the older has
-//! at most twice the entries of the newer (an LSM tree's size-tiered merging). So a save writes
-//! about what changed since the last one, each entry is rewritten about log2(saves) times, and an
-//! operator has a few runs. The new runs are then what the worker looks keys up in, and the keys
+//! new directory as they are (hard links), and the last [`MERGE_RUNS`] runs are merged into one
+//! while the oldest of them has at most twice the entries of the newest (an LSM tree's
+//! size-tiered merging). So a save writes about what changed since the last one, each entry is
+//! rewritten about log4(saves) times, and an operator has a few runs (at most three of about
+//! each size). The new runs are then what the worker looks keys up in, and the keys
 //! in memory are dropped.
 //!
 //! A state saved by as many workers is looked up in the worker's own runs; saved by another
@@ -45,8 +47,15 @@ use std::rc::Rc;
 /// format is not loaded.
 pub const STATE_FORMAT: u32 = 5;
 
-/// Every this many entries, the index records one (its route and offset).
+/// Every this many entries, the index records one (its route and offset)...
 pub const INDEX_EVERY: usize = 32;
+
+/// ... or sooner, at the first entry this many bytes past the last one it records: a lookup
+/// reads a block of a few KiB however large the entries are.
+pub const INDEX_BYTES: u64 = 4096;
+
+/// How many runs, of about one size, a save merges into one.
+pub const MERGE_RUNS: usize = 4;
 
 /// The last bytes of every run and manifest.
 const MAGIC: &[u8; 8] = b"CFSTATE5";
@@ -147,7 +156,7 @@ struct StateFile {
     file: File,
     /// How many entries it holds.
     entries: u64,
-    /// `(route, offset)` of every [`INDEX_EVERY`]th entry.
+    /// `(route, offset)` of the entries that start a block (see [`INDEX_EVERY`]).
     index: Vec<(u64, u64)>,
     bloom: Bloom,
     entries_end: u64,
@@ -314,6 +323,9 @@ struct StateWriter {
     written: u64,
     entries: u64,
     index: Vec<(u64, u64)>,
+    /// Entries written since the last one the index records, and where that one starts.
+    unindexed: usize,
+    indexed_at: u64,
     bloom: Bloom,
 }
 
@@ -335,14 +347,18 @@ impl StateWriter {
             written: 0,
             entries: 0,
             index: Vec::new(),
+            unindexed: 0,
+            indexed_at: 0,
             bloom: Bloom::sized(entries),
         })
     }
 
     fn push(&mut self, route: u64, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        if self.entries.is_multiple_of(INDEX_EVERY as u64) {
+        if self.entries == 0 || self.unindexed == INDEX_EVERY || self.written - self.indexed_at >= INDEX_BYTES {
             self.index.push((route, self.written));
+            (self.unindexed, self.indexed_at) = (0, self.written);
         }
+        self.unindexed += 1;
         self.bloom.insert(route, key);
         let mut head = [0u8; HEAD];
         head[..8].copy_from_slice(&route.to_le_bytes());
@@ -469,9 +485,7 @@ impl Backing {
                 let keep = move |entry: &Result<Entry, StateError>| {
                     !all || entry.as_ref().map_or(true, |entry| entry.route % workers as u64 == index as u64)
                 };
-                let mut rest: Box<dyn Iterator<Item = Result<Entry, StateError>> + '_> =
-                    Box::new(file.scan().filter(keep));
-                Head { next: rest.next(), rest, rank }
+                Head::new(Box::new(file.scan().filter(keep)), rank)
             })
             .collect();
         Merged { heads }
@@ -486,9 +500,22 @@ struct Head<'a> {
     rank: usize,
 }
 
+impl<'a> Head<'a> {
+    fn new(mut rest: Box<dyn Iterator<Item = Result<Entry, StateError>> + 'a>, rank: usize) -> Self {
+        Head { next: rest.next(), rest, rank }
+    }
+}
+
 /// The entries of several sorted runs, as one sorted sequence with each key once.
 struct Merged<'a> {
     heads: Vec<Head<'a>>,
+}
+
+impl<'a> Merged<'a> {
+    /// Every entry of `runs` (oldest first), each key once with its newest value.
+    fn of(runs: &'a [StateFile]) -> Self {
+        Merged { heads: runs.iter().enumerate().map(|(rank, file)| Head::new(Box::new(file.scan()), rank)).collect() }
+    }
 }
 
 impl Iterator for Merged<'_> {
@@ -749,9 +776,9 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
     /// Writes this worker's runs of operator `name` into `dir` and returns their names, oldest
     /// first. Saved by as many workers, the runs it looks keys up in are put there as they are
     /// (linked from `home`, where they are now), its keys in memory are one new run, and the
-    /// last two runs are merged while the older holds at most twice the entries of the newer: so
-    /// a save writes about what changed since the last, and an operator has a few runs (about one
-    /// per doubling). Saved by another number of workers, every saved key that routes here and
+    /// last [`MERGE_RUNS`] runs are merged into one while the oldest of them holds at most twice
+    /// the entries of the newest: so a save writes about what changed since the last, and an
+    /// operator has a few runs (at most three of about each size). Saved by another number of workers, every saved key that routes here and
     /// the keys in memory are one run. Then looks keys up in the runs in `dir` and drops those in
     /// memory.
     fn save(
@@ -806,15 +833,17 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
             merge_into(&mut writer, std::iter::empty(), touched)?;
             runs.push(StateFile::open(writer.finish(name, workers)?, name)?);
         }
-        while let [.., older, newer] = runs.as_slice() {
-            if older.entries > 2 * newer.entries {
+        while runs.len() >= MERGE_RUNS {
+            let last = &runs[runs.len() - MERGE_RUNS..];
+            if last[0].entries > 2 * last[MERGE_RUNS - 1].entries {
                 break;
             }
-            let mut writer = StateWriter::create(dir.join(run_name(name, index, next)), older.entries + newer.entries)?;
+            let entries = last.iter().map(|file| file.entries).sum();
+            let mut writer = StateWriter::create(dir.join(run_name(name, index, next)), entries)?;
             next += 1;
-            merge_into(&mut writer, older.scan(), newer.scan())?;
+            merge_into(&mut writer, std::iter::empty(), Merged::of(last))?;
             let merged = StateFile::open(writer.finish(name, workers)?, name)?;
-            for file in runs.drain(runs.len() - 2..) {
+            for file in runs.drain(runs.len() - MERGE_RUNS..) {
                 std::fs::remove_file(&file.path)
                     .map_err(|source| StateError::Io { path: file.path.clone(), source })?;
             }
@@ -994,7 +1023,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_found_in_the_newest_run_and_runs_merge_while_the_older_is_at_most_twice_the_newer() {
+    fn keys_are_found_in_the_newest_run_and_four_runs_merge_while_the_oldest_is_at_most_twice_the_newest() {
         let dirs = tempfile::tempdir().expect("temp dir");
         let dir = |n: usize| {
             let dir = dirs.path().join(format!("save-{n}"));
@@ -1025,13 +1054,13 @@ mod tests {
                 assert_eq!(keyed.get(&key), expected(key, &changed), "save {n}, key {key}");
             }
         }
-        // 500 and 50 stay two runs; + 20 too; + 10: the 20 and the 10 merge (20 keys); + 25: that
-        // 20 and the 25 merge (40 keys), then the 50 and the 40 (60 keys).
+        // 500, 50, 20 and 10 stay four runs (500 is more than twice 10); + 25: the last four are
+        // 50, 20, 10 and 25, and merge into one (60 keys).
         let runs: Vec<Vec<&str>> = saves.iter().map(|runs| runs.iter().map(String::as_str).collect()).collect();
         assert_eq!(runs[0], ["Op.0.0.state", "Op.0.1.state"]);
         assert_eq!(runs[1], ["Op.0.0.state", "Op.0.1.state", "Op.0.2.state"]);
-        assert_eq!(runs[2], ["Op.0.0.state", "Op.0.1.state", "Op.0.4.state"]);
-        assert_eq!(runs[3], ["Op.0.0.state", "Op.0.7.state"]);
+        assert_eq!(runs[2], ["Op.0.0.state", "Op.0.1.state", "Op.0.2.state", "Op.0.3.state"]);
+        assert_eq!(runs[3], ["Op.0.0.state", "Op.0.5.state"]);
         // The oldest run was put in every directory as it was: linked, not written again.
         use std::os::unix::fs::MetadataExt;
         let inode = |n: usize| std::fs::metadata(dir(n).join("Op.0.0.state")).expect("run").ino();
@@ -1041,7 +1070,7 @@ mod tests {
             .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["Op.0.0.state", "Op.0.7.state"], "merged runs are not left in the directory");
+        assert_eq!(left, ["Op.0.0.state", "Op.0.5.state"], "merged runs are not left in the directory");
         assert!(keyed.error.is_none());
         // Scanned twice (rows at epoch 0, then a save merging from it): both see every key once,
         // with its newest value.
@@ -1059,6 +1088,36 @@ mod tests {
         keyed.save(&dir(4), Some(&dir(4)), "Op", 0, 1).expect("save in place");
         assert_eq!(keyed.get(&1001), Some("new".to_owned()));
         assert_eq!(keyed.get(&40), expected(40, &changed));
+        assert!(keyed.error.is_none());
+    }
+
+    /// Small entries start a block every 32; large ones every 4 KiB or so, so a lookup reads a
+    /// few KiB whatever the entries' sizes.
+    #[test]
+    fn a_run_of_small_and_large_entries_indexes_by_count_and_by_bytes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let large = |key: u32| "x".repeat((key * 37 % 9000) as usize);
+        let mut keyed: Keyed<u32, String> = Keyed::new(|key| u64::from(*key));
+        for key in 0..300 {
+            keyed.insert(key, format!("v{key}"));
+        }
+        for key in 300..600 {
+            keyed.insert(key, large(key));
+        }
+        keyed.save(dir.path(), None, "Op", 0, 1).expect("save");
+        let backing = keyed.backing.as_ref().expect("saved");
+        let file = &backing.files[0][0];
+        let small = file.index.iter().filter(|&&(route, _)| route < 300).count();
+        assert_eq!(small, 300usize.div_ceil(INDEX_EVERY), "small entries: one index point every 32");
+        assert!(file.index.len() - small >= 100, "large entries: {} index points", file.index.len() - small);
+        let ends = file.index.iter().map(|&(_, at)| at).skip(1).chain([file.entries_end]);
+        let widest = file.index.iter().zip(ends).map(|(&(_, start), end)| end - start).max().unwrap_or(0);
+        assert!(widest < INDEX_BYTES + 9000 + 2 * HEAD as u64, "a block of {widest} bytes");
+        for key in 0..600 {
+            let value = if key < 300 { format!("v{key}") } else { large(key) };
+            assert_eq!(keyed.get(&key), Some(value), "key {key}");
+        }
+        assert_eq!(keyed.get(&600), None);
         assert!(keyed.error.is_none());
     }
 }
