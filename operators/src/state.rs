@@ -45,7 +45,7 @@ use std::rc::Rc;
 
 /// Bumped whenever any operator's state type, or the file layout, changes: a state of another
 /// format is not loaded.
-pub const STATE_FORMAT: u32 = 5;
+pub const STATE_FORMAT: u32 = 6;
 
 /// Every this many entries, the index records one (its route and offset)...
 pub const INDEX_EVERY: usize = 32;
@@ -58,7 +58,7 @@ pub const INDEX_BYTES: u64 = 4096;
 pub const MERGE_RUNS: usize = 4;
 
 /// The last bytes of every run and manifest.
-const MAGIC: &[u8; 8] = b"CFSTATE5";
+const MAGIC: &[u8; 8] = b"CFSTATE6";
 
 /// An entry's head: route (8 bytes), key length (4), value length (4).
 const HEAD: usize = 16;
@@ -103,44 +103,59 @@ struct Footer {
     bloom_at: u64,
 }
 
-/// Bits of a run's Bloom filter per entry, and probes per key: a lookup of a key the run does not
-/// hold reads nothing from it in about 99 cases of 100.
+/// Bits of a run's Bloom filter per entry: a lookup of a key the run does not hold reads nothing
+/// from it in about 99 cases of 100.
 const BLOOM_BITS: u64 = 10;
-const BLOOM_PROBES: u64 = 7;
 
-/// A run's Bloom filter over its entries' route and key bytes. Most lookups of a later input are
-/// of keys no run holds (every new event's identity, every new message): without it each would
-/// read a block of every run.
+/// The salts of a block's eight words (Parquet's split block Bloom filter).
+const SALT: [u32; 8] =
+    [0x47b6_137b, 0x4497_4d91, 0x8824_ad5b, 0xa2b7_289d, 0x7054_95c7, 0x2df1_424b, 0x9efc_4947, 0x5c6b_fb31];
+
+/// One block of a filter: 256 bits, in one cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(align(32))]
+struct Block([u32; 8]);
+
+/// A run's Bloom filter over its entries' route and key bytes, split in blocks as Parquet's is: a
+/// key sets one bit in each word of the one block its hash chooses, so a lookup touches one
+/// cache line, where seven bits anywhere in a filter of many megabytes cost up to seven cache
+/// misses a run (most of a lookup's time at 30 M events, BENCHMARKS.md). Most lookups of a later
+/// input are of keys no run holds (every new event's identity, every new message): without a
+/// filter each would read a block of every run.
 struct Bloom {
-    words: Vec<u64>,
+    blocks: Vec<Block>,
 }
 
 impl Bloom {
     fn sized(entries: u64) -> Self {
-        Bloom { words: vec![0; (entries * BLOOM_BITS).div_ceil(64).max(1) as usize] }
+        Bloom { blocks: vec![Block::default(); (entries * BLOOM_BITS).div_ceil(256).max(1) as usize] }
+    }
+
+    /// The block `(route, key)` chooses, and the bit it sets in each word.
+    fn bits(&self, route: u64, key: &[u8]) -> (usize, [u32; 8]) {
+        let hash = hash(route, key);
+        let block = ((hash >> 32) * self.blocks.len() as u64) >> 32;
+        (block as usize, SALT.map(|salt| 1 << ((hash as u32).wrapping_mul(salt) >> 27)))
     }
 
     fn insert(&mut self, route: u64, key: &[u8]) {
-        for bit in probes(self.words.len(), route, key) {
-            self.words[bit / 64] |= 1 << (bit % 64);
-        }
+        let (block, bits) = self.bits(route, key);
+        let words = &mut self.blocks[block].0;
+        words.iter_mut().zip(bits).for_each(|(word, bit)| *word |= bit);
     }
 
     fn may_hold(&self, route: u64, key: &[u8]) -> bool {
-        probes(self.words.len(), route, key).all(|bit| self.words[bit / 64] & (1 << (bit % 64)) != 0)
+        let (block, bits) = self.bits(route, key);
+        self.blocks[block].0.iter().zip(bits).all(|(word, bit)| word & bit != 0)
     }
 }
 
-/// The bits of `(route, key)` in a filter of `words` words, by double hashing. The hash is defined
-/// here (FNV-1a of the key, then SplitMix64's finalizer), so it is the same in every build that
-/// reads this format.
-fn probes(words: usize, route: u64, key: &[u8]) -> impl Iterator<Item = usize> {
+/// The hash of `(route, key)`, defined here (FNV-1a of the key, then SplitMix64's finalizer) so
+/// that it is the same in every build that reads this format.
+fn hash(route: u64, key: &[u8]) -> u64 {
     let fnv =
         key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| (hash ^ byte as u64).wrapping_mul(0x100_0000_01b3));
-    let first = mix(route ^ fnv.rotate_left(29));
-    let step = mix(first) | 1;
-    let bits = words as u64 * 64;
-    (0..BLOOM_PROBES).map(move |probe| (first.wrapping_add(probe.wrapping_mul(step)) % bits) as usize)
+    mix(route ^ fnv.rotate_left(29))
 }
 
 /// SplitMix64's finalizer.
@@ -203,16 +218,20 @@ impl StateFile {
             || footer.index_at > footer.bloom_at
             || footer.bloom_at >= footer_at
             || !(footer.bloom_at - footer.index_at).is_multiple_of(16)
-            || !(footer_at - footer.bloom_at).is_multiple_of(8)
+            || !(footer_at - footer.bloom_at).is_multiple_of(32)
         {
             return Err(torn("footer"));
         }
         let mut raw = vec![0u8; (footer_at - footer.index_at) as usize];
         file.read_exact_at(&mut raw, footer.index_at).map_err(io)?;
         let (raw, bloom) = raw.split_at((footer.bloom_at - footer.index_at) as usize);
-        let bloom = Bloom {
-            words: bloom.chunks_exact(8).map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default())).collect(),
+        let word = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().unwrap_or_default());
+        let block = |bytes: &[u8]| {
+            let mut words = [0; 8];
+            words.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(at, bytes)| *at = word(bytes));
+            Block(words)
         };
+        let bloom = Bloom { blocks: bloom.chunks_exact(32).map(block).collect() };
         let index = raw
             .chunks_exact(16)
             .map(|pair| {
@@ -390,7 +409,7 @@ impl StateWriter {
                 .and_then(|()| self.out.write_all(&offset.to_le_bytes()))
                 .map_err(io)?;
         }
-        for word in &self.bloom.words {
+        for word in self.bloom.blocks.iter().flat_map(|block| block.0) {
             self.out.write_all(&word.to_le_bytes()).map_err(io)?;
         }
         self.out.write_all(&footer).map_err(io)?;
