@@ -797,9 +797,9 @@ impl<K: Hash + Eq + Clone + Serialize + DeserializeOwned, V: Serialize + Deseria
     /// (linked from `home`, where they are now), its keys in memory are one new run, and the
     /// last [`MERGE_RUNS`] runs are merged into one while the oldest of them holds at most twice
     /// the entries of the newest: so a save writes about what changed since the last, and an
-    /// operator has a few runs (at most three of about each size). Saved by another number of workers, every saved key that routes here and
-    /// the keys in memory are one run. Then looks keys up in the runs in `dir` and drops those in
-    /// memory.
+    /// operator has a few runs (at most three of about each size). Saved by another number of
+    /// workers, every saved key that routes here and the keys in memory are one run. Then looks
+    /// keys up in the runs in `dir` and drops those in memory.
     fn save(
         &mut self,
         dir: &Path,
@@ -1021,6 +1021,15 @@ mod tests {
         let seeming = (10_000..110_000).filter(|&n| bloom.may_hold(n / 3, &key(n))).count();
         assert!(seeming < 2_000, "{seeming} of 100000 absent keys seem held");
         assert!((0..64).all(|n| !Bloom::sized(0).may_hold(n, &key(n))), "an empty run's filter holds nothing");
+        // A key sets one bit in each word of one block: a lookup reads one cache line.
+        for n in 0..100 {
+            let mut one = Bloom::sized(10_000);
+            one.insert(n / 3, &key(n));
+            let set: Vec<&Block> = one.blocks.iter().filter(|block| block.0 != [0; 8]).collect();
+            assert_eq!(set.len(), 1, "key {n} set bits in {} blocks", set.len());
+            assert!(set[0].0.iter().all(|word| word.count_ones() == 1), "key {n}: one bit in each word");
+        }
+        assert_eq!(std::mem::align_of::<Block>(), 32, "a block never straddles two cache lines");
     }
 
     #[test]
