@@ -225,12 +225,8 @@ impl StateFile {
         let mut raw = vec![0u8; (footer_at - footer.index_at) as usize];
         file.read_exact_at(&mut raw, footer.index_at).map_err(io)?;
         let (raw, bloom) = raw.split_at((footer.bloom_at - footer.index_at) as usize);
-        let word = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().unwrap_or_default());
-        let block = |bytes: &[u8]| {
-            let mut words = [0; 8];
-            words.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(at, bytes)| *at = word(bytes));
-            Block(words)
-        };
+        let word = |bytes: &[u8], at: usize| bytes.get(4 * at..4 * at + 4).and_then(|b| b.try_into().ok());
+        let block = |bytes: &[u8]| Block(std::array::from_fn(|at| word(bytes, at).map_or(0, u32::from_le_bytes)));
         let bloom = Bloom { blocks: bloom.chunks_exact(32).map(block).collect() };
         let index = raw
             .chunks_exact(16)
@@ -342,9 +338,8 @@ struct StateWriter {
     written: u64,
     entries: u64,
     index: Vec<(u64, u64)>,
-    /// Entries written since the last one the index records, and where that one starts.
+    /// Entries written since the last one the index records.
     unindexed: usize,
-    indexed_at: u64,
     bloom: Bloom,
 }
 
@@ -367,15 +362,15 @@ impl StateWriter {
             entries: 0,
             index: Vec::new(),
             unindexed: 0,
-            indexed_at: 0,
             bloom: Bloom::sized(entries),
         })
     }
 
     fn push(&mut self, route: u64, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        if self.entries == 0 || self.unindexed == INDEX_EVERY || self.written - self.indexed_at >= INDEX_BYTES {
+        let block_start = self.index.last().map(|&(_, at)| at);
+        if block_start.is_none_or(|at| self.unindexed == INDEX_EVERY || self.written - at >= INDEX_BYTES) {
             self.index.push((route, self.written));
-            (self.unindexed, self.indexed_at) = (0, self.written);
+            self.unindexed = 0;
         }
         self.unindexed += 1;
         self.bloom.insert(route, key);
